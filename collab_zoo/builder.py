@@ -1,0 +1,66 @@
+"""Building a registered zoo model: timm's config resolution, our weight loading, timm's feature wrappers.
+
+Every zoo entrypoint calls ``build_zoo_model``, so ``timm.create_model("dks_resnet50", pretrained=True)`` and
+``collab_zoo.create_model(...)`` load weights the same (checked, safetensors-only) way.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional
+
+from timm.models import build_model_with_cfg
+from timm.models._features import FeatureGetterNet, FeatureHookNet
+from timm.models._builder import pretrained_cfg_for_features
+
+from .weights import load_pretrained_weights
+
+__all__ = ["build_zoo_model"]
+
+
+def _wrap_features(model, out_indices, feature_cls):
+    kind = (feature_cls or "getter").lower() if isinstance(feature_cls, str) or feature_cls is None else feature_cls
+    if kind == "hook":
+        wrapped = FeatureHookNet(model, out_indices=out_indices)
+    elif kind == "getter":
+        wrapped = FeatureGetterNet(model, out_indices=out_indices)
+    elif isinstance(kind, type):
+        wrapped = kind(model, out_indices=out_indices)
+    else:
+        raise ValueError(f"feature_cls must be 'getter' or 'hook' for zoo models, got {feature_cls!r}.")
+    wrapped.pretrained_cfg = pretrained_cfg_for_features(model.pretrained_cfg)
+    wrapped.default_cfg = wrapped.pretrained_cfg
+    return wrapped
+
+
+def build_zoo_model(
+        model_cls: Callable[..., Any],
+        variant: str,
+        pretrained: bool = False,
+        pretrained_cfg: Optional[Any] = None,
+        pretrained_cfg_overlay: Optional[Dict[str, Any]] = None,
+        cache_dir: Optional[str] = None,
+        features_only: bool = False,
+        out_indices: Any = None,
+        feature_cls: Any = None,
+        **kwargs,
+):
+    """Build ``model_cls(**kwargs)`` under the architecture ``variant``'s pretrained_cfg, load weights on request.
+
+    ``features_only`` wraps the finished model in timm's FeatureGetterNet (``forward_intermediates``) or,
+    with ``feature_cls='hook'``, FeatureHookNet; wrapping happens after loading so the checkpoint's keys are
+    those of the full model.
+    """
+    model = build_model_with_cfg(
+        model_cls,
+        variant,
+        pretrained=False,
+        pretrained_cfg=pretrained_cfg,
+        pretrained_cfg_overlay=pretrained_cfg_overlay,
+        **kwargs,
+    )
+    if pretrained:
+        load_pretrained_weights(model, model.pretrained_cfg, cache_dir=cache_dir)
+    if features_only:
+        if out_indices is None:
+            out_indices = tuple(range(len(model.feature_info)))
+        model = _wrap_features(model, out_indices, feature_cls)
+    return model

@@ -1,0 +1,186 @@
+"""The one contract every zoo model keeps, so train.py and validate.py never special-case a method.
+
+* eval mode: ``model(x)`` -> ``[B, num_classes]`` scores, ranked by the method's own inference rule;
+* train mode: ``model(x)`` -> tuple of per-head logits, main head last;
+* ``model.collab_loss(outputs, target)`` -> ``(total, parts)``, ``parts`` a dict of named scalars;
+* ``model.forward_heads(x)`` gives the per-head logits in any mode and ``model.predict(heads)`` applies the
+  inference rule to them, so an evaluator gets every head's accuracy and the method's answer from one pass;
+* training happens in one or more *rounds* (``num_rounds``, ``training_round``, ``complete_round``):
+  one for most methods, tau for class-level boosting, each round naming the module to optimise and its loss.
+
+Plain timm models (the baselines) keep the same contract through the module-level helpers below: one
+"main" head, cross-entropy, one round. The helpers are the only place that looks at which kind a model is.
+"""
+from __future__ import annotations
+
+from abc import ABCMeta, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Heads = Tuple[Tensor, ...]
+LossParts = Dict[str, Tensor]
+LossFn = Callable[[Any, Tensor], Tuple[Tensor, LossParts]]
+
+__all__ = [
+    "CollabModel", "TrainingRound", "Heads", "cross_entropy_loss", "heads_of", "head_names_of", "loss_of",
+    "num_rounds_of", "training_round_of", "complete_round_of", "forward_heads_of", "predict_of",
+    "target_probability", "is_soft_target",
+]
+
+
+@dataclass
+class TrainingRound:
+    """What to optimise in one round of training.
+
+    ``module`` is what the optimizer sees and what a data-parallel wrapper wraps; in train mode its forward
+    returns head logits (a tensor or a tuple). ``loss(outputs, target)`` is the round's objective.
+    ``needs_heldout``: the round ends with ``complete_round`` fed predictions on a held-out split.
+    """
+
+    index: int
+    module: nn.Module
+    loss: LossFn
+    head_names: Tuple[str, ...]
+    needs_heldout: bool = False
+    description: str = ""
+
+
+def is_soft_target(target: Tensor) -> bool:
+    """Mixup/cutmix and label smoothing give probability rows instead of class indices."""
+    return target.is_floating_point() and target.dim() == 2
+
+
+def target_probability(probs: Tensor, target: Tensor) -> Tensor:
+    """p(y|x) per sample: the target class's probability, or its expectation under a soft target."""
+    if is_soft_target(target):
+        return (probs * target).sum(dim=-1)
+    return probs.gather(-1, target.long().unsqueeze(-1)).squeeze(-1)
+
+
+def cross_entropy_loss(outputs: Union[Tensor, Sequence[Tensor]], target: Tensor) -> Tuple[Tensor, LossParts]:
+    """The plain objective: cross-entropy on the (single or main) head; hard or soft targets."""
+    logits = heads_of(outputs)[-1]
+    loss = F.cross_entropy(logits.float(), target)
+    return loss, {"ce": loss.detach()}
+
+
+class CollabModel(nn.Module, metaclass=ABCMeta):
+    """Base of every zoo model with several heads or a non-standard inference rule.
+
+    Subclasses implement ``forward_heads`` and ``collab_loss`` and set ``head_names``; they override
+    ``predict`` when inference combines heads, and ``forward_inference`` when it can skip work (DKS runs
+    only the main path). Weight handling hooks: ``training_only_prefixes`` names submodules that inference
+    does not need (dropped from Hub files unless asked, initialised fresh when absent from a checkpoint),
+    ``classifier_names`` every head's classifier (dropped when fine-tuning to another class count), and
+    ``remap_pretrained_keys`` maps a foreign key layout (e.g. a bare timm backbone) onto the model's.
+    """
+
+    head_names: Tuple[str, ...] = ("main",)
+    training_only_prefixes: Tuple[str, ...] = ()
+    num_rounds: int = 1
+
+    # -- the contract -------------------------------------------------------------------------------------
+    @abstractmethod
+    def forward_heads(self, x: Tensor) -> Heads:
+        """Per-head logits, main head last, in any mode."""
+
+    @abstractmethod
+    def collab_loss(self, outputs: Heads, target: Tensor) -> Tuple[Tensor, LossParts]:
+        """The method's training objective: ``(total, parts)``."""
+
+    def predict(self, heads: Heads) -> Tensor:
+        """The method's inference rule applied to per-head logits; the main head by default."""
+        return heads[-1]
+
+    def forward_inference(self, x: Tensor) -> Tensor:
+        return self.predict(self.forward_heads(x))
+
+    def forward(self, x: Tensor) -> Union[Heads, Tensor]:
+        if self.training:
+            return self.forward_heads(x)
+        return self.forward_inference(x)
+
+    # -- rounds -------------------------------------------------------------------------------------------
+    def training_round(self, index: int) -> TrainingRound:
+        if index != 0:
+            raise IndexError(f"{type(self).__name__} trains in a single round; asked for round {index}.")
+        return TrainingRound(index, self, self.collab_loss, tuple(self.head_names))
+
+    def complete_round(self, index: int, heldout_logits: Optional[Heads] = None,
+                       heldout_targets: Optional[Tensor] = None) -> Dict[str, Any]:
+        """Called after round ``index``; returns anything worth logging."""
+        return {}
+
+    # -- weights ------------------------------------------------------------------------------------------
+    def classifier_names(self) -> Tuple[str, ...]:
+        """Module names of every head's final classifier, main head last."""
+        name = self.get_classifier(name_only=True) if hasattr(self, "get_classifier") else None
+        return (name,) if isinstance(name, str) else ()
+
+    def is_training_only_key(self, key: str) -> bool:
+        return any(key == p or key.startswith(p + ".") for p in self.training_only_prefixes)
+
+    def hub_state_dict(self, keep_training_heads: bool = False) -> Dict[str, Tensor]:
+        """The tensors a Hub file carries: what inference needs, unless the training heads are wanted."""
+        state = self.state_dict()
+        if keep_training_heads:
+            return state
+        return {k: v for k, v in state.items() if not self.is_training_only_key(k)}
+
+    def remap_pretrained_keys(self, state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        return state_dict
+
+
+# --- helpers that give plain timm models the same contract ---------------------------------------------------
+
+def heads_of(outputs: Union[Tensor, Sequence[Tensor]]) -> Heads:
+    if isinstance(outputs, Tensor):
+        return (outputs,)
+    return tuple(outputs)
+
+
+def head_names_of(model: nn.Module) -> Tuple[str, ...]:
+    return tuple(getattr(model, "head_names", ("main",)))
+
+
+def loss_of(model: nn.Module) -> LossFn:
+    return getattr(model, "collab_loss", cross_entropy_loss)
+
+
+def num_rounds_of(model: nn.Module) -> int:
+    return int(getattr(model, "num_rounds", 1))
+
+
+def training_round_of(model: nn.Module, index: int) -> TrainingRound:
+    if isinstance(model, CollabModel) or hasattr(model, "training_round"):
+        return model.training_round(index)
+    if index != 0:
+        raise IndexError(f"{type(model).__name__} trains in a single round; asked for round {index}.")
+    return TrainingRound(index, model, cross_entropy_loss, ("main",))
+
+
+def complete_round_of(model: nn.Module, index: int, heldout_logits: Optional[Heads] = None,
+                      heldout_targets: Optional[Tensor] = None) -> Dict[str, Any]:
+    fn = getattr(model, "complete_round", None)
+    return fn(index, heldout_logits, heldout_targets) if fn is not None else {}
+
+
+def forward_heads_of(model: nn.Module, x: Tensor) -> Heads:
+    fn = getattr(model, "forward_heads", None)
+    return fn(x) if fn is not None else (model(x),)
+
+
+def predict_of(model: nn.Module, heads: Heads) -> Tensor:
+    fn = getattr(model, "predict", None)
+    return fn(heads) if fn is not None else heads[-1]
+
+
+@torch.no_grad()
+def scores_and_heads(model: nn.Module, x: Tensor) -> Tuple[Tensor, Heads]:
+    """One pass giving the method's scores and every head's logits (for per-head accuracy)."""
+    heads = forward_heads_of(model, x)
+    return predict_of(model, heads), heads

@@ -1,0 +1,516 @@
+"""Deeply-supervised Knowledge Synergy (Sun, Yao, Zhou, Zhao; CVPR 2019; arXiv:1906.00675).
+
+Auxiliary classifiers sit on intermediate stages of a backbone. Training minimises cross-entropy on every
+head plus a *synergy* term in which each head learns to match the (detached) probabilities of the others:
+
+    L = sum_m alpha_m CE(z_m, y) + sum_{(m, n) in B} beta_mn H(p_m, p_n),   H(p, q) = -sum_k p_k log q_k
+
+with B the pair set: ``bidirectional`` (all ordered pairs; the paper's default), ``top_down`` (deeper heads
+teach shallower ones), ``bottom_up`` (the reverse) or ``none`` (plain deep supervision, the paper's "DS").
+The auxiliary heads are dropped at inference: ``model.eval()(x)`` runs only the backbone, and
+``model.export()`` hands back the plain timm model.
+
+Auxiliary heads follow the paper's rule (Sec. 3.2): built of the backbone's own block type, with as many
+down-samplings between input and head as the main path, then global pooling and one FC. By default a head
+copies the stages after its attach point, the intermediate ones at half depth and the last at full depth,
+and the head nearest the output at double width (the released WRN code's and the DHM paper's design; for
+ResNet-18 that is 1 BasicBlock @256 + 2 @512 after layer2 and 2 BasicBlocks @1024 after layer3). The WRN
+variants use the released code's exact layout. ``aux="simple"`` (pool + FC) is the paper's Table 3 ablation.
+
+Registered: ImageNet ``dks_resnet18/50/152`` (timm ResNets, heads after layer2 and layer3), CIFAR
+``dks_resnet32/110``, ``dks_wrn28_4/10``, ``dks_densenet40_k12/100_k12``, ``dks_mobilenet``, and ``dks``,
+which puts DKS on any timm ResNet-family model: ``create_model("dks", backbone="resnet50d")``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.layers import SelectAdaptivePool2d
+from torch import Tensor, nn
+
+from ..backbones.staged import StagedNet
+from ..builder import build_zoo_model
+from ..contract import CollabModel, Heads, LossParts
+from ..errors import IncompatibleConfigError
+from ..registry import base_cfg, cifar_cfg, zoo_default_cfgs, zoo_model
+
+__all__ = ["DKSModel", "AuxHead", "dks_loss", "pair_mask", "PAIR_SETS", "default_head_layout"]
+
+PAIR_SETS = ("bidirectional", "top_down", "bottom_up", "none")
+DIVERGENCES = ("cross_entropy", "kl")
+
+
+# --- the loss ----------------------------------------------------------------------------------------------------
+
+def pair_mask(num_heads: int, pairs: str, device=None) -> Tensor:
+    """[teacher, student] mask of the pair set B; heads ordered shallow to deep, main last."""
+    if pairs not in PAIR_SETS:
+        raise IncompatibleConfigError(f"pairs must be one of {PAIR_SETS}, got {pairs!r}.")
+    idx = torch.arange(num_heads, device=device)
+    teacher, student = idx[:, None], idx[None, :]
+    if pairs == "bidirectional":
+        return teacher != student
+    if pairs == "top_down":
+        return teacher > student
+    if pairs == "bottom_up":
+        return teacher < student
+    return torch.zeros(num_heads, num_heads, dtype=torch.bool, device=device)
+
+
+def dks_loss(heads: Sequence[Tensor], target: Tensor, pairs: str = "bidirectional", temperature: float = 1.0,
+             alpha: Optional[Sequence[float]] = None, beta: Optional[Union[float, Tensor]] = None,
+             divergence: str = "cross_entropy", head_names: Optional[Sequence[str]] = None
+             ) -> Tuple[Tensor, LossParts]:
+    """The DKS objective over all heads at once (one batched contraction, no loop over pairs).
+
+    ``alpha``: per-head CE weights (default 1). ``beta``: a scalar or an [M, M] teacher-by-student matrix
+    (default 1). ``divergence="kl"`` is the released code's ``KL(p_m || p_n)`` with its 1e-8 smoothing: the
+    same gradient as the paper's cross-entropy, a value lower by the teachers' entropy. No T^2 factor, as in
+    the released code. Computed in float32 so that bf16 or extreme logits stay finite.
+    """
+    if divergence not in DIVERGENCES:
+        raise IncompatibleConfigError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}.")
+    if temperature <= 0:
+        raise IncompatibleConfigError(f"temperature must be positive, got {temperature}.")
+    logits = torch.stack([h.float() for h in heads])                      # [M, B, K]
+    num_heads = logits.shape[0]
+    names = list(head_names) if head_names is not None else [f"head{i}" for i in range(num_heads)]
+    alpha_t = logits.new_tensor(alpha if alpha is not None else [1.0] * num_heads)
+    if alpha_t.numel() != num_heads:
+        raise IncompatibleConfigError(f"alpha needs one weight per head ({num_heads}), got {alpha_t.numel()}.")
+
+    ce = torch.stack([F.cross_entropy(z, target) for z in logits])         # [M]
+    total = (alpha_t * ce).sum()
+    parts: LossParts = {f"ce_{n}": c.detach() for n, c in zip(names, ce)}
+
+    mask = pair_mask(num_heads, pairs, device=logits.device)
+    if mask.any():
+        log_p = F.log_softmax(logits / temperature, dim=-1)              # [M, B, K]
+        teacher = log_p.detach().exp()
+        if divergence == "cross_entropy":
+            # H(p_m, p_n) for every (teacher m, student n) pair, averaged over the batch.
+            pairwise = -torch.einsum("mbk,nbk->mn", teacher, log_p) / logits.shape[1]
+        else:
+            smoothed_t = teacher + 1e-8
+            smoothed_s = (log_p.exp() + 1e-8).log()
+            neg_entropy = (smoothed_t * smoothed_t.log()).sum(-1).mean(-1)          # [M]
+            cross = torch.einsum("mbk,nbk->mn", smoothed_t, smoothed_s) / logits.shape[1]
+            pairwise = neg_entropy[:, None] - cross
+        if beta is None:
+            weights = mask.float()
+        else:
+            beta_t = torch.as_tensor(beta, dtype=logits.dtype, device=logits.device)
+            weights = mask.float() * (beta_t if beta_t.dim() else beta_t.expand(num_heads, num_heads))
+        synergy = (weights * pairwise).sum()
+        total = total + synergy
+        parts["synergy"] = synergy.detach()
+    parts["total"] = total.detach()
+    return total, parts
+
+
+# --- auxiliary heads ---------------------------------------------------------------------------------------------
+
+class AuxHead(nn.Module):
+    """Stages copied from the backbone (possibly none), its closing norm, global pooling and one FC."""
+
+    def __init__(self, stages: nn.Module, final_norm: nn.Module, num_features: int, num_classes: int):
+        super().__init__()
+        self.stages = stages
+        self.final_norm = final_norm
+        self.num_features = num_features
+        self.global_pool = SelectAdaptivePool2d(pool_type="avg", flatten=True)
+        self.fc = nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.global_pool(self.final_norm(self.stages(x))))
+
+
+def default_head_layout(stage_blocks: Sequence[int], attach: Sequence[int]) -> Tuple[List[List[int]], List[List[float]]]:
+    """Blocks and width multipliers of the stages each head copies: the later stages, intermediate ones at
+    half depth (rounded up), the last at full depth; the head nearest the output at double width."""
+    last = len(stage_blocks) - 1
+    nearest = max(attach)
+    blocks, widths = [], []
+    for a in attach:
+        later = list(range(a + 1, last + 1))
+        blocks.append([stage_blocks[i] if i == last else math.ceil(stage_blocks[i] / 2) for i in later])
+        widths.append([2.0 if (a == nearest and i == last) else 1.0 for i in later])
+    return blocks, widths
+
+
+class _StagedView:
+    """Stages of one of the zoo's StagedNet backbones."""
+
+    def __init__(self, backbone: StagedNet):
+        self.backbone = backbone
+        self.stage_names = [f"stage{i + 1}" for i in range(len(backbone.stages))]
+        self.first_conv = None
+
+    def stem(self, x: Tensor) -> Tensor:
+        return self.backbone.stem(x)
+
+    def stages(self) -> List[nn.Module]:
+        return list(self.backbone.stages)
+
+    def final(self, x: Tensor) -> Tensor:
+        return self.backbone.final_norm(x)
+
+    def stage_blocks(self) -> List[int]:
+        return self.backbone.stage_blocks()
+
+    def stage_channels(self) -> List[int]:
+        return [info["num_chs"] for info in self.backbone.feature_info]
+
+    def build_head(self, after: int, blocks: Sequence[int], widths: Sequence[float], num_classes: int) -> AuxHead:
+        channels = self.stage_channels()[after + 1]
+        built = []
+        for index, (b, w) in enumerate(zip(blocks, widths), start=after + 1):
+            stage, channels = self.backbone.make_stage(index, channels, b, w)
+            built.append(stage)
+        final = self.backbone.make_final_norm(channels) if built else nn.Identity()
+        return AuxHead(nn.Sequential(*built), final, channels, num_classes)
+
+
+class _TimmResNetView:
+    """Stages of a timm ResNet-family model (resnet*, resnext*, seresnet*, resnet*d, ...).
+
+    A head's stages are taken from a *donor*: the same timm architecture built with other block counts
+    (``layers``) and widths (``channels``), so block type, attention, down-sampling style and the rest of
+    its configuration match the backbone exactly.
+    """
+
+    stage_names = ["layer1", "layer2", "layer3", "layer4"]
+
+    def __init__(self, backbone: nn.Module, arch: str, donor_kwargs: Dict[str, Any]):
+        self.backbone = backbone
+        self.arch = arch
+        self.donor_kwargs = donor_kwargs
+
+    def stem(self, x: Tensor) -> Tensor:
+        b = self.backbone
+        return b.maxpool(b.act1(b.bn1(b.conv1(x))))
+
+    def stages(self) -> List[nn.Module]:
+        return [getattr(self.backbone, n) for n in self.stage_names]
+
+    def final(self, x: Tensor) -> Tensor:
+        return x
+
+    def stage_blocks(self) -> List[int]:
+        return [len(s) for s in self.stages()]
+
+    def stage_channels(self) -> List[int]:
+        return [info["num_chs"] for info in self.backbone.feature_info]
+
+    def build_head(self, after: int, blocks: Sequence[int], widths: Sequence[float], num_classes: int) -> AuxHead:
+        stages = self.stages()
+        expansion = type(stages[-1][0]).expansion
+        planes = [self.stage_channels()[i + 1] // expansion for i in range(4)]
+        layers = self.stage_blocks()
+        for offset, (b, w) in enumerate(zip(blocks, widths)):
+            i = after + 1 + offset
+            layers[i], planes[i] = b, int(round(planes[i] * w))
+        donor = timm.create_model(self.arch, pretrained=False, num_classes=0, layers=tuple(layers),
+                                  channels=tuple(planes), **self.donor_kwargs)
+        copied = [getattr(donor, self.stage_names[i]) for i in range(after + 1, 4)]
+        out_channels = planes[3] * expansion if copied else self.stage_channels()[after + 1]
+        return AuxHead(nn.Sequential(*copied), nn.Identity(), out_channels, num_classes)
+
+
+def _view_of(backbone: nn.Module, arch: Optional[str], donor_kwargs: Dict[str, Any]):
+    if isinstance(backbone, StagedNet):
+        return _StagedView(backbone)
+    if isinstance(backbone, timm.models.ResNet):
+        if arch is None:
+            raise IncompatibleConfigError("DKS on a timm ResNet needs its timm architecture name (arch=...).")
+        return _TimmResNetView(backbone, arch, donor_kwargs)
+    raise IncompatibleConfigError(
+        f"DKS needs a staged backbone: one of the zoo's CIFAR networks or a timm ResNet-family model "
+        f"(resnet*, resnext*, seresnet*, ...); got {type(backbone).__name__}. Use aux='simple' heads on other "
+        "models through their timm feature_info, or wrap your network as a collab_zoo StagedNet.")
+
+
+# --- the model ---------------------------------------------------------------------------------------------------
+
+class DKSModel(CollabModel):
+    """A backbone with DKS auxiliary heads. ``backbone`` keeps its own key names under ``backbone.``."""
+
+    training_only_prefixes = ("aux_heads",)
+
+    def __init__(self, backbone: nn.Module, arch: Optional[str] = None, attach: Sequence[Union[int, str]] = (1, 2),
+                 head_blocks: Optional[Sequence[Sequence[int]]] = None,
+                 head_widths: Optional[Sequence[Sequence[float]]] = None, aux: str = "blocks",
+                 pairs: str = "bidirectional", temperature: float = 1.0, alpha: Optional[Sequence[float]] = None,
+                 beta: Optional[float] = None, divergence: str = "cross_entropy",
+                 donor_kwargs: Optional[Dict[str, Any]] = None):
+        super().__init__()
+        if aux not in ("blocks", "simple"):
+            raise IncompatibleConfigError(f"aux must be 'blocks' (the paper's heads) or 'simple' (pool + FC), got {aux!r}.")
+        pair_mask(2, pairs)  # validates the name early
+        if divergence not in DIVERGENCES:
+            raise IncompatibleConfigError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}.")
+        self.backbone = backbone
+        self.arch = arch
+        self.pairs, self.temperature, self.divergence, self.aux = pairs, float(temperature), divergence, aux
+        self.beta = beta
+        self._view = _view_of(backbone, arch, dict(donor_kwargs or {}))
+        num_stages = len(self._view.stages())
+        self.attach = tuple(self._stage_index(a, num_stages) for a in attach)
+        if list(self.attach) != sorted(set(self.attach)):
+            raise IncompatibleConfigError(f"attach points must be distinct and in order, got {list(attach)}.")
+        if alpha is not None and len(alpha) != len(self.attach) + 1:
+            raise IncompatibleConfigError(f"alpha needs {len(self.attach) + 1} weights (aux heads + main).")
+        self.alpha = tuple(alpha) if alpha is not None else None
+        num_classes = backbone.num_classes
+        if aux == "simple":
+            head_blocks = [[] for _ in self.attach]
+            head_widths = [[] for _ in self.attach]
+        else:
+            default_blocks, default_widths = default_head_layout(self._view.stage_blocks(), self.attach)
+            head_blocks = [list(b) for b in head_blocks] if head_blocks is not None else default_blocks
+            head_widths = [list(w) for w in head_widths] if head_widths is not None else default_widths
+        for a, b, w in zip(self.attach, head_blocks, head_widths):
+            expected = num_stages - 1 - a
+            if len(b) != expected or len(w) != expected:
+                raise IncompatibleConfigError(
+                    f"the head after {self._view.stage_names[a]} copies {expected} later stage(s); got blocks {b} "
+                    f"and widths {w}.")
+        self.head_blocks, self.head_widths = head_blocks, head_widths
+        self.aux_heads = nn.ModuleList(
+            [self._view.build_head(a, b, w, num_classes) for a, b, w in zip(self.attach, head_blocks, head_widths)])
+        self.head_names = tuple(f"aux_{self._view.stage_names[a]}" for a in self.attach) + ("main",)
+
+    def _stage_index(self, point: Union[int, str], num_stages: int) -> int:
+        if isinstance(point, str):
+            if point not in self._view.stage_names:
+                raise IncompatibleConfigError(f"unknown attach point {point!r}; stages: {self._view.stage_names}.")
+            point = self._view.stage_names.index(point)
+        if not 0 <= point < num_stages - 1:
+            raise IncompatibleConfigError(
+                f"attach point {point} must be a stage before the last (0..{num_stages - 2}); a head after the "
+                "last stage would be the main head.")
+        return point
+
+    # -- timm's interface (the main path) -----------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return self.backbone.num_classes
+
+    @property
+    def num_features(self) -> int:
+        return self.backbone.num_features
+
+    @property
+    def feature_info(self) -> List[Dict[str, Any]]:
+        return [dict(info, module=f"backbone.{info['module']}") for info in self.backbone.feature_info]
+
+    def get_classifier(self, name_only: bool = False):
+        name = self.backbone.get_classifier(name_only=True)
+        return f"backbone.{name}" if name_only else self.backbone.get_classifier()
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A new class count for every head, main and auxiliary."""
+        if global_pool is None:
+            self.backbone.reset_classifier(num_classes)
+        else:
+            self.backbone.reset_classifier(num_classes, global_pool)
+        for head in self.aux_heads:
+            head.reset_classifier(num_classes)
+
+    def classifier_names(self) -> Tuple[str, ...]:
+        return tuple(f"aux_heads.{i}.fc" for i in range(len(self.aux_heads))) + (self.get_classifier(name_only=True),)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.backbone.forward_features(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        return self.backbone.forward_head(x, pre_logits=pre_logits)
+
+    def forward_intermediates(self, x: Tensor, **kwargs):
+        return self.backbone.forward_intermediates(x, **kwargs)
+
+    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True):
+        self.aux_heads = nn.ModuleList()
+        return self.backbone.prune_intermediate_layers(indices, prune_norm=prune_norm, prune_head=prune_head)
+
+    # -- the contract -------------------------------------------------------------------------------------
+    def forward_heads(self, x: Tensor) -> Heads:
+        view = self._view
+        x = view.stem(x)
+        aux_logits: List[Tensor] = []
+        heads_by_stage = dict(zip(self.attach, self.aux_heads))
+        for i, stage in enumerate(view.stages()):
+            x = stage(x)
+            if i in heads_by_stage:
+                aux_logits.append(heads_by_stage[i](x))
+        main = self.backbone.forward_head(view.final(x))
+        return (*aux_logits, main)
+
+    def forward_inference(self, x: Tensor) -> Tensor:
+        # The auxiliary heads are not needed to predict: the plain backbone's forward, nothing more.
+        return self.backbone(x)
+
+    def collab_loss(self, outputs: Heads, target: Tensor) -> Tuple[Tensor, LossParts]:
+        if len(outputs) != len(self.head_names):
+            raise IncompatibleConfigError(
+                f"DKS expects {len(self.head_names)} head outputs (train-mode forward), got {len(outputs)}.")
+        return dks_loss(outputs, target, self.pairs, self.temperature, self.alpha, self.beta, self.divergence,
+                        self.head_names)
+
+    # -- weights ------------------------------------------------------------------------------------------
+    def remap_pretrained_keys(self, state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """A bare backbone checkpoint (timm key names) loads into ``backbone.``; heads start fresh."""
+        if any(k.startswith("backbone.") for k in state_dict):
+            return state_dict
+        return {f"backbone.{k}": v for k, v in state_dict.items()}
+
+    def export(self) -> nn.Module:
+        """The plain backbone, for deployment: identical eval outputs, timm's own key names."""
+        plain = copy.deepcopy(self.backbone)
+        cfg = dict(getattr(self.backbone, "pretrained_cfg", {}) or {})
+        mine = dict(getattr(self, "pretrained_cfg", {}) or {})
+        for key in ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std", "num_classes",
+                    "label_names", "license", "paper_name", "paper_ids", "origin_url", "description", "notes"):
+            if mine.get(key) is not None:
+                cfg[key] = mine[key]
+        for key in ("hf_hub_id", "hf_hub_filename", "url", "file", "state_dict", "source", "tag"):
+            cfg.pop(key, None)
+        cfg["num_classes"] = plain.num_classes
+        plain.pretrained_cfg = plain.default_cfg = cfg
+        return plain
+
+
+# --- registration ------------------------------------------------------------------------------------------------
+
+def _imagenet_cfg() -> Dict[str, Any]:
+    return base_cfg("backbone.conv1", "backbone.fc")
+
+
+def _cifar_cfg(first_conv: str = "backbone.stem.0") -> Dict[str, Any]:
+    return cifar_cfg(first_conv, "backbone.fc")
+
+
+default_cfgs = zoo_default_cfgs({
+    "dks": _imagenet_cfg(),
+    "dks_resnet18": _imagenet_cfg(),
+    "dks_resnet50": _imagenet_cfg(),
+    "dks_resnet152": _imagenet_cfg(),
+    "dks_resnet32": _cifar_cfg(),
+    "dks_resnet110": _cifar_cfg(),
+    "dks_wrn28_4": _cifar_cfg("backbone.stem"),
+    "dks_wrn28_10": _cifar_cfg("backbone.stem"),
+    "dks_densenet40_k12": _cifar_cfg("backbone.stem"),
+    "dks_densenet100_k12": _cifar_cfg("backbone.stem"),
+    "dks_mobilenet": _cifar_cfg(),
+})
+
+_DKS_ARGS = ("attach", "head_blocks", "head_widths", "aux", "pairs", "temperature", "alpha", "beta", "divergence")
+
+
+class _DKSBuilder:
+    """Turns an entrypoint's keyword arguments into backbone arguments and DKS arguments."""
+
+    def __init__(self, backbone: str, backbone_defaults: Dict[str, Any], dks_defaults: Dict[str, Any]):
+        self.backbone, self.backbone_defaults, self.dks_defaults = backbone, backbone_defaults, dks_defaults
+
+    def __call__(self, num_classes: int = 1000, in_chans: int = 3, backbone_kwargs: Optional[Dict[str, Any]] = None,
+                 **kwargs) -> DKSModel:
+        dks_args = dict(self.dks_defaults)
+        dks_args.update({k: kwargs.pop(k) for k in list(kwargs) if k in _DKS_ARGS})
+        block_args = dict(self.backbone_defaults)
+        block_args.update(backbone_kwargs or {})
+        block_args.update(kwargs)
+        backbone = timm.create_model(self.backbone, pretrained=False, num_classes=num_classes, in_chans=in_chans,
+                                     **block_args)
+        donor_kwargs = {k: v for k, v in block_args.items() if k not in ("drop_rate", "global_pool")}
+        return DKSModel(backbone, arch=self.backbone, donor_kwargs=donor_kwargs, **dks_args)
+
+
+def _build(variant: str, backbone: str, pretrained: bool, backbone_defaults: Optional[Dict[str, Any]] = None,
+           dks_defaults: Optional[Dict[str, Any]] = None, **kwargs) -> DKSModel:
+    builder = _DKSBuilder(backbone, dict(backbone_defaults or {}), dict(dks_defaults or {}))
+    return build_zoo_model(builder, variant, pretrained, **kwargs)
+
+
+def _wrn_layout(depth: int) -> Dict[str, Any]:
+    """The released WRN code's heads: after stage 1, n blocks at 32k then n//2 at 64k; after stage 2,
+    n blocks at 128k (double width)."""
+    n = (depth - 4) // 6
+    return dict(attach=(0, 1), head_blocks=[[n, n // 2], [n]], head_widths=[[1.0, 1.0], [2.0]])
+
+
+@zoo_model
+def dks(pretrained: bool = False, backbone: str = "resnet50", **kwargs) -> DKSModel:
+    """DKS on any timm ResNet-family model: ``create_model("dks", backbone="resnet50d", num_classes=10)``.
+    Heads after layer2 and layer3 by default (``attach=("layer2", "layer3")``)."""
+    if not timm.is_model(backbone):
+        raise IncompatibleConfigError(f"backbone {backbone!r} is not a timm model.")
+    return _build("dks", backbone, pretrained, dks_defaults=dict(attach=("layer2", "layer3")), **kwargs)
+
+
+@zoo_model
+def dks_resnet18(pretrained: bool = False, **kwargs) -> DKSModel:
+    """ResNet-18 (timm) with DKS heads after layer2 and layer3."""
+    return _build("dks_resnet18", "resnet18", pretrained, dks_defaults=dict(attach=(1, 2)), **kwargs)
+
+
+@zoo_model
+def dks_resnet50(pretrained: bool = False, **kwargs) -> DKSModel:
+    """ResNet-50 (timm) with DKS heads after layer2 and layer3."""
+    return _build("dks_resnet50", "resnet50", pretrained, dks_defaults=dict(attach=(1, 2)), **kwargs)
+
+
+@zoo_model
+def dks_resnet152(pretrained: bool = False, **kwargs) -> DKSModel:
+    """ResNet-152 (timm) with DKS heads after layer2 and layer3."""
+    return _build("dks_resnet152", "resnet152", pretrained, dks_defaults=dict(attach=(1, 2)), **kwargs)
+
+
+@zoo_model
+def dks_resnet32(pretrained: bool = False, **kwargs) -> DKSModel:
+    """CIFAR ResNet-32 with DKS heads after stages 1 and 2."""
+    return _build("dks_resnet32", "cifar_resnet32", pretrained, dks_defaults=dict(attach=(0, 1)), **kwargs)
+
+
+@zoo_model
+def dks_resnet110(pretrained: bool = False, **kwargs) -> DKSModel:
+    """CIFAR ResNet-110 with DKS heads after stages 1 and 2."""
+    return _build("dks_resnet110", "cifar_resnet110", pretrained, dks_defaults=dict(attach=(0, 1)), **kwargs)
+
+
+@zoo_model
+def dks_wrn28_4(pretrained: bool = False, **kwargs) -> DKSModel:
+    """WRN-28-4 with the released code's DKS heads."""
+    return _build("dks_wrn28_4", "wrn28_4", pretrained, dks_defaults=_wrn_layout(28), **kwargs)
+
+
+@zoo_model
+def dks_wrn28_10(pretrained: bool = False, **kwargs) -> DKSModel:
+    """WRN-28-10 with the released code's DKS heads (main 36.5M, heads 20.1M and 107.5M parameters)."""
+    return _build("dks_wrn28_10", "wrn28_10", pretrained, dks_defaults=_wrn_layout(28), **kwargs)
+
+
+@zoo_model
+def dks_densenet40_k12(pretrained: bool = False, **kwargs) -> DKSModel:
+    """DenseNet (L=40, k=12) for CIFAR with DKS heads after dense blocks 1 and 2; ``bc=True`` for DenseNet-BC."""
+    return _build("dks_densenet40_k12", "densenet40_k12", pretrained, dks_defaults=dict(attach=(0, 1)), **kwargs)
+
+
+@zoo_model
+def dks_densenet100_k12(pretrained: bool = False, **kwargs) -> DKSModel:
+    """DenseNet (L=100, k=12) for CIFAR with DKS heads after dense blocks 1 and 2; ``bc=True`` for DenseNet-BC."""
+    return _build("dks_densenet100_k12", "densenet100_k12", pretrained, dks_defaults=dict(attach=(0, 1)), **kwargs)
+
+
+@zoo_model
+def dks_mobilenet(pretrained: bool = False, **kwargs) -> DKSModel:
+    """The deep-mutual-learning CIFAR MobileNet with DKS heads after its 8x8 and 4x4 stages."""
+    return _build("dks_mobilenet", "mobilenet_cifar", pretrained, dks_defaults=dict(attach=(2, 3)), **kwargs)

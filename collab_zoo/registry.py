@@ -1,0 +1,384 @@
+"""The zoo's model registry, layered on timm's.
+
+Every zoo architecture is registered in timm's own registry (so ``timm.create_model`` builds it after
+``import collab_zoo``); this module additionally remembers which names are ours, and turns the JSON files
+in ``hub_configs/`` (one per pretrained tag) into timm ``PretrainedCfg`` entries.
+
+A hub config describes where a tag's weights live on the Hugging Face Hub (repo, pinned revision, file,
+sha256) and everything a user needs to use them (preprocessing, labels, licence, paper, the paper's numbers).
+A tag whose revision or sha256 is still ``null`` is *pending*: its config is registered (so the tag's
+preprocessing is known), but it is not listed as pretrained and ``pretrained=True`` says how to convert
+the original release instead of downloading.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import json
+import os
+import re
+import sys
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+
+import timm
+from timm.models import PretrainedCfg, generate_default_cfgs, register_model
+
+__all__ = [
+    "HubConfig", "HubConfigError", "hub_configs", "get_hub_config", "register_hub_config", "zoo_default_cfgs", "zoo_model",
+    "list_models", "list_pretrained", "is_model", "is_zoo_model", "get_pretrained_cfg", "closest_model_names",
+    "tags_of",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_ZOO_MODELS: Dict[str, Callable[..., Any]] = {}
+
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class HubConfigError(ValueError):
+    """A file in hub_configs/ is malformed."""
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    """One pretrained tag, as written in ``hub_configs/<arch>.<tag>.json``."""
+
+    name: str                      # "arch.tag"
+    hf_hub_id: str                 # "org/repo" on the Hugging Face Hub
+    revision: Optional[str]        # 40-hex commit the weights are pinned to (None: pending upload)
+    filename: str                  # weight file inside the repo, always a .safetensors
+    sha256: Optional[str]          # sha256 of that file (None: pending upload)
+    num_classes: int
+    label_names_source: str
+    input_size: Tuple[int, int, int]
+    interpolation: str
+    crop_pct: float
+    crop_mode: str
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    license: str
+    paper: Dict[str, str]
+    reported_metrics: Dict[str, Any]
+    origin: Dict[str, str]
+    dataset: str = "imagenet-1k"
+    notes: Tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def architecture(self) -> str:
+        return self.name.split(".", 1)[0]
+
+    @property
+    def tag(self) -> str:
+        return self.name.split(".", 1)[1]
+
+    @property
+    def published(self) -> bool:
+        return self.revision is not None and self.sha256 is not None
+
+    @property
+    def pinned_hub_id(self) -> str:
+        """timm's ``repo@revision`` spelling, which its loaders also understand."""
+        return f"{self.hf_hub_id}@{self.revision}" if self.revision else self.hf_hub_id
+
+    def to_pretrained_cfg(self, base: Dict[str, Any]) -> Dict[str, Any]:
+        """The timm pretrained_cfg of this tag, on top of the architecture's ``base`` cfg."""
+        cfg = dict(base)
+        cfg.update(
+            hf_hub_id=self.pinned_hub_id if self.published else None,
+            hf_hub_filename=self.filename,
+            num_classes=self.num_classes,
+            input_size=tuple(self.input_size),
+            interpolation=self.interpolation,
+            crop_pct=self.crop_pct,
+            crop_mode=self.crop_mode,
+            mean=tuple(self.mean),
+            std=tuple(self.std),
+            license=self.license,
+            paper_name=self.paper.get("title"),
+            paper_ids=self.paper.get("id"),
+            origin_url=self.origin.get("url"),
+            description=self.origin.get("description"),
+            notes=tuple(self.notes) or None,
+        )
+        return cfg
+
+
+_REQUIRED = {
+    "model": str, "hf_hub_id": str, "filename": str, "num_classes": int, "label_names_source": str,
+    "input_size": list, "interpolation": str, "crop_pct": (int, float), "crop_mode": str, "mean": list,
+    "std": list, "license": str, "paper": dict, "reported_metrics": dict, "origin": dict,
+}
+
+
+def _parse_hub_config(path: str, data: Dict[str, Any]) -> HubConfig:
+    for key, kind in _REQUIRED.items():
+        if key not in data:
+            raise HubConfigError(f"{path}: missing required field '{key}'.")
+        if not isinstance(data[key], kind):
+            raise HubConfigError(f"{path}: field '{key}' should be {kind}, got {type(data[key]).__name__}.")
+    for key in ("revision", "sha256"):
+        if key not in data:
+            raise HubConfigError(f"{path}: missing field '{key}' (write null while the upload is pending).")
+    name = data["model"]
+    if "." not in name:
+        raise HubConfigError(f"{path}: 'model' must be 'architecture.tag', got '{name}'.")
+    if Path(path).name != f"{name}.json":
+        raise HubConfigError(f"{path}: file name must be '{name}.json' to match its 'model' field.")
+    revision, sha256 = data["revision"], data["sha256"]
+    if revision is not None and not _HEX40.match(revision):
+        raise HubConfigError(f"{path}: 'revision' must be a 40-hex commit id (a branch name is not a pin).")
+    if sha256 is not None and not _HEX64.match(sha256):
+        raise HubConfigError(f"{path}: 'sha256' must be 64 lowercase hex digits.")
+    if not data["filename"].endswith(".safetensors"):
+        raise HubConfigError(f"{path}: 'filename' must be a .safetensors file; pickles are never loaded.")
+    if len(data["input_size"]) != 3:
+        raise HubConfigError(f"{path}: 'input_size' must be [channels, height, width].")
+    return HubConfig(
+        name=name,
+        hf_hub_id=data["hf_hub_id"],
+        revision=revision,
+        filename=data["filename"],
+        sha256=sha256,
+        num_classes=data["num_classes"],
+        label_names_source=data["label_names_source"],
+        input_size=tuple(data["input_size"]),
+        interpolation=data["interpolation"],
+        crop_pct=float(data["crop_pct"]),
+        crop_mode=data["crop_mode"],
+        mean=tuple(data["mean"]),
+        std=tuple(data["std"]),
+        license=data["license"],
+        paper=dict(data["paper"]),
+        reported_metrics=dict(data["reported_metrics"]),
+        origin=dict(data["origin"]),
+        dataset=data.get("dataset", "imagenet-1k"),
+        notes=tuple(data.get("notes", ())),
+    )
+
+
+EXTRA_CONFIGS_ENV = "COLLAB_ZOO_HUB_CONFIGS"
+
+
+def _hub_config_files() -> List[Tuple[str, str]]:
+    """(display path, text) of every hub config: the package's own, then any in $COLLAB_ZOO_HUB_CONFIGS."""
+    files: List[Tuple[str, str]] = []
+    packaged = resources.files("collab_zoo").joinpath("hub_configs")
+    if packaged.is_dir():
+        entries = [p for p in packaged.iterdir() if p.name.endswith(".json")]
+        files += sorted((f"hub_configs/{p.name}", p.read_text(encoding="utf-8")) for p in entries)
+    else:
+        # Source checkout (editable install or running from the repository): hub_configs/ is a sibling.
+        source_dir = Path(__file__).resolve().parent.parent / "hub_configs"
+        if source_dir.is_dir():
+            files += sorted((f"hub_configs/{p.name}", p.read_text(encoding="utf-8"))
+                            for p in source_dir.glob("*.json"))
+    # A private zoo's own configs (one folder or several, os.pathsep-separated), for weights of your own.
+    for folder in filter(None, os.environ.get(EXTRA_CONFIGS_ENV, "").split(os.pathsep)):
+        files += sorted((str(p), p.read_text(encoding="utf-8")) for p in Path(folder).glob("*.json"))
+    return files
+
+
+@lru_cache(maxsize=None)
+def hub_configs() -> Dict[str, HubConfig]:
+    """All hub configs, keyed by 'arch.tag'."""
+    configs = {}
+    for path, text in _hub_config_files():
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise HubConfigError(f"{path}: not valid JSON ({e}).") from e
+        config = _parse_hub_config(path, data)
+        configs[config.name] = config
+    return configs
+
+
+def get_hub_config(name: str) -> Optional[HubConfig]:
+    """The hub config of 'arch.tag', or of the architecture's default tag; None if it has none."""
+    configs = hub_configs()
+    if name in configs:
+        return configs[name]
+    arch, _, tag = name.partition(".")
+    if tag:
+        return None
+    default = timm.models.get_pretrained_cfg(arch, allow_unregistered=True)
+    if default is not None and default.tag and f"{arch}.{default.tag}" in configs:
+        return configs[f"{arch}.{default.tag}"]
+    return None
+
+
+_BASE_CFGS: Dict[str, Dict[str, Any]] = {}
+
+
+def _arch_cfgs(arch: str, base: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    tagged = sorted((c for c in hub_configs().values() if c.architecture == arch), key=lambda c: c.tag)
+    if not tagged:
+        return {arch: dict(base)}
+    # A trailing '*' makes timm treat the first tag as the default even while its upload is pending.
+    return {(f"{c.name}*" if i == 0 else c.name): c.to_pretrained_cfg(base) for i, c in enumerate(tagged)}
+
+
+def zoo_default_cfgs(base_cfgs: Dict[str, Dict[str, Any]]):
+    """timm ``default_cfgs`` for a module's architectures, with their hub-config tags folded in.
+
+    ``base_cfgs`` maps each architecture to its untagged cfg (input size, mean/std, first conv, classifier
+    names). An architecture with hub configs is registered under its tags only, the first (sorted) being its
+    default, as ``resnet50`` defaults to ``resnet50.a1_in1k`` in timm.
+    """
+    cfgs: Dict[str, Dict[str, Any]] = {}
+    for arch, base in base_cfgs.items():
+        _BASE_CFGS[arch] = dict(base)
+        cfgs.update(_arch_cfgs(arch, base))
+    return generate_default_cfgs(cfgs)
+
+
+def register_hub_config(config: Union[HubConfig, Dict[str, Any], os.PathLike]) -> HubConfig:
+    """Add (or replace) a pretrained tag at run time, e.g. for weights you pushed to your own repo.
+
+    Accepts a HubConfig, a dict in the hub_configs/ JSON format, or the path of such a JSON file. The
+    architecture is re-registered with timm (its public ``register_model``) so the tag resolves there too.
+    """
+    if isinstance(config, (str, os.PathLike)):
+        path = Path(config)
+        config = _parse_hub_config(str(path), json.loads(path.read_text(encoding="utf-8")))
+    elif isinstance(config, dict):
+        config = _parse_hub_config(f"{config.get('model')}.json", config)
+    _ensure_models_imported()
+    arch = config.architecture
+    if arch not in _ZOO_MODELS:
+        raise unknown_model_error(arch)
+    hub_configs()[config.name] = config
+    fn = _ZOO_MODELS[arch]
+    module = sys.modules[fn.__module__]
+    module.default_cfgs.update(generate_default_cfgs(_arch_cfgs(arch, _BASE_CFGS[arch])))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # timm warns on every re-registration; this one is deliberate
+        register_model(fn)
+    return config
+
+
+def zoo_model(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Register an entrypoint in timm's registry and remember it as a zoo model."""
+    register_model(fn)
+    _ZOO_MODELS[fn.__name__] = fn
+    return fn
+
+
+def _ensure_models_imported() -> None:
+    # The method and backbone modules register on import; collab_zoo/__init__ imports them, but a caller
+    # that imported only this module still gets the full registry.
+    import collab_zoo.methods  # noqa: F401
+    import collab_zoo.backbones  # noqa: F401
+
+
+def is_zoo_model(name: str) -> bool:
+    _ensure_models_imported()
+    return name.split(".", 1)[0] in _ZOO_MODELS
+
+
+def is_model(name: str) -> bool:
+    """True for any architecture timm can build after ``import collab_zoo`` (zoo or timm's own)."""
+    _ensure_models_imported()
+    return timm.is_model(name)
+
+
+def _match(names: Iterable[str], pattern: str) -> List[str]:
+    names = list(names)
+    if not pattern:
+        return names
+    return [n for n in names if fnmatch.fnmatch(n, pattern) or fnmatch.fnmatch(n.split(".", 1)[0], pattern)]
+
+
+def list_models(pattern: str = "", include_timm: bool = False) -> List[str]:
+    """Zoo architectures matching a wildcard pattern (``list_models("dks_*")``).
+
+    With ``include_timm`` the pattern also runs over timm's own models, as ``timm.list_models`` does.
+    """
+    _ensure_models_imported()
+    if include_timm:
+        return timm.list_models(pattern or "*")
+    return sorted(_match(_ZOO_MODELS, pattern), key=_natural_key)
+
+
+def _natural_key(name: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name.lower())]
+
+
+def list_pretrained(pattern: str = "", include_pending: bool = False) -> List[str]:
+    """'arch.tag' names with weights published on the Hub (and, on request, those pending upload)."""
+    _ensure_models_imported()
+    names = [c.name for c in hub_configs().values() if c.published or include_pending]
+    return sorted(_match(names, pattern), key=_natural_key)
+
+
+def tags_of(arch: str) -> List[str]:
+    """Every registered tag of an architecture (published or pending)."""
+    _ensure_models_imported()
+    return sorted(n.split(".", 1)[1] for n in timm.models.get_arch_pretrained_cfgs(arch) if "." in n)
+
+
+def get_pretrained_cfg(name: str) -> PretrainedCfg:
+    """timm ``PretrainedCfg`` of 'arch' or 'arch.tag'; see ``get_hub_config`` for sha256, metrics, licence."""
+    _ensure_models_imported()
+    arch, _, tag = name.partition(".")
+    if not timm.is_model(arch):
+        raise unknown_model_error(name)
+    try:
+        cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=False)
+    except RuntimeError:
+        raise unknown_tag_error(arch, tag) from None
+    return cfg
+
+
+def closest_model_names(name: str, n: int = 5) -> List[str]:
+    _ensure_models_imported()
+    arch = name.split(".", 1)[0]
+    zoo = difflib.get_close_matches(arch, list(_ZOO_MODELS), n=n, cutoff=0.5)
+    rest = difflib.get_close_matches(arch, timm.list_models(), n=n, cutoff=0.6)
+    return list(dict.fromkeys(zoo + rest))[:n]
+
+
+def unknown_model_error(name: str) -> "UnknownModelError":
+    from .errors import UnknownModelError
+
+    hint = closest_model_names(name)
+    msg = f"Unknown model '{name}'."
+    if hint:
+        msg += f" Closest names: {', '.join(hint)}."
+    msg += " See collab_zoo.list_models() for the zoo, timm.list_models() for timm's own."
+    return UnknownModelError(msg)
+
+
+def unknown_tag_error(arch: str, tag: str) -> "UnknownTagError":
+    from .errors import UnknownTagError
+
+    tags = tags_of(arch)
+    if tags:
+        available = ", ".join(f"{arch}.{t}" for t in tags)
+        return UnknownTagError(f"Unknown pretrained tag '{tag}' for '{arch}'. Available: {available}.")
+    return UnknownTagError(f"'{arch}' has no pretrained tags; use the bare name '{arch}'.")
+
+
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+
+
+def base_cfg(first_conv: str, classifier, *, num_classes: int = 1000, input_size=(3, 224, 224),
+             mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct: float = 0.875, interpolation: str = "bilinear",
+             **extra) -> Dict[str, Any]:
+    """An architecture's untagged pretrained_cfg (no weights): what its inputs and heads look like."""
+    return dict(first_conv=first_conv, classifier=classifier, num_classes=num_classes, input_size=tuple(input_size),
+                mean=tuple(mean), std=tuple(std), crop_pct=crop_pct, interpolation=interpolation, **extra)
+
+
+def cifar_cfg(first_conv: str, classifier, num_classes: int = 100, **extra) -> Dict[str, Any]:
+    """32x32 CIFAR inputs, CIFAR-100 statistics, no crop at test time."""
+    return base_cfg(first_conv, classifier, num_classes=num_classes, input_size=(3, 32, 32), mean=CIFAR100_MEAN,
+                    std=CIFAR100_STD, crop_pct=1.0, **extra)

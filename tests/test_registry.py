@@ -1,0 +1,139 @@
+"""The registry: zoo names in timm's registry, tags from hub_configs/, and the errors a user can act on."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import collab_zoo
+from collab_zoo.errors import NoPretrainedWeightsError, UnknownModelError, UnknownTagError
+from collab_zoo.registry import HubConfigError, _parse_hub_config, hub_configs
+
+from conftest import ROOT, subprocess_env
+
+
+def test_list_models_lists_the_zoo_and_timm_builds_every_one():
+    names = collab_zoo.list_models()
+    assert "dks_resnet50" in names and "cifar_resnet32" in names and "dks" in names
+    assert not any(n.startswith("resnet") for n in names), "timm's own models are not zoo models"
+    # On the meta device construction allocates nothing, so every architecture can be checked quickly.
+    for name in names:
+        with torch.device("meta"):
+            model = timm.create_model(name)
+        assert model.pretrained_cfg["architecture"] == name
+        assert collab_zoo.is_zoo_model(name) and collab_zoo.is_model(name)
+
+
+def test_list_models_patterns_and_timm_passthrough():
+    assert collab_zoo.list_models("dks_resnet1*") == ["dks_resnet18", "dks_resnet110", "dks_resnet152"]
+    assert "resnet50" in collab_zoo.list_models("resnet5*", include_timm=True)
+    assert collab_zoo.is_model("resnet50") and not collab_zoo.is_zoo_model("resnet50")
+
+
+def test_every_hub_config_names_a_registered_architecture_and_its_tag_resolves():
+    assert hub_configs(), "hub_configs/ should ship the DKS authors' tags"
+    for name, config in hub_configs().items():
+        assert collab_zoo.is_zoo_model(config.architecture), name
+        cfg = collab_zoo.get_pretrained_cfg(name)
+        assert cfg.tag == config.tag and cfg.num_classes == config.num_classes
+        assert cfg.crop_mode == config.crop_mode and cfg.interpolation == config.interpolation
+        assert config.tag in collab_zoo.tags_of(config.architecture)
+
+
+def test_dks_tag_carries_the_authors_preprocessing():
+    cfg = collab_zoo.get_pretrained_cfg("dks_resnet50")  # the default tag
+    assert cfg.tag == "in1k"
+    # Square 256 bicubic resize, centre crop 224: timm's 'squash' mode at crop_pct 224/256.
+    assert (cfg.crop_mode, cfg.interpolation, cfg.crop_pct, cfg.input_size) == ("squash", "bicubic", 0.875, (3, 224, 224))
+    config = collab_zoo.get_hub_config("dks_resnet50.in1k")
+    assert config.reported_metrics["dks"] == {"top1_err": 23.53, "top5_err": 6.40}
+    assert config.paper["id"] == "arXiv:1906.00675"
+
+
+def test_pending_tags_are_not_listed_as_pretrained():
+    assert "dks_resnet50.in1k" in collab_zoo.list_pretrained(include_pending=True)
+    published = collab_zoo.list_pretrained()
+    for name in published:
+        assert collab_zoo.get_hub_config(name).published
+
+
+def test_unknown_model_names_the_closest_ones():
+    with pytest.raises(UnknownModelError, match="dks_resnet50") as e:
+        collab_zoo.create_model("dks_resnet5")
+    assert "Closest names" in str(e.value)
+    with pytest.raises(UnknownModelError):
+        collab_zoo.get_pretrained_cfg("no_such_model_at_all")
+
+
+def test_unknown_tag_lists_the_available_tags():
+    with pytest.raises(UnknownTagError, match=r"dks_resnet50\.in1k"):
+        collab_zoo.create_model("dks_resnet50.in21k")
+    with pytest.raises(UnknownTagError, match="no pretrained tags"):
+        collab_zoo.create_model("cifar_resnet32.in1k")
+
+
+def test_pretrained_for_a_pending_tag_says_how_to_convert():
+    with pytest.raises(NoPretrainedWeightsError) as e:
+        collab_zoo.create_model("dks_resnet50", pretrained=True)
+    message = str(e.value)
+    assert "pending" in message and "python -m collab_zoo.convert dks --arch resnet50" in message
+    assert "local-dir:" in message
+
+
+def test_pretrained_for_an_architecture_without_weights_says_which_have_them():
+    with pytest.raises(NoPretrainedWeightsError) as e:
+        collab_zoo.create_model("cifar_resnet32", pretrained=True)
+    assert "no published pretrained weights" in str(e.value)
+    assert "list_pretrained" in str(e.value) or "published" in str(e.value)
+    # timm's own entry point gives the same answer: the check lives in the zoo's builder.
+    with pytest.raises(NoPretrainedWeightsError):
+        timm.create_model("cifar_resnet32", pretrained=True)
+
+
+def _valid_config(**changes):
+    data = json.loads((ROOT / "hub_configs" / "dks_resnet18.in1k.json").read_text())
+    data.update(changes)
+    return data
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"revision": "main"}, "40-hex"),
+    ({"sha256": "abc"}, "64 lowercase hex"),
+    ({"filename": "pytorch_model.bin"}, "safetensors"),
+    ({"input_size": [224, 224]}, "input_size"),
+])
+def test_malformed_hub_configs_are_refused(changes, message):
+    with pytest.raises(HubConfigError, match=message):
+        _parse_hub_config("dks_resnet18.in1k.json", _valid_config(**changes))
+
+
+def test_hub_config_file_name_must_match_its_model():
+    with pytest.raises(HubConfigError, match="file name"):
+        _parse_hub_config("other.json", _valid_config())
+    data = _valid_config()
+    del data["license"]
+    with pytest.raises(HubConfigError, match="license"):
+        _parse_hub_config("dks_resnet18.in1k.json", data)
+
+
+def test_hub_configs_ship_in_a_non_editable_wheel(tmp_path):
+    """Build the wheel, install it into a bare folder and read the tags from there, outside the repo."""
+    wheel_dir, site = tmp_path / "wheel", tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(wheel_dir), str(ROOT)], check=True, capture_output=True, timeout=300)
+    wheel = next(wheel_dir.glob("collab_zoo-*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    code = ("import collab_zoo, json; print(json.dumps([collab_zoo.__file__, "
+            "collab_zoo.list_pretrained(include_pending=True)]))")
+    env = subprocess_env(PYTHONPATH=str(site))
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    location, tags = json.loads(out.stdout.strip().splitlines()[-1])
+    assert location.startswith(str(site)), location
+    assert "dks_resnet50.in1k" in tags
