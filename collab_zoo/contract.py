@@ -27,7 +27,8 @@ LossFn = Callable[[Any, Tensor], Tuple[Tensor, LossParts]]
 
 __all__ = [
     "CollabModel", "TrainingRound", "Heads", "cross_entropy_loss", "heads_of", "head_names_of", "loss_of",
-    "num_rounds_of", "training_round_of", "complete_round_of", "forward_heads_of", "predict_of",
+    "num_rounds_of", "training_round_of", "complete_round_of", "forward_heads_of", "predict_of", "write_figures_of",
+    "scores_and_heads",
     "target_probability", "is_soft_target",
 ]
 
@@ -115,6 +116,10 @@ class CollabModel(nn.Module, metaclass=ABCMeta):
         """Called after round ``index``; returns anything worth logging."""
         return {}
 
+    def write_figures(self, output_dir) -> list:
+        """Method-specific pictures a training run should leave behind (e.g. importance per round); paths."""
+        return []
+
     # -- weights ------------------------------------------------------------------------------------------
     def classifier_names(self) -> Tuple[str, ...]:
         """Module names of every head's final classifier, main head last."""
@@ -177,6 +182,11 @@ def forward_heads_of(model: nn.Module, x: Tensor) -> Heads:
 def predict_of(model: nn.Module, heads: Heads) -> Tensor:
     fn = getattr(model, "predict", None)
     return fn(heads) if fn is not None else heads[-1]
+
+
+def write_figures_of(model: nn.Module, output_dir) -> list:
+    fn = getattr(model, "write_figures", None)
+    return list(fn(output_dir)) if fn is not None else []
 
 
 @torch.no_grad()

@@ -382,3 +382,13 @@ def cifar_cfg(first_conv: str, classifier, num_classes: int = 100, **extra) -> D
     """32x32 CIFAR inputs, CIFAR-100 statistics, no crop at test time."""
     return base_cfg(first_conv, classifier, num_classes=num_classes, input_size=(3, 32, 32), mean=CIFAR100_MEAN,
                     std=CIFAR100_STD, crop_pct=1.0, **extra)
+
+
+MNIST_MEAN = (0.1307,)
+MNIST_STD = (0.3081,)
+
+
+def mnist_cfg(first_conv: str, classifier, num_classes: int = 10, size: int = 28, **extra) -> Dict[str, Any]:
+    """Single-channel digit images (MNIST, the built-in digits sets), MNIST statistics, no crop."""
+    return base_cfg(first_conv, classifier, num_classes=num_classes, input_size=(1, size, size), mean=MNIST_MEAN,
+                    std=MNIST_STD, crop_pct=1.0, **extra)

@@ -1,2 +1,2 @@
 """One module per paper: its heads or layers, its loss, and its registered variants."""
-from . import dks  # noqa: F401
+from . import cldl, complementary, dcl, dks  # noqa: F401
