@@ -83,6 +83,9 @@ class CollabModel(nn.Module, metaclass=ABCMeta):
     head_names: Tuple[str, ...] = ("main",)
     training_only_prefixes: Tuple[str, ...] = ()
     num_rounds: int = 1
+    # True when a training step may leave some parameters without a gradient (stochastic branches), so a
+    # data-parallel wrapper must look for unused parameters instead of waiting for their gradients.
+    leaves_parameters_unused: bool = False
 
     # -- the contract -------------------------------------------------------------------------------------
     @abstractmethod

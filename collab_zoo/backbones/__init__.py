@@ -1,2 +1,3 @@
 """Networks the papers use that timm lacks, registered into timm's registry."""
-from . import cifar_resnet, densenet_cifar, mobilenet_cifar, wide_resnet  # noqa: F401
+from . import (alexnet, alexnet_caffe, bignet, cifar_resnet, densenet_cifar, googlenet, lenet,  # noqa: F401
+               mlp, mobilenet_cifar, nin, wide_resnet)
