@@ -211,8 +211,9 @@ class _TimmResNetView:
         return [info["num_chs"] for info in self.backbone.feature_info]
 
     def build_head(self, after: int, blocks: Sequence[int], widths: Sequence[float], num_classes: int) -> AuxHead:
-        stages = self.stages()
-        expansion = type(stages[-1][0]).expansion
+        if not blocks:  # a simple head: pooling and a classifier straight on the attach point
+            return AuxHead(nn.Sequential(), nn.Identity(), self.stage_channels()[after + 1], num_classes)
+        expansion = type(self.stages()[-1][0]).expansion
         planes = [self.stage_channels()[i + 1] // expansion for i in range(4)]
         layers = self.stage_blocks()
         for offset, (b, w) in enumerate(zip(blocks, widths)):
@@ -221,8 +222,7 @@ class _TimmResNetView:
         donor = timm.create_model(self.arch, pretrained=False, num_classes=0, layers=tuple(layers),
                                   channels=tuple(planes), **self.donor_kwargs)
         copied = [getattr(donor, self.stage_names[i]) for i in range(after + 1, 4)]
-        out_channels = planes[3] * expansion if copied else self.stage_channels()[after + 1]
-        return AuxHead(nn.Sequential(*copied), nn.Identity(), out_channels, num_classes)
+        return AuxHead(nn.Sequential(*copied), nn.Identity(), planes[3] * expansion, num_classes)
 
 
 def _view_of(backbone: nn.Module, arch: Optional[str], donor_kwargs: Dict[str, Any]):
@@ -278,7 +278,7 @@ class DKSModel(CollabModel):
             head_blocks = [list(b) for b in head_blocks] if head_blocks is not None else default_blocks
             head_widths = [list(w) for w in head_widths] if head_widths is not None else default_widths
         for a, b, w in zip(self.attach, head_blocks, head_widths):
-            expected = num_stages - 1 - a
+            expected = num_stages - 1 - a if aux == "blocks" else 0
             if len(b) != expected or len(w) != expected:
                 raise IncompatibleConfigError(
                     f"the head after {self._view.stage_names[a]} copies {expected} later stage(s); got blocks {b} "

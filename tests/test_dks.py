@@ -1,0 +1,298 @@
+"""DKS: the loss against hand arithmetic, detached teachers, pair sets, heads, export, the authors' weights."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import collab_zoo
+from collab_zoo.errors import IncompatibleConfigError
+from collab_zoo.methods.dks import DKSModel, dks_loss, pair_mask
+
+from conftest import ROOT, subprocess_env
+
+DKS_MODELS = ["dks_resnet18", "dks_resnet50", "dks_resnet152", "dks_resnet32", "dks_resnet110", "dks_wrn28_4",
+              "dks_wrn28_10", "dks_densenet40_k12", "dks_densenet100_k12", "dks_mobilenet"]
+
+
+def _softmax(row):
+    m = max(row)
+    e = [math.exp(v - m) for v in row]
+    return [v / sum(e) for v in e]
+
+
+def _hand_loss(heads, target, pairs, temperature=1.0, alpha=None, beta=1.0):
+    """The paper's Eq. 4 in plain Python: sum of CE plus sum over B of -sum_k p_m^k log p_n^k, batch-averaged."""
+    m_count, batch = len(heads), len(target)
+    alpha = alpha or [1.0] * m_count
+    total = 0.0
+    for m in range(m_count):
+        total += alpha[m] * sum(-math.log(_softmax(heads[m][b])[target[b]]) for b in range(batch)) / batch
+    for t in range(m_count):
+        for s in range(m_count):
+            keep = {"bidirectional": t != s, "top_down": t > s, "bottom_up": t < s, "none": False}[pairs]
+            if not keep:
+                continue
+            h = 0.0
+            for b in range(batch):
+                p_t = _softmax([v / temperature for v in heads[t][b]])
+                p_s = _softmax([v / temperature for v in heads[s][b]])
+                h += -sum(pt * math.log(ps) for pt, ps in zip(p_t, p_s))
+            total += beta * h / batch
+    return total
+
+
+HEADS = [[[0.2, -1.0, 0.5], [1.5, 0.3, -0.2]],
+         [[-0.4, 0.9, 0.1], [0.0, 2.0, -1.0]],
+         [[1.1, 0.2, -0.3], [-0.5, 0.4, 0.8]]]
+TARGET = [2, 1]
+
+
+@pytest.mark.parametrize("pairs", ["bidirectional", "top_down", "bottom_up", "none"])
+def test_loss_matches_hand_arithmetic_for_each_pair_set(pairs):
+    heads = [torch.tensor(h) for h in HEADS]
+    total, parts = dks_loss(heads, torch.tensor(TARGET), pairs=pairs)
+    assert total.item() == pytest.approx(_hand_loss(HEADS, TARGET, pairs), rel=1e-5)
+    assert ("synergy" in parts) == (pairs != "none")
+
+
+def test_temperature_and_weights():
+    heads = [torch.tensor(h) for h in HEADS]
+    alpha = [0.5, 2.0, 1.0]
+    total, _ = dks_loss(heads, torch.tensor(TARGET), temperature=3.0, alpha=alpha, beta=0.25)
+    assert total.item() == pytest.approx(_hand_loss(HEADS, TARGET, "bidirectional", 3.0, alpha, 0.25), rel=1e-5)
+
+
+def test_pair_masks():
+    assert pair_mask(3, "bidirectional").sum() == 6  # the paper: 3 heads, 6 ordered pairs
+    assert pair_mask(3, "top_down").tolist() == [[False] * 3, [True, False, False], [True, True, False]]
+    assert pair_mask(3, "bottom_up").tolist() == [[False, True, True], [False, False, True], [False] * 3]
+    with pytest.raises(IncompatibleConfigError):
+        pair_mask(3, "sideways")
+
+
+def test_teachers_are_detached():
+    """Top-down: the main head only teaches, so the synergy term sends it no gradient; bottom-up likewise the
+    shallowest head. Bidirectional: head n's gradient is sum over teachers m of (p_n - p_m) / B, nothing else."""
+    base = [torch.tensor(h) for h in HEADS]
+    for pairs, silent in (("top_down", 2), ("bottom_up", 0)):
+        heads = [h.clone().requires_grad_() for h in base]
+        total, parts = dks_loss(heads, torch.tensor(TARGET), pairs=pairs)
+        ce = sum(F.cross_entropy(h, torch.tensor(TARGET)) for h in heads)
+        (total - ce).backward()
+        assert torch.count_nonzero(heads[silent].grad) == 0
+    heads = [h.clone().requires_grad_() for h in base]
+    total, _ = dks_loss(heads, torch.tensor(TARGET))
+    (total - sum(F.cross_entropy(h, torch.tensor(TARGET)) for h in heads)).backward()
+    probs = [F.softmax(h, -1) for h in base]
+    for n in range(3):
+        expected = sum(probs[n] - probs[m] for m in range(3) if m != n) / len(TARGET)
+        assert torch.allclose(heads[n].grad, expected, atol=1e-6)
+
+
+def test_released_code_kl_has_the_same_gradient_and_a_lower_value():
+    base = [torch.tensor(h) for h in HEADS]
+    grads = {}
+    values = {}
+    for divergence in ("cross_entropy", "kl"):
+        heads = [h.clone().requires_grad_() for h in base]
+        total, parts = dks_loss(heads, torch.tensor(TARGET), divergence=divergence)
+        total.backward()
+        grads[divergence] = torch.stack([h.grad for h in heads])
+        values[divergence] = parts["synergy"].item()
+    assert torch.allclose(grads["cross_entropy"], grads["kl"], atol=1e-5)
+    assert values["kl"] < values["cross_entropy"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("divergence", ["cross_entropy", "kl"])
+def test_extreme_logits_stay_finite(dtype, divergence):
+    torch.manual_seed(0)
+    heads = [(torch.randn(4, 10).sign() * 1e4).to(dtype).requires_grad_() for _ in range(3)]
+    total, parts = dks_loss(heads, torch.randint(0, 10, (4,)), divergence=divergence)
+    total.backward()
+    assert torch.isfinite(total) and all(torch.isfinite(v) for v in parts.values())
+    assert all(torch.isfinite(h.grad).all() for h in heads)
+
+
+def test_soft_targets_from_mixup():
+    heads = [torch.tensor(h) for h in HEADS]
+    soft = F.one_hot(torch.tensor(TARGET), 3).float()
+    assert dks_loss(heads, soft)[0].item() == pytest.approx(dks_loss(heads, torch.tensor(TARGET))[0].item(), rel=1e-6)
+
+
+def _input_for(name):
+    return torch.randn(2, 3, 64, 64) if name in ("dks_resnet18", "dks_resnet50", "dks_resnet152") else \
+        torch.randn(2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("name", DKS_MODELS)
+def test_every_variant_trains_exports_and_keeps_timms_interface(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=5)
+    x, y = _input_for(name), torch.tensor([1, 3])
+    model.train()
+    heads = model(x)
+    assert isinstance(heads, tuple) and len(heads) == 3 and all(h.shape == (2, 5) for h in heads)
+    loss, parts = model.collab_loss(heads, y)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert set(parts) >= {"synergy", "total", "ce_main"}
+    model.eval()
+    with torch.no_grad():
+        scores = model(x)
+        exported = model.export().eval()
+        assert torch.equal(exported(x), scores)
+        assert torch.equal(model.forward_head(model.forward_features(x)), scores)
+    assert model.get_classifier(name_only=True) == "backbone.fc" and model.num_features == exported.num_features
+    model.reset_classifier(7)
+    model.train()
+    assert all(h.shape == (2, 7) for h in model(x))
+    features = timm.create_model(name, num_classes=5, features_only=True)
+    maps = features(x)
+    assert [m.shape[1] for m in maps] == [info["num_chs"] for info in features.feature_info.get_dicts()]
+
+
+def test_eval_runs_the_backbone_only():
+    model = collab_zoo.create_model("dks_resnet32", num_classes=5).eval()
+    calls = []
+    for head in model.aux_heads:
+        head.register_forward_hook(lambda *a: calls.append(1))
+    model(torch.randn(2, 3, 32, 32))
+    assert calls == []
+
+
+def test_export_loads_strictly_into_timm():
+    model = collab_zoo.create_model("dks_resnet18", num_classes=10).eval()
+    plain = timm.create_model("resnet18", num_classes=10)
+    plain.load_state_dict(model.export().state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(plain.eval()(x), model(x))
+    assert model.export().pretrained_cfg["architecture"] == "resnet18"
+
+
+def test_pretrained_file_of_timm_resnet50_weights_gives_timms_outputs(tmp_path):
+    """The issue's 'done when': a safetensors of a timm resnet50 state_dict loads into dks_resnet50."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    reference = timm.create_model("resnet50").eval()
+    save_file(reference.state_dict(), tmp_path / "resnet50.safetensors")
+    model = collab_zoo.create_model("dks_resnet50", pretrained=True,
+                                    pretrained_cfg_overlay=dict(file=str(tmp_path / "resnet50.safetensors"))).eval()
+    x = torch.randn(2, 3, 96, 96)
+    assert torch.equal(model(x), reference(x))
+    initialised = model.pretrained_load_report.initialised
+    assert initialised and all(k.startswith("aux_heads.") for k in initialised)
+
+
+def test_fine_tuning_keeps_the_backbone_and_starts_fresh_heads(tmp_path, caplog):
+    from safetensors.torch import save_file
+
+    reference = timm.create_model("resnet50")
+    save_file(reference.state_dict(), tmp_path / "w.safetensors")
+    with caplog.at_level("INFO", logger="collab_zoo.weights"):
+        model = collab_zoo.create_model("dks_resnet50", pretrained=True, num_classes=10,
+                                        pretrained_cfg_overlay=dict(file=str(tmp_path / "w.safetensors")))
+    report = model.pretrained_load_report
+    assert "backbone.fc.weight" in report.initialised and "aux_heads.1.fc.weight" in report.initialised
+    assert torch.equal(model.backbone.layer4[2].conv3.weight, reference.layer4[2].conv3.weight)
+    assert "backbone.fc.weight" in caplog.text
+    assert model.backbone.fc.out_features == 10 and all(h.fc.out_features == 10 for h in model.aux_heads)
+
+
+def _count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_wrn_heads_match_the_released_code():
+    with torch.device("meta"):
+        model = timm.create_model("dks_wrn28_10", num_classes=100)
+    assert (_count(model.backbone), _count(model.aux_heads[0]), _count(model.aux_heads[1])) == (
+        36_536_884, 20_145_060, 107_464_420)
+
+
+def test_default_heads_follow_the_papers_rule_on_resnet18():
+    with torch.device("meta"):
+        model = timm.create_model("dks_resnet18", num_classes=1000)
+    after_layer2, after_layer3 = model.aux_heads
+    # After layer2: 1 BasicBlock @256, then 2 @512; after layer3: 2 BasicBlocks @1024 (double width).
+    assert [len(s) for s in after_layer2.stages] == [1, 2]
+    assert [s[0].conv1.out_channels for s in after_layer2.stages] == [256, 512]
+    assert [len(s) for s in after_layer3.stages] == [2] and after_layer3.stages[0][0].conv1.out_channels == 1024
+    assert type(after_layer2.stages[0][0]) is type(model.backbone.layer3[0])
+
+
+def test_dks_on_any_timm_resnet_family_model():
+    with torch.device("meta"):
+        d = collab_zoo.create_model("dks", backbone="resnet50d", num_classes=10)
+    # resnet50d down-samples its shortcut with average pooling; the heads' blocks must too.
+    shortcut = d.aux_heads[0].stages[0][0].downsample
+    assert isinstance(shortcut[0], torch.nn.AvgPool2d)
+    model = collab_zoo.create_model("dks", backbone="resnet34", num_classes=4, attach=("layer3",), aux="simple")
+    assert model.head_names == ("aux_layer3", "main") and len(model.aux_heads[0].stages) == 0
+    model.train()
+    heads = model(torch.randn(2, 3, 64, 64))
+    model.collab_loss(heads, torch.tensor([0, 1]))[0].backward()
+    with pytest.raises(IncompatibleConfigError, match="attach point"):
+        collab_zoo.create_model("dks", backbone="resnet34", attach=("layer4",))
+    with pytest.raises(IncompatibleConfigError, match="staged backbone"):
+        DKSModel(timm.create_model("vit_tiny_patch16_224"))
+
+
+def test_configurable_heads():
+    model = collab_zoo.create_model("dks_resnet32", num_classes=10, head_blocks=[[1, 1], [2]],
+                                    head_widths=[[0.5, 1.0], [1.0]], pairs="top_down", temperature=2.0)
+    assert [len(s) for s in model.aux_heads[0].stages] == [1, 1]
+    assert model.aux_heads[0].stages[0][0].conv1.out_channels == 16
+    with pytest.raises(IncompatibleConfigError, match="copies 2 later stage"):
+        collab_zoo.create_model("dks_resnet32", head_blocks=[[1], [2]], head_widths=[[1.0], [1.0]])
+
+
+def _authors_file(tmp_path, arch="resnet18"):
+    """A file in the authors' release format: torchvision names behind DataParallel's 'module.' prefix."""
+    import torchvision
+
+    torch.manual_seed(0)
+    net = getattr(torchvision.models, arch)(weights=None).eval()
+    path = tmp_path / f"{arch}_dks.pth"
+    torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, path)
+    return net, path
+
+
+def test_converter_turns_the_authors_file_into_a_loadable_hub_folder(tmp_path, hub):
+    net, path = _authors_file(tmp_path)
+    out = tmp_path / "dks_resnet18.in1k"
+    config_path = tmp_path / "dks_resnet18.in1k.json"
+    config_path.write_text((ROOT / "hub_configs" / "dks_resnet18.in1k.json").read_text())
+    repo = "tester/dks_resnet18-authors"
+    result = subprocess.run(
+        [sys.executable, "-m", "collab_zoo.convert", "dks", "--arch", "resnet18", "--src", str(path), "--out",
+         str(out), "--push-to-hub", repo, "--write-hub-config", str(config_path)],
+        env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    x = torch.randn(2, 3, 64, 64)
+    expected = net(x)
+    local = collab_zoo.create_model(f"local-dir:{out}", pretrained=True).eval()
+    assert torch.allclose(local(x), expected, atol=1e-5)
+    # The written hub config pins what was pushed; the registry then downloads and verifies it.
+    pinned = json.loads(config_path.read_text())
+    assert pinned["revision"] == summary["revision"] and pinned["sha256"] == summary["sha256"]
+    collab_zoo.register_hub_config(config_path)
+    from_hub = collab_zoo.create_model("dks_resnet18.in1k", pretrained=True).eval()
+    assert torch.allclose(from_hub(x), expected, atol=1e-5)
+    assert from_hub.pretrained_cfg["crop_mode"] == "squash"
+
+
+def test_converter_refuses_a_file_of_another_architecture(tmp_path):
+    _, path = _authors_file(tmp_path, "resnet18")
+    result = subprocess.run([sys.executable, "-m", "collab_zoo.convert", "dks", "--arch", "resnet50", "--src",
+                             str(path), "--out", str(tmp_path / "o")], env=subprocess_env(), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2 and "Is --arch right?" in result.stderr
+    assert not (tmp_path / "o" / "model.safetensors").exists()
