@@ -1,0 +1,432 @@
+"""DCL (Deep Collaborative Learning): the module against its formula, the two training strategies, the
+replacement helper, the paper's sizes, numerics, and every dcl_* model and baseline through the contract."""
+import itertools
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import collab_zoo
+from collab_zoo.contract import CollabModel, head_names_of, heads_of, scores_and_heads, training_round_of
+from collab_zoo.errors import IncompatibleConfigError
+from collab_zoo.methods.dcl import (COMPLEXITY_PAIRS, DCLModule, complexity_rows, dcl_fuse, dcl_fuse_pairs,
+                                    format_complexity_table, lenet_variant, replace_with_dcl)
+
+from conftest import ROOT, subprocess_env
+
+
+# --- independent arithmetic (numpy, float64) ----------------------------------------------------------------
+
+def _np(t):
+    return t.detach().double().numpy()
+
+
+def _relu(a):
+    return np.maximum(a, 0.0)
+
+
+def _linear_responses(module: DCLModule, x: torch.Tensor) -> np.ndarray:
+    """v_t = relu(W_t relu(theta_t x + b) + c) for every branch of a linear DCL module: [T, B, K2]."""
+    out = []
+    for branch in module.branches:
+        y = _np(x) @ _np(branch.filters.weight).T + _np(branch.filters.bias)
+        v = _relu(y) @ _np(branch.mapping.weight).T + _np(branch.mapping.bias)
+        out.append(_relu(v))
+    return np.stack(out)
+
+
+def _conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int, padding: int) -> np.ndarray:
+    """A direct loop convolution of one image [C, H, W] with filters [O, C, k, k]."""
+    xp = np.pad(x, ((0, 0), (padding, padding), (padding, padding)))
+    k = w.shape[-1]
+    height, width = (xp.shape[1] - k) // stride + 1, (xp.shape[2] - k) // stride + 1
+    out = np.empty((w.shape[0], height, width))
+    for i in range(height):
+        for j in range(width):
+            patch = xp[:, i * stride:i * stride + k, j * stride:j * stride + k]
+            out[:, i, j] = np.tensordot(w, patch, axes=3) + b
+    return out
+
+
+# --- the module --------------------------------------------------------------------------------------------
+
+def test_linear_module_matches_the_formula_with_unequal_branches():
+    torch.manual_seed(0)
+    module = DCLModule(6, 5, [3, 2, 4]).eval()          # deterministic, T = 3, eps = 1e-3
+    x = torch.randn(7, 6)
+    v = _linear_responses(module, x)
+    expected = (v[0] * v[1] * v[2] + 1e-3) ** (1 / 3)
+    got = _np(module(x))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+    assert (v.prod(0) > 0).any() and (v.prod(0) == 0).any(), "the check should see both fired and silent units"
+    assert np.allclose(got[v.prod(0) == 0], 0.1, rtol=1e-5), "a silent unit sits at the floor eps**(1/T) = 0.1"
+
+
+def test_conv_module_matches_the_formula_and_keeps_the_replaced_geometry():
+    torch.manual_seed(1)
+    original = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+    module = DCLModule.replacing(original, branches=2, width=[2, 3]).eval()
+    x = torch.randn(2, 3, 5, 5)
+    out = module(x)
+    assert out.shape == original(x).shape == (2, 4, 3, 3)
+    for n in range(2):
+        v = []
+        for branch in module.branches:
+            y = _relu(_conv2d(_np(x[n]), _np(branch.filters.weight), _np(branch.filters.bias), 2, 1))
+            w = _np(branch.mapping.weight)[:, :, 0, 0]
+            v.append(_relu(np.einsum("oc,chw->ohw", w, y) + _np(branch.mapping.bias)[:, None, None]))
+        np.testing.assert_allclose(_np(out[n]), np.sqrt(v[0] * v[1] + 1e-2), rtol=1e-5, atol=1e-7)
+
+
+def test_without_branch_relu_a_branch_is_one_linear_map():
+    torch.manual_seed(2)
+    module = DCLModule(6, 5, [3, 3], branch_act=False).eval()
+    x = torch.randn(4, 6)
+    v = []
+    for branch in module.branches:
+        y = _np(x) @ _np(branch.filters.weight).T + _np(branch.filters.bias)
+        v.append(_relu(y @ _np(branch.mapping.weight).T + _np(branch.mapping.bias)))
+    np.testing.assert_allclose(_np(module(x)), np.sqrt(v[0] * v[1] + 1e-2), rtol=1e-5, atol=1e-7)
+
+
+def test_fusion_gradient_is_the_formulas_derivative():
+    torch.manual_seed(3)
+    for num in (2, 3, 4):
+        factors = (torch.rand(num, 3, 5, dtype=torch.float64) * 2 + 0.05).requires_grad_()
+        assert torch.autograd.gradcheck(lambda f: dcl_fuse(f), (factors,))
+        naive = (factors.prod(0) + 10.0 ** -num) ** (1 / num)
+        weights = torch.randn(3, 5, dtype=torch.float64)
+        expected, = torch.autograd.grad((naive * weights).sum(), factors)
+        got, = torch.autograd.grad((dcl_fuse(factors) * weights).sum(), factors)
+        torch.testing.assert_close(got, expected)
+
+
+def test_stochastic_training_trains_exactly_two_branches_per_step():
+    torch.manual_seed(4)
+    module = DCLModule(6, 5, [3, 3, 3, 3], mode="stochastic").train()
+    calls = [0] * 4
+    for i, branch in enumerate(module.branches):
+        branch.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    x = torch.randn(8, 6)
+    seen = set()
+    for _ in range(12):
+        module.zero_grad(set_to_none=True)
+        calls[:] = [0] * 4
+        out = module(x)
+        out.sum().backward()
+        active = module.last_active
+        assert len(set(active)) == 2
+        trained = {i for i, b in enumerate(module.branches) if all(p.grad is not None for p in b.parameters())}
+        untouched = {i for i, b in enumerate(module.branches) if all(p.grad is None for p in b.parameters())}
+        assert trained == set(active) and untouched == set(range(4)) - set(active)
+        assert calls == [1 if i in active else 0 for i in range(4)], "the idle branches are not run at all"
+        v = _linear_responses(module, x)
+        np.testing.assert_allclose(_np(out), np.sqrt(v[active[0]] * v[active[1]] + 1e-2), rtol=1e-5, atol=1e-7)
+        seen.add(active)
+    assert len(seen) >= 3, "the pair is redrawn every step"
+
+    def pairs(seed):
+        torch.manual_seed(seed)
+        return [module(x) is not None and module.last_active for _ in range(8)]
+
+    assert pairs(123) == pairs(123), "a seeded run draws the same branches"
+
+
+def test_stochastic_eval_is_the_mean_over_all_pairs_from_one_pass_per_branch():
+    torch.manual_seed(5)
+    module = DCLModule(6, 5, [2, 3, 4, 5], mode="stochastic").eval()
+    calls = [0] * 4
+    for i, branch in enumerate(module.branches):
+        branch.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    x = torch.randn(9, 6)
+    out = module(x)
+    assert calls == [1, 1, 1, 1]
+    v = _linear_responses(module, x)
+    brute = np.mean([np.sqrt(v[i] * v[j] + 1e-2) for i, j in itertools.combinations(range(4), 2)], axis=0)
+    np.testing.assert_allclose(_np(out), brute, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(dcl_fuse_pairs(module.responses(x)), out)
+
+
+def test_deterministic_mode_trains_all_branches_and_two_branch_modes_agree():
+    torch.manual_seed(6)
+    module = DCLModule(6, 5, [3, 3, 3]).train()
+    x = torch.randn(5, 6)
+    module(x).sum().backward()
+    assert all(p.grad is not None for p in module.parameters())
+    torch.testing.assert_close(module.train()(x), module.eval()(x))
+    assert not module.leaves_branches_unused
+
+    pair = DCLModule(6, 5, [3, 3], mode="deterministic")
+    stochastic = DCLModule(6, 5, [3, 3], mode="stochastic")
+    stochastic.load_state_dict(pair.state_dict())
+    for train in (True, False):
+        torch.testing.assert_close(stochastic.train(train)(x), pair.train(train)(x))
+    assert not stochastic.leaves_branches_unused, "with T = 2 both branches train every step"
+
+
+def test_zero_and_huge_branch_responses_keep_loss_and_gradients_finite():
+    cases = {"silent": (-1e3, -1e3, -1e3), "huge": (1e20, 1e20, 1e20), "mixed": (-1e3, 1e18, 1e18)}
+    x = torch.randn(4, 6)
+    target = torch.tensor([0, 1, 2, 1])
+    for mode in ("deterministic", "stochastic"):
+        for name, biases in cases.items():
+            torch.manual_seed(7)
+            dcl = DCLModule(6, 5, [3, 3, 3], mode=mode)
+            with torch.no_grad():
+                for branch, b in zip(dcl.branches, biases):
+                    branch.mapping.weight.mul_(1e-3)
+                    branch.mapping.bias.fill_(b)   # the response is ~b where b > 0, exactly 0 where b < 0
+            model = nn.Sequential(dcl, nn.Linear(5, 3))
+            for train in (True, False):
+                model.train(train).zero_grad(set_to_none=True)
+                z = dcl(x)
+                loss = F.cross_entropy(model(x).float(), target)
+                loss.backward()
+                assert torch.isfinite(z).all() and torch.isfinite(loss), (mode, name, train)
+                for p in model.parameters():
+                    assert p.grad is None or torch.isfinite(p.grad).all(), (mode, name, train)
+                if name == "silent":
+                    torch.testing.assert_close(z, torch.full_like(z, 0.1))
+                if name == "huge" and mode == "deterministic":
+                    torch.testing.assert_close(z, torch.full_like(z, 1e20), rtol=1e-4, atol=0)
+    v = torch.full((3, 2), 1e20)
+    assert torch.isinf((v.prod(0) + 1e-3) ** (1 / 3)).all(), "the naive float32 product would overflow here"
+
+
+def test_runs_under_bf16_autocast():
+    torch.manual_seed(8)
+    conv = DCLModule.replacing(nn.Conv2d(4, 8, 3, padding=1), branches=3, width=4, mode="stochastic")
+    x = torch.randn(2, 4, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for train in (True, False):
+            out = conv.train(train)(x)
+            assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+    model = collab_zoo.create_model("dcl_lenet", variant="A3S", num_classes=10).train()
+    images, target = torch.randn(2, 1, 28, 28), torch.tensor([3, 7])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = model(images)
+        loss, parts = model.collab_loss(outputs, target)
+    assert outputs[0].dtype == torch.bfloat16 and loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = model.eval()(images)
+    assert scores.shape == (2, 10) and torch.isfinite(scores.float()).all()
+
+
+# --- the replacement helper --------------------------------------------------------------------------------
+
+def test_replace_with_dcl_in_a_timm_resnet():
+    torch.manual_seed(9)
+    model = timm.create_model("resnet18", num_classes=10)
+    x = torch.randn(2, 3, 32, 32)
+    features_before = model.eval().forward_features(x).shape
+    head = replace_with_dcl(model, "fc", branches=2, width=16)
+    assert isinstance(model.fc, DCLModule) and head.widths == [16, 16] and head.kernel_size is None
+    conv = replace_with_dcl(model, "layer4.0.conv1", branches=3, width=64, mode="stochastic")
+    assert isinstance(model.layer4[0].conv1, DCLModule)
+    filters = conv.branches[0].filters
+    assert (filters.kernel_size, filters.stride, filters.padding) == ((3, 3), (2, 2), (1, 1))
+    assert filters.bias is None, "the replaced conv has no bias, so neither do its branches"
+    assert model.leaves_parameters_unused, "a stochastic 3-branch module leaves branches without gradient"
+    assert model.eval().forward_features(x).shape == features_before
+    scores = model(x)
+    assert scores.shape == (2, 10) and torch.isfinite(scores).all()
+    loss = F.cross_entropy(model.train()(x), torch.tensor([1, 2]))
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_replace_with_dcl_says_what_is_wrong():
+    model = timm.create_model("resnet18", num_classes=10)
+    with pytest.raises(IncompatibleConfigError, match="no layer named 'fc6'.*layer4"):
+        replace_with_dcl(model, "fc6", width=8)
+    with pytest.raises(IncompatibleConfigError, match="BatchNorm2d"):
+        replace_with_dcl(model, "bn1", width=8)
+    with pytest.raises(IncompatibleConfigError, match="exactly one of width"):
+        replace_with_dcl(model, "fc")
+    with pytest.raises(IncompatibleConfigError, match="exactly one of width"):
+        replace_with_dcl(model, "fc", width=8, width_ratio=0.5)
+    with pytest.raises(IncompatibleConfigError, match="at least 2 branches"):
+        replace_with_dcl(model, "fc", branches=1, width=8)
+    with pytest.raises(IncompatibleConfigError, match="mode must be one of"):
+        replace_with_dcl(model, "fc", width=8, mode="random")
+    with pytest.raises(IncompatibleConfigError, match="groups=2"):
+        DCLModule.replacing(nn.Conv2d(4, 4, 3, groups=2), width=2)
+    replace_with_dcl(model, "fc", width=8)
+    with pytest.raises(IncompatibleConfigError, match="already a DCL module"):
+        replace_with_dcl(model, "fc", width=8)
+
+
+# --- sizes (the paper's numbers) -----------------------------------------------------------------------------
+
+def _counts(name, **kwargs):
+    with torch.device("meta"):
+        model = collab_zoo.create_model(name, **kwargs)
+    params = list(model.parameters())
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.dim() > 1)
+
+
+def test_alexnet_sizes():
+    params, weights = _counts("alexnet_caffe")
+    assert params == 62_378_344
+    assert _counts("alexnet_caffe", grouped=True)[0] == 60_965_224
+    dcl_params, dcl_weights = _counts("dcl_alexnet")
+    assert weights - dcl_weights == 10_485_760                       # fc6: 9216*4096 -> 2*(9216*1024 + 1024*4096)
+    assert round(100 * (weights - dcl_weights) / weights, 1) == 16.8  # the paper: 16.82% fewer
+
+
+def test_bignet_sizes():
+    params, weights = _counts("bignet", num_classes=10)
+    assert params == 5_745_738 and round(params / 1e6, 2) == 5.75 and round(weights / 1e6, 2) == 5.74
+    dcl_params, dcl_weights = _counts("dcl_bignet", num_classes=10)
+    assert dcl_weights == 5_086_912 and round(dcl_params / 1e6, 2) == 5.09
+    assert round(100 * (1 - dcl_weights / weights), 2) == 11.41       # the paper's "11.41% fewer"
+
+
+def test_lenet_and_wrn_sizes_follow_the_cost_formula():
+    # Sec. 3.4: a DCL module has (u^2 K1 + K2) sum_t M_t weights in place of u^2 K1 K2.
+    _, lenet_weights = _counts("lenet", num_classes=100)
+    for variant, (k1, k2) in {"A2": (800, 500), "A3D": (800, 500), "B2": (500, 100), "B3S": (500, 100)}.items():
+        branches = lenet_variant(variant)["branches"]
+        _, weights = _counts("dcl_lenet", variant=variant, num_classes=100)
+        assert lenet_weights - weights == k1 * k2 - (k1 + k2) * branches * (k2 // 5), variant
+    for widen in (4, 8):
+        _, wrn = _counts(f"wrn16_{widen}")
+        _, dcl = _counts("dcl_wrn16", widen_factor=widen)
+        c = 64 * widen
+        assert wrn - dcl == 9 * c * c - (9 * c + c) * 2 * (c // 4), widen
+
+
+# --- models through the contract -----------------------------------------------------------------------------
+
+CONTRACT_CASES = [
+    ("lenet", {}, (2, 1, 28, 28)),
+    *(("dcl_lenet", {"variant": v}, (2, 1, 28, 28)) for v in ("A2", "A3D", "A3S", "B2", "B3D", "B3S")),
+    ("lenet_cifar", {}, (2, 3, 32, 32)),
+    ("dcl_lenet_cifar", {}, (2, 3, 32, 32)),
+    ("bignet", {}, (2, 3, 24, 24)),
+    ("dcl_bignet", {}, (2, 3, 24, 24)),
+    ("wrn16_4", {}, (2, 3, 16, 16)),   # global pooling: any size works, and 16x16 keeps the test quick
+    ("dcl_wrn16", {}, (2, 3, 16, 16)),
+    ("dcl_wrn16", {"layer": "fc"}, (2, 3, 16, 16)),
+    ("alexnet_caffe", {"num_classes": 10}, (1, 3, 227, 227)),
+    ("dcl_alexnet", {"num_classes": 10}, (1, 3, 227, 227)),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,shape", CONTRACT_CASES,
+                         ids=[f"{n}-{'-'.join(map(str, k.values())) or 'default'}" for n, k, _ in CONTRACT_CASES])
+def test_model_trains_a_step_and_evaluates_through_the_contract(name, kwargs, shape):
+    torch.manual_seed(10)
+    model = collab_zoo.create_model(name, **kwargs)
+    num_classes = model.num_classes
+    x = torch.randn(*shape)
+    target = torch.arange(shape[0]) % num_classes
+    training = training_round_of(model, 0)
+    module = training.module.train()
+    outputs = module(x)
+    heads = heads_of(outputs)
+    assert len(heads) == len(head_names_of(model)) == 1 and heads[0].shape == (shape[0], num_classes)
+    loss, parts = training.loss(outputs, target)
+    assert set(parts) == {"ce"} and torch.isfinite(loss)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss.backward()
+    torch.optim.SGD(model.parameters(), lr=0.01).step()
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters())), "the step changed nothing"
+    model.eval()
+    scores, heads = scores_and_heads(model, x)
+    assert scores.shape == (shape[0], num_classes) and torch.isfinite(scores).all()
+    torch.testing.assert_close(model(x), scores)
+    if name.startswith("dcl_"):
+        assert isinstance(model, CollabModel) and isinstance(outputs, tuple) and len(outputs) == 1
+        stochastic_three_branches = kwargs.get("variant") in ("A3S", "B3S")
+        assert model.leaves_parameters_unused == stochastic_three_branches
+
+
+def test_soft_targets_work_for_dcl_models():
+    model = collab_zoo.create_model("dcl_lenet_cifar", num_classes=10).train()
+    soft = torch.softmax(torch.randn(2, 10), dim=-1)
+    loss, parts = model.collab_loss(model(torch.randn(2, 3, 32, 32)), soft)
+    loss.backward()
+    assert torch.isfinite(loss) and parts["ce"] == loss.detach()
+
+
+def test_dcl_classifier_resets_and_reloads_across_class_counts():
+    torch.manual_seed(11)
+    model = collab_zoo.create_model("dcl_lenet", variant="B3S", num_classes=100)
+    head = model.get_classifier()
+    assert isinstance(head, DCLModule) and head.widths == [20, 20, 20]
+    assert model.get_classifier(name_only=True) == "backbone.fc"
+    names = model.classifier_names()
+    assert len(names) == 6 and all(isinstance(model.get_submodule(n), nn.Linear) for n in names)
+
+    # Fine-tuning to 10 classes: every DCL classifier layer starts fresh, everything else loads.
+    state = model.state_dict()
+    tuned = collab_zoo.create_model("dcl_lenet", variant="B3S", num_classes=10, pretrained=True,
+                                    pretrained_cfg_overlay=dict(state_dict=state))
+    assert tuned.get_classifier().widths == [2, 2, 2] and tuned.get_classifier().out_channels == 10
+    torch.testing.assert_close(tuned.backbone.fc1.weight, model.backbone.fc1.weight)
+    assert tuned.eval()(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+    model.reset_classifier(7)
+    assert isinstance(model.get_classifier(), DCLModule) and model.get_classifier().out_channels == 7
+    assert model.eval()(torch.randn(1, 1, 28, 28)).shape == (1, 7)
+
+
+def test_variants_and_options_are_checked():
+    assert lenet_variant("A3S") == dict(layer="fc1", branches=3, mode="stochastic")
+    assert lenet_variant("b2") == dict(layer="fc", branches=2, mode="deterministic")
+    for bad in ("C2", "A3", "A1", "A2X"):
+        with pytest.raises(IncompatibleConfigError, match="variant"):
+            lenet_variant(bad)
+    with pytest.raises(IncompatibleConfigError, match="from variant"):
+        collab_zoo.create_model("dcl_lenet", variant="A2", branches=3)
+    with pytest.raises(IncompatibleConfigError, match="eps must be positive"):
+        DCLModule(4, 4, [2, 2], eps=0.0)
+    model = collab_zoo.create_model("dcl_alexnet", width=512, num_classes=10, img_size=99)
+    assert model.dcl_module.widths == [512, 512]
+    with pytest.raises(IncompatibleConfigError, match="at least 39x39"):
+        collab_zoo.create_model("alexnet_caffe", img_size=32)
+
+
+def test_registration_and_cfg_names_resolve():
+    names = {"lenet", "lenet_cifar", "bignet", "alexnet_caffe", "dcl_lenet", "dcl_lenet_cifar", "dcl_bignet",
+             "dcl_wrn16", "dcl_alexnet"}
+    assert names <= set(collab_zoo.list_models())
+    for name in names:
+        with torch.device("meta"):
+            model = timm.create_model(name)
+        cfg = model.pretrained_cfg
+        assert isinstance(model.get_submodule(cfg["first_conv"]), nn.Conv2d), name
+        assert model.get_submodule(cfg["classifier"]) is model.get_classifier(), name
+    features = timm.create_model("dcl_lenet_cifar", features_only=True, out_indices=(1, 2))
+    assert [f.shape[1:] for f in features(torch.randn(1, 3, 32, 32))] == [(64, 8, 8), (128, 4, 4)]
+
+
+def test_complexity_rows_and_the_command_line_table():
+    pairs = [p for p in COMPLEXITY_PAIRS if p[2] in ("dcl_alexnet", "dcl_bignet") or p[3].get("variant") == "A3S"]
+    rows = {(r.model, r.config): r for r in complexity_rows(pairs)}
+    alexnet = rows["dcl_alexnet", "default"]
+    assert alexnet.baseline_params == 62_378_344 and alexnet.baseline_weights - alexnet.dcl_weights == 10_485_760
+    assert 0 < alexnet.dcl_flops < alexnet.baseline_flops and alexnet.input_size == (3, 227, 227)
+    bignet = rows["dcl_bignet", "default"]
+    assert (bignet.num_classes, bignet.baseline_weights, bignet.dcl_weights) == (10, 5_742_272, 5_086_912)
+    a3s = rows["dcl_lenet", "variant=A3S"]
+    assert a3s.dcl_train_flops < a3s.dcl_flops, "a stochastic training step runs 2 of the 3 branches"
+    assert "dcl_bignet" in format_complexity_table(list(rows.values()))
+
+    # The command line prints every pair (and registers the models once: the module guards its __main__).
+    run = subprocess.run([sys.executable, "-m", "collab_zoo.methods.dcl"], cwd=ROOT, env=subprocess_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    table = [line.split()[1] for line in run.stdout.splitlines() if line.split()[:1] and line.split()[1:2]
+             and line.split()[1].startswith("dcl_")]
+    assert sorted(set(table)) == ["dcl_alexnet", "dcl_bignet", "dcl_lenet", "dcl_lenet_cifar", "dcl_wrn16"]
+    assert len(table) == len(COMPLEXITY_PAIRS) and "62,378,344" in run.stdout and "51,898,728" in run.stdout
