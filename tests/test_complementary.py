@@ -1,0 +1,555 @@
+"""Complementary deep networks: Algorithm 1's formulas against hand arithmetic, the edges the released code
+leaves open, the Eq. 9 ensemble, rounds and their resumption, the authors' round files, an end-to-end run."""
+import io
+import json
+import math
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+import torchvision
+
+import collab_zoo
+from collab_zoo import convert
+from collab_zoo.contract import TrainingRound
+from collab_zoo.errors import IncompatibleConfigError, StateDictMismatchError
+from collab_zoo.hub import save_for_hub
+from collab_zoo.methods import complementary as cm
+
+# Five held-out images of three classes; the hand computations below use only math and loops.
+LOGITS = [[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 3.0], [0.5, 0.0, 1.0]]
+TARGETS = [0, 1, 1, 2, 0]
+
+
+def _softmax_row(row):
+    exps = [math.exp(v) for v in row]
+    return [e / sum(exps) for e in exps]
+
+
+def _mlp_ensemble(**kwargs):
+    torch.manual_seed(0)
+    return collab_zoo.create_model("complementary_mlp_x4", **kwargs)
+
+
+# --- Eq. 4: per-class error -------------------------------------------------------------------------------------
+
+def test_soft_class_error_is_eq4_by_hand():
+    probs = [_softmax_row(r) for r in LOGITS]
+    expected = []
+    for c in range(3):
+        own = [1 - p[c] for p, y in zip(probs, TARGETS) if y == c]
+        other = [p[c] for p, y in zip(probs, TARGETS) if y != c]
+        expected.append(0.5 * (sum(own) / len(own) + sum(other) / len(other)))
+    stats = cm.heldout_class_stats(torch.tensor(LOGITS), torch.tensor(TARGETS), "soft")
+    assert stats.error.tolist() == pytest.approx(expected, abs=1e-12)
+    assert stats.count.tolist() == [2, 2, 1]
+    chunked = cm.heldout_class_stats(torch.tensor(LOGITS), torch.tensor(TARGETS), "soft", chunk_size=2)
+    assert chunked.error.tolist() == pytest.approx(expected, abs=1e-12)
+
+
+def test_hard_class_error_is_the_class_miss_rate():
+    # argmax per row: 0, 1, 0 (first of a tie), 2, 2 -> class 0: 1 of 2 right, class 1: 1 of 2, class 2: 1 of 1.
+    stats = cm.heldout_class_stats(torch.tensor(LOGITS), torch.tensor(TARGETS), "hard")
+    assert stats.error.tolist() == [0.5, 0.5, 0.0]
+    assert stats.accuracy.tolist() == [0.5, 0.5, 1.0]
+    assert stats.top1 == pytest.approx(3 / 5)
+
+
+# --- Eq. 5, 8, 6, 7, 9 --------------------------------------------------------------------------------------------
+
+def test_weighted_error_gamma_and_importance_update_by_hand():
+    errors = torch.tensor([0.1, 0.4, 0.7], dtype=torch.float64)
+    phi = torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64)
+    assert cm.normalise_importance(phi).tolist() == [0.25, 0.5, 0.25]
+    eps = cm.weighted_error(errors, phi)
+    assert eps == pytest.approx(0.25 * 0.1 + 0.5 * 0.4 + 0.25 * 0.7)                        # 0.4
+    gamma = cm.boosting_gamma(eps, mu=0.7)
+    assert gamma.value == pytest.approx(0.28 / 0.72) and not gamma.clamped and not gamma.floored
+    g = 0.28 / 0.72
+    for exponent, scale in (("paper", 0.7), ("code", 1.0)):
+        raw = [0.25 * g ** (1 - scale * 0.1), 0.5 * g ** (1 - scale * 0.4), 0.25 * g ** (1 - scale * 0.7)]
+        expected = [r / sum(raw) for r in raw]
+        updated = cm.update_importance(phi, errors, gamma.value, mu=0.7, exponent=exponent)
+        assert updated.tolist() == pytest.approx(expected, rel=1e-12)
+        assert float(updated.sum()) == pytest.approx(1.0)
+    # Relative to the easiest class, the hardest one gains importance: gamma < 1 and a larger exponent cut.
+    updated = cm.update_importance(phi, errors, g)
+    assert float(updated[2] / updated[0]) > float(phi[2] / phi[0])
+
+
+def test_ensemble_weights_are_log_inverse_gammas_normalised():
+    weights = cm.member_weights_from_gammas([0.25, 0.5])
+    assert weights.tolist() == pytest.approx([math.log(4) / math.log(8), math.log(2) / math.log(8)])
+    logits = [torch.tensor([[1.0, 0.0, -1.0]]), torch.tensor([[0.0, 2.0, 0.0]])]
+    p1, p2 = _softmax_row([1.0, 0.0, -1.0]), _softmax_row([0.0, 2.0, 0.0])
+    mixed = [(math.log(4) * a + math.log(2) * b) / math.log(8) for a, b in zip(p1, p2)]
+    out = cm.ensemble_log_probs(logits, [0.25, 0.5])
+    assert out.exp()[0].tolist() == pytest.approx(mixed, rel=1e-6)
+    with pytest.raises(IncompatibleConfigError, match=r"\(0, 1\)"):
+        cm.member_weights_from_gammas([0.5, 1.0])
+
+
+# --- the edges ------------------------------------------------------------------------------------------------------
+
+def test_a_class_without_heldout_images_takes_the_weighted_mean_error():
+    logits = torch.tensor(LOGITS + [[0.0, 0.0, 0.0]])[:, :3]
+    logits = torch.cat([logits, torch.zeros(len(logits), 1)], dim=1)                    # 4 classes, 3 present
+    targets = torch.tensor(TARGETS + [2])
+    stats = cm.heldout_class_stats(logits, targets)
+    assert stats.measured.tolist() == [True, True, True, False]
+    phi = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    filled = cm.fill_unmeasured(stats.error, stats.measured, phi)
+    e = stats.error.tolist()
+    mean = (0.1 * e[0] + 0.2 * e[1] + 0.3 * e[2]) / 0.6
+    assert filled.tolist()[:3] == e[:3] and filled[3].item() == pytest.approx(mean)
+    # The fill leaves eps_t what it is over the measured classes alone.
+    assert cm.weighted_error(filled, phi) == pytest.approx(cm.weighted_error(stats.error[:3], phi[:3]))
+
+    model = _mlp_ensemble(num_classes=4)
+    log = model.complete_round(0, (logits,), targets)
+    assert log["unmeasured_classes"] == 1
+    for name in model.ROUND_STATE:
+        value = getattr(model, name)
+        assert not (value.is_floating_point() and bool(torch.isnan(value).any())), name
+    assert model.class_measured[0].tolist() == [True, True, True, False]
+
+
+def test_too_few_classes_or_soft_targets_in_the_heldout_split_are_errors():
+    model = _mlp_ensemble()
+    with pytest.raises(IncompatibleConfigError, match="at least two classes"):
+        model.complete_round(0, (torch.randn(6, 10),), torch.full((6,), 3))
+    with pytest.raises(IncompatibleConfigError, match="class indices"):
+        model.complete_round(0, (torch.randn(6, 10),), torch.softmax(torch.randn(6, 10), -1))
+    with pytest.raises(IncompatibleConfigError, match="held-out"):
+        model.complete_round(0)
+    assert int(model.rounds_completed) == 0
+
+
+def test_zero_error_is_floored_to_a_finite_weight_and_leaves_importance_alone():
+    gamma = cm.boosting_gamma(0.0, mu=0.7)
+    assert gamma.floored and gamma.value == pytest.approx(0.7e-6 / (1 - 0.7e-6))
+    phi = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    assert cm.update_importance(phi, torch.zeros(3, dtype=torch.float64), gamma.value).tolist() == pytest.approx(
+        phi.tolist())
+    model = _mlp_ensemble(error="hard")
+    targets = torch.arange(20) % 10
+    perfect = F.one_hot(targets, 10).float() * 50.0
+    log = model.complete_round(0, (perfect,), targets)
+    assert log["error_floored"] == 1 and math.isfinite(log["member_weight"]) and log["member_weight"] > 0
+    assert model.importance[1].tolist() == pytest.approx([0.1] * 10)
+    model.eval()
+    assert bool(torch.isfinite(model(torch.randn(2, 1, 28, 28))).all())
+
+
+def test_a_member_with_mu_eps_at_least_half_is_clamped_or_refused():
+    with pytest.raises(IncompatibleConfigError, match=r"mu < 0\.625"):
+        cm.boosting_gamma(0.8, mu=0.7, on_weak="raise")
+    clamped = cm.boosting_gamma(0.8, mu=0.7)
+    assert clamped.clamped and clamped.value == cm.WEAK_MEMBER_GAMMA and -math.log(clamped.value) > 0
+
+    targets = torch.arange(20) % 10
+    wrong = F.one_hot((targets + 1) % 10, 10).float() * 50.0                             # every image missed
+    model = _mlp_ensemble(error="hard")
+    log = model.complete_round(0, (wrong,), targets)
+    assert log["gamma_clamped"] == 1 and 0 < log["member_weight"] < 0.01
+    strict = _mlp_ensemble(error="hard", on_weak="raise")
+    with pytest.raises(IncompatibleConfigError, match="non-positive|<= 0"):
+        strict.complete_round(0, (wrong,), targets)
+    assert int(strict.rounds_completed) == 0 and strict.gammas.tolist() == [1.0] * 4
+
+
+def test_bad_options_and_out_of_order_rounds_are_errors():
+    for kwargs, message in ((dict(mu=0.0), "mu"), (dict(error="top1"), "error"), (dict(exponent="x"), "exponent"),
+                            (dict(objective="ce"), "objective"), (dict(on_weak="skip"), "on_weak")):
+        with pytest.raises(IncompatibleConfigError, match=message):
+            _mlp_ensemble(**kwargs)
+    model = _mlp_ensemble()
+    with pytest.raises(IncompatibleConfigError, match="in order"):
+        model.training_round(1)
+    with pytest.raises(IndexError):
+        model.training_round(4)
+    with pytest.raises(IncompatibleConfigError, match="4 members"):
+        collab_zoo.create_model("complementary_mlp_x4", tau=3)
+
+
+# --- the objectives -------------------------------------------------------------------------------------------------
+
+def test_margin_objective_is_eq2_3_by_hand():
+    logits = [[1.0, 0.5, -0.5], [0.2, 0.1, 2.0]]
+    targets = [0, 2]
+    phi = [1.0, 2.0, 1.0]
+    varphi = [v / sum(phi) for v in phi]
+    for frequency in (None, [0.5, 0.25, 0.25]):
+        f = frequency or [1 / 3] * 3
+        omegas = []
+        for row, y in zip(logits, targets):
+            log_p = [math.log(p) for p in _softmax_row(row)]
+            own = varphi[y] / f[y] * log_p[y]
+            other = sum(varphi[l] / (1 - f[l]) * log_p[l] for l in range(3) if l != y)
+            omegas.append(own - other)
+        expected = -sum(omegas) / len(omegas)
+        loss, parts = cm.margin_objective(torch.tensor(logits), torch.tensor(targets), torch.tensor(phi),
+                                          None if frequency is None else torch.tensor(frequency))
+        assert loss.item() == pytest.approx(expected, rel=1e-5)
+        assert parts["total"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_margin_objective_with_uniform_importance_is_the_linear_logit_margin():
+    # The log-partition cancels: Omega_i = z_y - mean_{l != y} z_l (see the module docstring).
+    z = torch.randn(6, 5)
+    y = torch.randint(0, 5, (6,))
+    loss, _ = cm.margin_objective(z, y, torch.ones(5))
+    own = z.gather(1, y[:, None]).squeeze(1)
+    others = (z.sum(1) - own) / 4
+    assert loss.item() == pytest.approx(-(own - others).mean().item(), abs=1e-5)
+
+
+def test_objectives_take_soft_targets_linearly_and_weighted_ce_matches_pytorch():
+    torch.manual_seed(1)
+    z = torch.randn(4, 5, requires_grad=True)
+    y = torch.tensor([0, 3, 3, 1])
+    w = torch.tensor([1.0, 0.5, 2.0, 1.5, 1.0])
+    loss, _ = cm.weighted_cross_entropy(z, y, w)
+    assert loss.item() == pytest.approx(F.cross_entropy(z, y, weight=w).item(), rel=1e-6)
+    assert cm.weighted_cross_entropy(z, y, 3 * w)[0].item() == pytest.approx(loss.item(), rel=1e-6)
+    one_hot = F.one_hot(y, 5).float()
+    for objective in cm.OBJECTIVES:
+        hard, _ = cm.class_weighted_loss(objective, z, y, w)
+        assert cm.class_weighted_loss(objective, z, one_hot, w)[0].item() == pytest.approx(hard.item(), rel=1e-6)
+    # Mixup of two targets: the margin objective is linear in the indicator, so the loss mixes too.
+    other = torch.tensor([2, 2, 0, 4])
+    mixed = 0.3 * one_hot + 0.7 * F.one_hot(other, 5).float()
+    expected = 0.3 * cm.margin_objective(z, y, w)[0] + 0.7 * cm.margin_objective(z, other, w)[0]
+    assert cm.margin_objective(z, mixed, w)[0].item() == pytest.approx(expected.item(), rel=1e-5)
+    loss.backward()
+    assert z.grad is not None and bool(torch.isfinite(z.grad).all())
+    assert cm.margin_objective(z.to(torch.bfloat16), y, w)[0].dtype == torch.float32
+
+
+# --- the ensemble model ---------------------------------------------------------------------------------------------
+
+def test_eval_output_is_the_log_of_eq9_over_completed_members():
+    model = _mlp_ensemble().eval()
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        # Before any round completes: the member of the round in progress alone.
+        assert torch.allclose(model(x), F.log_softmax(model.members[0](x), -1), atol=1e-6)
+        model.gammas.copy_(torch.tensor([0.2, 0.5, 0.3, 0.9]))
+        model.rounds_completed.fill_(3)
+        calls = []
+        handle = model.members[3].register_forward_hook(lambda *a: calls.append(1))
+        out = model(x)
+        handle.remove()
+        probs = [F.softmax(model.members[t](x).double(), -1) for t in range(3)]
+        alpha = [math.log(1 / g) for g in (0.2, 0.5, 0.3)]
+        direct = sum(a * p for a, p in zip(alpha, probs)) / sum(alpha)
+    assert not calls, "a member whose round is not complete is not run"
+    assert torch.allclose(out.double().exp(), direct, atol=1e-6)
+    assert torch.allclose(model.predict(model.forward_heads(x)), out, atol=1e-6)
+    assert torch.allclose(model.forward_head(model.forward_features(x)), out, atol=1e-6)
+    assert model.forward_features(x).shape == (5, 4 * 300) and model.num_features == 1200
+
+
+def test_train_mode_gives_every_member_and_trains_only_the_current_one():
+    model = _mlp_ensemble().train()
+    x, y = torch.randn(6, 1, 28, 28), torch.randint(0, 10, (6,))
+    outputs = model(x)
+    assert isinstance(outputs, tuple) and len(outputs) == 4 and model.head_names[-1] == "member4"
+    assert [m.training for m in model.members] == [True, False, False, False]
+    assert outputs[0].requires_grad and not any(o.requires_grad for o in outputs[1:])
+    total, parts = model.collab_loss(outputs, y)
+    round_loss, _ = model.training_round(0).loss(outputs[0], y)
+    assert total.item() == pytest.approx(round_loss.item()) and "member1_own_log_conf" in parts
+    total.backward()
+    assert model.members[0].fc.weight.grad is not None and model.members[1].fc.weight.grad is None
+    assert model.leaves_parameters_unused
+
+
+def test_rounds_follow_the_contract_and_resume_through_the_state_dict():
+    a = _mlp_ensemble()
+    assert a.num_rounds == 4
+    first = a.training_round(0)
+    assert isinstance(first, TrainingRound) and first.module is a.members[0]
+    assert first.head_names == ("member1",) and first.needs_heldout
+    g = torch.Generator().manual_seed(3)
+    held = [(torch.randn(40, 10, generator=g), torch.arange(40) % 10) for _ in range(2)]
+    log0 = a.complete_round(0, (held[0][0],), held[0][1])
+    assert set(log0) >= {"gamma", "member_weight", "weighted_error", "hard_classes", "always_hard_fraction_bound"}
+    assert int(a.current_round) == 1 and [m.training for m in a.members] == [False, True, False, False]
+    state = a.state_dict()
+    for name in a.ROUND_STATE:
+        assert isinstance(state[name], torch.Tensor), name
+
+    torch.manual_seed(99)
+    b = collab_zoo.create_model("complementary_mlp_x4")
+    b.load_state_dict(state)
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    la, _ = a.training_round(1).loss(a.members[1](x), y)
+    lb, _ = b.training_round(1).loss(b.members[1](x), y)
+    assert la.item() == pytest.approx(lb.item()) and torch.equal(a.importance[1], b.importance[1])
+    log_a = a.complete_round(1, (held[1][0],), held[1][1])
+    log_b = b.complete_round(1, (held[1][0],), held[1][1])
+    assert log_a == pytest.approx(log_b)
+    for name in a.ROUND_STATE:
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+    # Completing round 1 again replaces it and forgets what came after.
+    a.complete_round(0, (held[1][0],), held[1][1])
+    assert int(a.rounds_completed) == 1 and a.gammas[1].item() == 1.0
+
+
+def test_reset_classifier_and_a_checkpoint_for_another_class_count_start_the_record_afresh(tmp_path):
+    model = _mlp_ensemble()
+    model.complete_round(0, (torch.randn(30, 10),), torch.arange(30) % 10)
+    save_for_hub(model, tmp_path / "hub")
+    other = collab_zoo.create_model("complementary_mlp_x4", pretrained=True, num_classes=5,
+                                    pretrained_cfg_overlay=dict(file=str(tmp_path / "hub" / "model.safetensors")))
+    assert other.importance.shape == (5, 5) and int(other.rounds_completed) == 0
+    assert torch.equal(other.members[2].hidden_layers[0].weight, model.members[2].hidden_layers[0].weight)
+    model.reset_classifier(7)
+    assert [m.num_classes for m in model.members] == [7] * 4 and model.importance.shape == (5, 7)
+    assert int(model.rounds_completed) == 0 and model.classifier_names()[-1] == "members.3.fc"
+
+
+def test_saved_ensemble_loads_back_with_its_round_state(tmp_path):
+    torch.manual_seed(0)
+    model = collab_zoo.create_model("complementary", member="mlp_mnist", tau=2, num_classes=3, in_chans=1,
+                                    img_size=(1, 4), hidden=8, mu=0.6)
+    model.complete_round(0, (torch.randn(12, 3),), torch.arange(12) % 3)
+    save_for_hub(model, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_args"]["member"] == "mlp_mnist" and config["model_args"]["tau"] == 2
+    loaded = collab_zoo.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
+    assert loaded.mu == 0.6 and int(loaded.rounds_completed) == 1
+    x = torch.randn(3, 1, 1, 4)
+    assert torch.allclose(loaded(x), model.eval()(x))
+
+
+def test_write_figures_draws_importance_and_class_accuracy(tmp_path):
+    model = _mlp_ensemble()
+    assert [p.name for p in model.write_figures(tmp_path / "before")] == ["complementary_importance.png"]
+    for t in range(2):
+        model.complete_round(t, (torch.randn(50, 10),), torch.arange(50) % 10)
+    paths = model.write_figures(tmp_path)
+    assert [p.name for p in paths] == ["complementary_importance.png", "complementary_class_accuracy.png"]
+    for path in paths:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+# --- registered models and backbones --------------------------------------------------------------------------------
+
+def test_registered_ensembles_members_and_parameter_counts():
+    counts = {}
+    for name in ("complementary_resnet50_x4", "complementary_densenet121_x4", "complementary_alexnet_x4",
+                 "complementary_resnet56_x4", "complementary_densenet_bc_k12_x4", "complementary_mlp_x4"):
+        assert name in collab_zoo.list_models("complementary_*")
+        with torch.device("meta"):
+            model = timm.create_model(name)
+        assert model.tau == 4 and len(model.members) == 4 and model.gammas.shape == (4,)
+        counts[name] = sum(p.numel() for p in model.parameters())
+    with torch.device("meta"):
+        assert counts["complementary_resnet50_x4"] == 4 * sum(p.numel() for p in timm.create_model("resnet50").parameters())
+        resnet56 = timm.create_model("complementary_resnet56_x4")
+    assert counts["complementary_mlp_x4"] == 4 * (784 * 300 + 300 + 300 * 10 + 10)
+    assert counts["complementary_alexnet_x4"] == 4 * 61_100_840
+    assert resnet56.num_classes == 100 and resnet56.members[0].shortcut == "conv"
+    with torch.device("meta"):
+        generic = collab_zoo.create_model("complementary", member="resnet18", tau=3, num_classes=10)
+    assert generic.tau == 3 and generic.classifier_names() == ("members.0.fc", "members.1.fc", "members.2.fc")
+
+
+def test_alexnet_is_torchvisions_and_takes_its_weights():
+    torch.manual_seed(0)
+    reference = torchvision.models.alexnet()
+    ours = collab_zoo.create_model("alexnet").eval()
+    assert list(ours.state_dict()) == list(reference.state_dict())
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(1, 3, 96, 96)
+    assert torch.allclose(ours(x), reference.eval()(x), atol=1e-5)
+    assert ours.forward_head(ours.forward_features(x), pre_logits=True).shape == (1, 4096)
+    levels = ours.forward_intermediates(x, intermediates_only=True)
+    assert [f.shape[1] for f in levels] == [i["num_chs"] for i in ours.feature_info]
+    ours.reset_classifier(10)
+    assert ours(x).shape == (1, 10) and ours.get_classifier(name_only=True) == "classifier.6"
+
+
+def test_mlp_is_lecun_1998s_784_300_10():
+    mlp = collab_zoo.create_model("mlp_mnist")
+    assert [tuple(p.shape) for p in mlp.parameters()] == [(300, 784), (300,), (10, 300), (10,)]
+    assert float(mlp.hidden_layers[0].weight.detach().abs().max()) <= 2.4 / 784
+    assert mlp(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(IncompatibleConfigError, match="784"):
+        mlp(torch.randn(2, 1, 32, 32))
+    released = collab_zoo.create_model("mlp_mnist", hidden=50, act="relu")
+    assert sum(p.numel() for p in released.parameters()) == 784 * 50 + 50 + 50 * 10 + 10
+
+
+def test_first_member_can_start_from_given_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    source = collab_zoo.create_model("mlp_mnist")
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    model = collab_zoo.create_model("complementary_mlp_x4", first_member_weights=str(tmp_path / "w.safetensors"))
+    assert torch.equal(model.members[0].fc.weight, source.fc.weight)
+    assert not torch.equal(model.members[1].fc.weight, source.fc.weight)
+    with pytest.raises(IncompatibleConfigError, match="neither a file nor a timm tag"):
+        collab_zoo.create_model("complementary_mlp_x4", first_member_weights=str(tmp_path / "missing.bin"))
+
+
+# --- the authors' files ---------------------------------------------------------------------------------------------
+
+def _as_numpy_1x_pickle(path: Path) -> None:
+    """Rewrite a torch.save archive as numpy 1.x writes it (the released files predate numpy 2's module path)."""
+    with zipfile.ZipFile(path) as archive:
+        entries = [(info, archive.read(info)) for info in archive.infolist()]
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for info, data in entries:
+            if info.filename.endswith("data.pkl"):
+                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            archive.writestr(info.filename, data)
+    path.write_bytes(buffer.getvalue())
+
+
+@pytest.fixture(scope="module")
+def released_rounds(tmp_path_factory):
+    """Four round files in the authors' format: real resnet50 state_dicts behind 'module.', numpy betas and
+    per-class accuracies, and distributions chained by their update rule (mean 1)."""
+    folder = tmp_path_factory.mktemp("released")
+    torch.manual_seed(0)
+    base = timm.create_model("resnet50").state_dict()
+    betas = [0.31, 0.27, 0.35, 0.29]
+    rng = np.random.default_rng(0)
+    distribution = np.ones(1000, dtype=np.float32)
+    paths, states = [], []
+    for t, beta in enumerate(betas):
+        # Distinct members: their own last convolution and classifier.
+        state = dict(base)
+        for key in ("layer4.2.conv3.weight", "fc.weight", "fc.bias"):
+            state[key] = base[key] + 0.05 * torch.randn_like(base[key])
+        accuracy = rng.uniform(0.2, 1.0, 1000)
+        record = {"beta": np.float64(beta), "model": {f"module.{k}": v for k, v in state.items()},
+                  "distribution": torch.from_numpy(distribution.copy()), "ap": accuracy,
+                  "loss": (np.float64(1.2), np.float64(0.1)), "classerr": [np.float64(24.0)]}
+        path = folder / f"e{t + 1}" / "weak-learner.pth.tar"
+        path.parent.mkdir()
+        torch.save(record, path)
+        if t == 0:
+            _as_numpy_1x_pickle(path)
+        paths.append(path)
+        states.append(state)
+        following = distribution * np.power(beta, accuracy)
+        distribution = (following / following.sum() * 1000).astype(np.float32)
+    return dict(paths=paths, states=states, betas=betas, folder=folder)
+
+
+def test_converter_reads_the_authors_rounds_into_the_resnet50_ensemble(released_rounds, tmp_path):
+    out = tmp_path / "complementary_resnet50_x4.in1k"
+    code = convert.main(["complementary", "--arch", "resnet50", "--src", *map(str, released_rounds["paths"]),
+                         "--out", str(out)])
+    assert code == 0 and (out / "model.safetensors").is_file()
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == "complementary_resnet50_x4"
+    assert config["model_args"]["error"] == "hard" and config["model_args"]["exponent"] == "code"
+
+    model = collab_zoo.create_model("complementary_resnet50_x4", pretrained=True,
+                                    pretrained_cfg_overlay=dict(file=str(out / "model.safetensors"))).eval()
+    assert model.gammas.tolist() == pytest.approx(released_rounds["betas"])
+    assert int(model.rounds_completed) == 4
+    assert model.importance[0].tolist() == pytest.approx([1e-3] * 1000)
+    # Four timm resnet50s from the same weights and the four gammas: Eq. 9 computed directly.
+    x = torch.randn(2, 3, 64, 64)
+    member = timm.create_model("resnet50").eval()
+    with torch.no_grad():
+        probs = []
+        for state in released_rounds["states"]:
+            member.load_state_dict(state)
+            probs.append(F.softmax(member(x).double(), -1))
+        alpha = [math.log(1 / b) for b in released_rounds["betas"]]
+        direct = sum(a * p for a, p in zip(alpha, probs)) / sum(alpha)
+        out_probs = model(x).double().exp()
+    assert torch.allclose(out_probs, direct, atol=1e-5)
+
+
+def test_converter_refuses_rounds_out_of_order_or_malformed(released_rounds, tmp_path):
+    paths = released_rounds["paths"]
+    with pytest.raises(IncompatibleConfigError, match="not round 1"):
+        convert.convert_complementary("resnet50", [paths[1], paths[0], paths[2], paths[3]], tmp_path / "a")
+    with pytest.raises(IncompatibleConfigError, match="out of order"):
+        convert.convert_complementary("resnet50", [paths[0], paths[2], paths[1], paths[3]], tmp_path / "b")
+    with pytest.raises(IncompatibleConfigError, match="not registered"):
+        convert.convert_complementary("resnet50", paths[:3], tmp_path / "c")
+    bad = tmp_path / "bad.pth"
+    torch.save({"beta": 1.5, "model": {}, "distribution": torch.ones(1000)}, bad)
+    with pytest.raises(IncompatibleConfigError, match=r"outside \(0, 1\)"):
+        convert.read_complementary_round(bad)
+    torch.save({"model": {}}, bad)
+    assert convert.main(["complementary", "--arch", "resnet50", "--src", str(bad), str(bad), str(bad), str(bad),
+                         "--out", str(tmp_path / "d")]) == 2
+    torch.save({"beta": 0.3, "model": {"module.fc.weight": torch.zeros(2, 2)}, "distribution": torch.ones(1000)}, bad)
+    with pytest.raises(StateDictMismatchError, match="resnet50"):
+        convert.convert_complementary("resnet50", [bad] * 4, tmp_path / "e")
+
+
+def test_hub_config_names_the_authors_release_and_the_papers_numbers():
+    config = collab_zoo.get_hub_config("complementary_resnet50_x4.in1k")
+    assert not config.published and config.origin["url"] == "https://github.com/qychen13/DifficultyAwareEmbedding"
+    assert config.reported_metrics["complementary"]["T4"] == {"top1_err": 22.12, "top5_err": 6.79}
+    assert (config.crop_mode, config.interpolation, config.crop_pct) == ("center", "bilinear", 0.875)
+    assert "collab_zoo.convert complementary" in config.origin["convert"]
+
+
+# --- end to end -----------------------------------------------------------------------------------------------------
+
+def _rings(n, generator):
+    """Four classes in 2-D: a broad one in the middle, three tight ones around it (the middle one is hard)."""
+    centres = torch.tensor([[0.0, 0.0], [2.0, 0.0], [-1.0, 1.7], [-1.0, -1.7]])
+    scales = torch.tensor([1.3, 0.5, 0.5, 0.5])
+    y = torch.arange(n) % 4
+    x = centres[y] + scales[y, None] * torch.randn(n, 2, generator=generator)
+    return x.view(n, 1, 1, 2), y
+
+
+@pytest.fixture
+def one_thread():
+    # Hundreds of tiny steps: a second thread only adds synchronisation (about 10x slower on a busy machine).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("settings", [dict(error="hard", exponent="code"), dict(error="soft", exponent="paper")],
+                         ids=["released-code", "paper-error-and-update"])
+def test_round_two_raises_the_accuracy_of_round_ones_hardest_class(settings, one_thread):
+    g = torch.Generator().manual_seed(0)
+    (x_train, y_train), (x_held, y_held), (x_test, y_test) = _rings(1200, g), _rings(800, g), _rings(2000, g)
+    torch.manual_seed(0)
+    model = collab_zoo.create_model("complementary", member="mlp_mnist", tau=2, num_classes=4, in_chans=1,
+                                    img_size=(1, 2), hidden=16, act="relu", objective="weighted_ce", **settings)
+    test_accuracy = []
+    for t in range(model.num_rounds):
+        step = model.training_round(t)
+        optimizer = torch.optim.Adam(step.module.parameters(), lr=0.03)
+        step.module.train()
+        for _ in range(150):
+            loss, _ = step.loss(step.module(x_train), y_train)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        step.module.eval()
+        with torch.no_grad():
+            model.complete_round(t, (step.module(x_held),), y_held)
+            test_accuracy.append(cm.heldout_class_stats(step.module(x_test), y_test, "hard").accuracy)
+    hardest = int(torch.argmin(test_accuracy[0]))
+    assert hardest == 0
+    assert float(model.importance[1][hardest]) > 0.25 + 0.03
+    assert float(test_accuracy[1][hardest]) > float(test_accuracy[0][hardest]) + 0.02
+    model.eval()
+    with torch.no_grad():
+        ensemble = float((model(x_test).argmax(-1) == y_test).float().mean())
+    assert ensemble > 0.8
