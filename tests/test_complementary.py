@@ -254,6 +254,11 @@ def test_eval_output_is_the_log_of_eq9_over_completed_members():
     assert model.forward_features(x).shape == (5, 4 * 300) and model.num_features == 1200
 
 
+def test_the_default_objective_is_the_released_codes_weighted_cross_entropy():
+    assert _mlp_ensemble().objective == "weighted_ce"
+    assert _mlp_ensemble(objective="margin").objective == "margin"
+
+
 def test_train_mode_gives_every_member_and_trains_only_the_current_one():
     model = _mlp_ensemble().train()
     x, y = torch.randn(6, 1, 28, 28), torch.randint(0, 10, (6,))
@@ -263,7 +268,7 @@ def test_train_mode_gives_every_member_and_trains_only_the_current_one():
     assert outputs[0].requires_grad and not any(o.requires_grad for o in outputs[1:])
     total, parts = model.collab_loss(outputs, y)
     round_loss, _ = model.training_round(0).loss(outputs[0], y)
-    assert total.item() == pytest.approx(round_loss.item()) and "member1_own_log_conf" in parts
+    assert total.item() == pytest.approx(round_loss.item()) and "member1_weighted_ce" in parts
     total.backward()
     assert model.members[0].fc.weight.grad is not None and model.members[1].fc.weight.grad is None
     assert model.leaves_parameters_unused
