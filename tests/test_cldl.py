@@ -1,0 +1,497 @@
+"""CLDL: the loss and its gradient against hand arithmetic, Eq. 9 against brute force, head placement,
+NIN/GoogLeNet/VGG models, numerics at certainty, soft targets, weights in and out."""
+import json
+import math
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import collab_zoo
+from collab_zoo.errors import IncompatibleConfigError, StateDictMismatchError
+from collab_zoo.methods.cldl import (CLDLModel, candidate_losses, cldl_loss, cldl_scores,
+                                     convert_torchvision_googlenet, head_positions, log_one_minus_softmax)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The inputs here are tiny: extra intra-op threads only contend for a shared machine's cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+# --- plain-Python reference arithmetic (independent of the module under test) --------------------------------------
+
+
+def _softmax(row):
+    top = max(row)
+    e = [math.exp(v - top) for v in row]
+    return [v / sum(e) for v in e]
+
+
+def _hand_t(p_at_label, m, variant):
+    """T_m from every head's probability of one label: Eq. 4 (cldl), Sec. 3.5 (cldl_minus), or 1 (ds)."""
+    count = len(p_at_label)
+    if variant == "ds":
+        return 1.0
+    companions = [t for t in range(count) if t != m] if variant == "cldl" else list(range(m))
+    if not companions:
+        return 1.0
+    product = 1.0
+    for t in companions:
+        product *= 1.0 - p_at_label[t]
+    return product ** (1.0 / len(companions))
+
+
+def _hand_loss(heads, target, lambdas, variant):
+    batch = len(target)
+    total = 0.0
+    for m in range(len(heads)):
+        acc = 0.0
+        for b in range(batch):
+            probs = [_softmax(h[b]) for h in heads]
+            y = target[b]
+            acc += _hand_t([p[y] for p in probs], m, variant) * -math.log(probs[m][y])
+        total += lambdas[m] * acc / batch
+    return total
+
+
+def _hand_s(heads, b, y, lambdas, variant):
+    """Eq. 9's S(y) for sample b, one candidate label at a time."""
+    probs = [_softmax(h[b]) for h in heads]
+    return sum(lambdas[m] * _hand_t([p[y] for p in probs], m, variant) * -math.log(probs[m][y])
+               for m in range(len(heads)))
+
+
+HEADS4 = [[[0.2, -1.0, 0.5, 1.3], [1.5, 0.3, -0.2, 0.0], [0.1, 0.1, 2.2, -0.7]],
+          [[-0.4, 0.9, 0.1, 0.3], [0.0, 2.0, -1.0, 0.6], [1.2, -0.3, 0.4, 0.9]],
+          [[1.1, 0.2, -0.3, -0.8], [-0.5, 0.4, 0.8, 1.9], [0.3, 0.7, -1.1, 0.2]],
+          [[0.6, -0.2, 0.9, 0.1], [0.2, -1.4, 0.5, 0.3], [-0.9, 1.6, 0.4, 0.0]]]
+TARGET = [2, 1, 0]
+LAMBDAS = {2: [0.3, 1.0], 3: [0.3, 0.3, 1.0], 4: [0.2, 0.5, 0.7, 1.0]}
+
+
+@pytest.mark.parametrize("variant", ["cldl", "cldl_minus", "ds"])
+@pytest.mark.parametrize("num_heads", [2, 3, 4])
+def test_loss_matches_hand_arithmetic(num_heads, variant):
+    raw = HEADS4[:num_heads]
+    heads = [torch.tensor(h) for h in raw]
+    total, parts = cldl_loss(heads, torch.tensor(TARGET), LAMBDAS[num_heads], variant)
+    assert total.item() == pytest.approx(_hand_loss(raw, TARGET, LAMBDAS[num_heads], variant), rel=1e-5)
+    assert parts["total"].item() == pytest.approx(total.item())
+    # The unscaled cross-entropy of each head is logged alongside.
+    assert parts["ce_head0"].item() == pytest.approx(F.cross_entropy(heads[0], torch.tensor(TARGET)).item(), rel=1e-6)
+
+
+def test_paper_default_weights_and_single_head_is_softmax_loss():
+    heads = [torch.tensor(h) for h in HEADS4[:3]]
+    assert cldl_loss(heads, torch.tensor(TARGET))[0].item() == pytest.approx(
+        _hand_loss(HEADS4[:3], TARGET, [0.3, 0.3, 1.0], "cldl"), rel=1e-5)
+    one = [torch.tensor(HEADS4[0])]
+    assert cldl_loss(one, torch.tensor(TARGET))[0].item() == pytest.approx(
+        F.cross_entropy(one[0], torch.tensor(TARGET)).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["cldl", "cldl_minus"])
+@pytest.mark.parametrize("num_heads", [3, 4])
+def test_gradient_is_lambda_times_t_times_gradient_of_c(num_heads, variant):
+    """T is held constant: d l / d z_m = lambda_m * T_m * (softmax(z_m) - onehot(y)) / B, nothing from T."""
+    raw = HEADS4[:num_heads]
+    lambdas = LAMBDAS[num_heads]
+    heads = [torch.tensor(h, requires_grad=True) for h in raw]
+    cldl_loss(heads, torch.tensor(TARGET), lambdas, variant)[0].backward()
+    batch = len(TARGET)
+    for m in range(num_heads):
+        expected = torch.zeros(batch, 4)
+        for b in range(batch):
+            probs = [_softmax(h[b]) for h in raw]
+            t = _hand_t([p[TARGET[b]] for p in probs], m, variant)
+            for k in range(4):
+                grad_c = probs[m][k] - (1.0 if k == TARGET[b] else 0.0)
+                expected[b, k] = lambdas[m] * t * grad_c / batch
+        assert torch.allclose(heads[m].grad, expected, atol=1e-6), m
+    # Differentiating through T gives another answer: head 0's logits move its companions' T.
+    full = [torch.tensor(h, requires_grad=True) for h in raw]
+    probs = [F.softmax(h, -1).gather(-1, torch.tensor(TARGET)[:, None]).squeeze(-1) for h in full]
+    through_t = 0.0
+    for m in range(num_heads):
+        companions = [t for t in range(num_heads) if (t != m if variant == "cldl" else t < m)]
+        t_m = torch.stack([1 - probs[t] for t in companions]).prod(0) ** (1 / len(companions)) if companions else 1.0
+        through_t = through_t + lambdas[m] * (t_m * -torch.log(probs[m])).mean()
+    through_t.backward()
+    assert through_t.item() == pytest.approx(_hand_loss(raw, TARGET, lambdas, variant), rel=1e-5)
+    assert not torch.allclose(full[0].grad, heads[0].grad, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["cldl", "cldl_minus", "ds"])
+def test_inference_ranks_by_brute_force_s(variant):
+    torch.manual_seed(0)
+    num_classes, batch = 9, 5
+    heads = [torch.randn(batch, num_classes) * 2 for _ in range(3)]
+    raw = [h.tolist() for h in heads]
+    lambdas = [0.3, 0.3, 1.0]
+    scores = cldl_scores(heads, lambdas, variant)
+    for b in range(batch):
+        brute = [_hand_s(raw, b, y, lambdas, variant) for y in range(num_classes)]
+        assert scores[b].tolist() == pytest.approx(brute, rel=1e-5)
+        assert int(scores[b].argmin()) == min(range(num_classes), key=brute.__getitem__)
+        smallest_five = sorted(range(num_classes), key=brute.__getitem__)[:5]
+        assert (-scores[b]).topk(5).indices.tolist() == smallest_five
+
+
+def test_eval_mode_returns_minus_s_and_top5_is_the_five_smallest():
+    torch.manual_seed(1)
+    model = collab_zoo.create_model("cldl_nin", num_classes=10).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        scores = model(x)
+        heads = model.forward_heads(x)
+    assert scores.shape == (3, 10)
+    raw = [h.tolist() for h in heads]
+    for b in range(3):
+        brute = [_hand_s(raw, b, y, [0.3, 0.3, 1.0], "cldl") for y in range(10)]
+        assert (-scores[b]).tolist() == pytest.approx(brute, rel=1e-4, abs=1e-5)
+        assert scores[b].topk(5).indices.tolist() == sorted(range(10), key=brute.__getitem__)[:5]
+    assert torch.equal(model.predict(heads), scores)
+
+
+def test_main_head_option_and_head_probabilities():
+    torch.manual_seed(2)
+    plain_rule = collab_zoo.create_model("cldl_nin", num_classes=10).eval()
+    main_rule = collab_zoo.create_model("cldl_nin", num_classes=10, inference="main").eval()
+    main_rule.load_state_dict(plain_rule.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(main_rule(x), plain_rule.backbone(x))
+        assert torch.allclose(main_rule(x), plain_rule.forward_heads(x)[-1], atol=1e-6)
+        assert not torch.allclose(plain_rule(x), main_rule(x))
+    probs = plain_rule.head_probabilities(x)
+    assert probs.shape == (3, 2, 10) and torch.allclose(probs.sum(-1), torch.ones(3, 2), atol=1e-5)
+    assert main_rule.training_only_prefixes == ("aux_heads",) and plain_rule.training_only_prefixes == ()
+
+
+def test_head_placement_formula():
+    assert head_positions(9, 3) == (3, 6, 9)                # NIN
+    assert head_positions(11, 3) == (5, 8, 11)              # VGG-11
+    assert head_positions(16, 3) == (8, 12, 16)             # VGG-16
+    assert [head_positions(9, m) for m in range(1, 6)] == [(9,), (5, 9), (3, 6, 9), (3, 5, 7, 9), (1, 3, 5, 7, 9)]
+    # (64 / 2) ** 0.8 is exactly 16; floating point gives 16.000000000000004, which must not become 17.
+    assert head_positions(64, 2) == (48, 64)
+    with pytest.raises(IncompatibleConfigError, match="Head counts that fit"):
+        head_positions(9, 6)
+
+
+def test_models_put_heads_where_the_paper_does():
+    with torch.device("meta"):
+        for name, layers, total in (("cldl_vgg11", (5, 8, 11), 11), ("cldl_vgg16", (8, 12, 16), 16)):
+            model = timm.create_model(name, num_classes=10)
+            assert model.head_layers == layers and model.placement.num_layers == total
+            assert model.head_names == (f"aux_layer{layers[0]}", f"aux_layer{layers[1]}", "main")
+    # NIN: M = 1..5 for the paper's Fig. 3; heads on any weight layer, including inside a block.
+    x = torch.randn(2, 3, 32, 32)
+    for m, layers in zip(range(1, 6), [(9,), (5, 9), (3, 6, 9), (3, 5, 7, 9), (1, 3, 5, 7, 9)]):
+        model = collab_zoo.create_model("cldl_nin", num_classes=10, num_heads=m)
+        assert model.head_layers == layers and len(model.aux_heads) == m - 1
+        assert model.lambdas == (0.3,) * (m - 1) + (1.0,)
+        outputs = model.train()(x)
+        assert len(outputs) == m and all(o.shape == (2, 10) for o in outputs)
+    # Layer 5 of NIN is the first cccp of the second block (192 channels); layer 1 is conv1 (192).
+    assert model.aux_heads[0].conv.in_channels == 192
+    assert collab_zoo.create_model("cldl_nin", num_classes=10).aux_heads[0].conv.in_channels == 96
+    custom = collab_zoo.create_model("cldl_nin", num_classes=10, head_layers=(2, 7, 9), lambdas=(0.5, 0.5, 1.0))
+    assert custom.head_layers == (2, 7, 9) and custom.head_names == ("aux_layer2", "aux_layer7", "main")
+
+
+def test_generic_timm_backbone_maps_weight_layers_to_stages():
+    with torch.device("meta"):
+        resnet = timm.create_model("cldl", backbone="resnet50")
+    # L = 53 convolutions + fc = 54, V = ceil(18 ** 0.8) = 11: r = (32, 43, 54). layer2 ends at weight layer 24,
+    # layer3 at 43: the deepest stage ending at or before each r.
+    assert resnet.placement.num_layers == 54 and resnet.head_layers == (32, 43, 54)
+    assert resnet.head_names == ("aux_layer2", "aux_layer3", "main")
+    named = collab_zoo.create_model("cldl", backbone="test_resnet", num_classes=5, head_stages=("layer1", "layer3"))
+    assert named.head_names == ("aux_layer1", "aux_layer3", "main")
+    with pytest.raises(IncompatibleConfigError, match="same feature stage"):
+        collab_zoo.create_model("cldl", backbone="test_resnet", num_classes=5, head_stages=("layer2", "layer2"))
+
+
+def test_plain_nin_parameter_counts():
+    assert sum(p.numel() for p in timm.create_model("nin").parameters()) == 984_356
+    assert sum(p.numel() for p in timm.create_model("nin_mnist").parameters()) == 349_674
+    assert timm.create_model("nin_mnist").pretrained_cfg["input_size"] == (1, 28, 28)
+    with torch.device("meta"):
+        assert sum(p.numel() for p in timm.create_model("googlenet").parameters()) == 6_624_904
+
+
+def test_log_one_minus_softmax_is_exact_and_finite():
+    torch.manual_seed(3)
+    logits = torch.randn(6, 12) * 6
+    reference = torch.log1p(-F.softmax(logits.double(), -1)).float()
+    assert torch.allclose(log_one_minus_softmax(logits), reference, atol=1e-5)
+    certain = torch.zeros(1, 10)
+    certain[0, 4] = 1e4  # p = 1 in float32
+    value = log_one_minus_softmax(certain)
+    assert torch.isfinite(value).all()
+    assert value[0, 4].item() == pytest.approx(math.log(9) - 1e4, rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("variant", ["cldl", "cldl_minus"])
+def test_certain_companion_keeps_loss_and_gradients_finite(dtype, variant):
+    target = torch.tensor([1, 4, 7, 0])
+    certain = torch.zeros(4, 10)
+    certain[torch.arange(4), target] = 1e4                 # head 0 is sure of the right label
+    torch.manual_seed(4)
+    raw = [certain, torch.randn(4, 10), torch.randn(4, 10).sign() * 1e4]   # head 2 sure of random labels
+    heads = [h.to(dtype).requires_grad_() for h in raw]
+    total, parts = cldl_loss(heads, target, variant=variant)
+    total.backward()
+    assert torch.isfinite(total) and all(torch.isfinite(v) for v in parts.values())
+    assert all(torch.isfinite(h.grad).all() for h in heads)
+    # Every head whose companions include head 0 gets T = 0: no gradient at all.
+    assert torch.count_nonzero(heads[1].grad) == 0 and torch.count_nonzero(heads[2].grad) == 0
+    scores = cldl_scores([h.detach() for h in heads], variant=variant)
+    assert torch.isfinite(scores).all()
+
+
+def test_variants_modulate_as_defined():
+    model_minus = collab_zoo.create_model("cldl_nin", num_classes=10, loss="cldl_minus")
+    model_ds = collab_zoo.create_model("cldl_nin", num_classes=10, loss="ds")
+    heads = tuple(torch.tensor(h) for h in HEADS4[:3])
+    target = torch.tensor(TARGET)
+    t_minus = model_minus.modulation(heads, target)
+    assert torch.equal(t_minus[0], torch.ones(3))            # the lowest head looks at no one
+    p0 = F.softmax(heads[0], -1)[torch.arange(3), target]
+    assert torch.allclose(t_minus[1], 1 - p0)                # head 2 looks only at head 1
+    assert torch.equal(model_ds.modulation(heads, target), torch.ones(3, 3))
+    loss_ds, _ = model_ds.collab_loss(heads, target)
+    expected = sum(w * F.cross_entropy(h, target) for w, h in zip((0.3, 0.3, 1.0), heads))
+    assert loss_ds.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_soft_targets_are_the_expected_loss():
+    heads = [torch.tensor(h) for h in HEADS4[:3]]
+    hard = torch.tensor(TARGET)
+    one_hot = F.one_hot(hard, 4).float()
+    assert cldl_loss(heads, one_hot)[0].item() == pytest.approx(cldl_loss(heads, hard)[0].item(), rel=1e-6)
+    other = torch.tensor([0, 3, 3])
+    mixed = 0.7 * one_hot + 0.3 * F.one_hot(other, 4).float()
+    expected = 0.7 * _hand_loss(HEADS4[:3], TARGET, [0.3, 0.3, 1.0], "cldl") + \
+        0.3 * _hand_loss(HEADS4[:3], other.tolist(), [0.3, 0.3, 1.0], "cldl")
+    assert cldl_loss(heads, mixed)[0].item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(IncompatibleConfigError, match="soft targets"):
+        cldl_loss(heads, torch.ones(3, 5) / 5)
+
+
+def _input_for(name):
+    if name == "cldl_nin_mnist":
+        return torch.randn(2, 1, 28, 28)
+    return torch.randn(2, 3, 32, 32)
+
+
+CLDL_MODELS = [("cldl_nin", {}), ("cldl_nin_mnist", {}), ("cldl_googlenet", {}), ("cldl_vgg11", {}),
+               ("cldl_vgg16", {}), ("cldl", dict(backbone="test_resnet")), ("cldl", dict(backbone="test_vit"))]
+
+
+@pytest.mark.parametrize("name,extra", CLDL_MODELS, ids=[n + "-" + e.get("backbone", "") for n, e in CLDL_MODELS])
+def test_every_model_trains_a_step_evaluates_and_resets_every_head(name, extra):
+    torch.manual_seed(0)
+    model = collab_zoo.create_model(name, num_classes=5, **extra)
+    size = model.pretrained_cfg["input_size"] if name == "cldl" else None
+    x = torch.randn(2, *size) if size else _input_for(name)
+    y = torch.tensor([1, 3])
+    model.train()
+    heads = model(x)
+    assert isinstance(heads, tuple) and len(heads) == 3 and all(h.shape == (2, 5) for h in heads)
+    loss, parts = model.collab_loss(heads, y)
+    loss.backward()
+    assert torch.isfinite(loss) and set(parts) >= {"total", "ce_main", "t_main", "loss_main"}
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    model.eval()
+    with torch.no_grad():
+        scores = model(x)
+        heads = model.forward_heads(x)
+        assert scores.shape == (2, 5) and torch.equal(scores, model.predict(heads))
+        assert torch.allclose(scores, -cldl_scores(heads), atol=1e-6)
+        # The layer-by-layer walk that feeds the companions ends exactly where the plain network does.
+        assert torch.allclose(model.forward_head(model.forward_features(x)), heads[-1], atol=1e-5)
+    model.reset_classifier(7)
+    modules = dict(model.named_modules())
+    for classifier in model.classifier_names():
+        layer = modules[classifier]
+        assert (layer.out_features if hasattr(layer, "out_features") else layer.out_channels) == 7, classifier
+    if not name.startswith("cldl_vgg"):  # VGG's forward costs seconds here; its classifiers were checked above
+        with torch.no_grad():
+            assert model(x).shape == (2, 7)
+            assert all(h.shape == (2, 7) for h in model.train()(x))
+
+
+def test_googlenet_baseline_is_torchvisions_with_timms_interface():
+    import torchvision
+
+    torch.manual_seed(5)
+    reference = torchvision.models.GoogLeNet(num_classes=10, aux_logits=True, init_weights=True).eval()
+    model = collab_zoo.create_model("googlenet", num_classes=10, pretrained=True,
+                                    pretrained_cfg_overlay=dict(state_dict=reference.state_dict())).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), reference(x), atol=1e-6)
+    assert model.aux1 is None and model.get_classifier(name_only=True) == "fc" and model.num_features == 1024
+    assert model.train()(x).shape == (2, 10), "never torchvision's (logits, aux2, aux1) tuple"
+    with pytest.raises(IncompatibleConfigError, match="cldl_googlenet"):
+        collab_zoo.create_model("googlenet", aux_logits=True)
+
+
+def _torchvision_googlenet(num_classes=10):
+    import torchvision
+
+    torch.manual_seed(6)
+    net = torchvision.models.GoogLeNet(num_classes=num_classes, aux_logits=True, transform_input=True,
+                                       init_weights=True)
+    for module in net.modules():  # non-trivial BatchNorm statistics, so a mis-mapped key would show
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+def test_converter_starts_cldl_googlenet_from_torchvision_weights(tmp_path):
+    reference = _torchvision_googlenet()
+    torch.save(reference.state_dict(), tmp_path / "googlenet.pth")
+    result = convert_torchvision_googlenet(tmp_path / "googlenet.pth", tmp_path / "out")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["architecture"] == "cldl_googlenet" and result["sha256"] == config["collab_zoo"]["sha256"]
+    assert config["model_args"]["transform_input"] is True and config["model_args"]["inference"] == "main"
+    model = collab_zoo.create_model(f"local-dir:{tmp_path / 'out'}", pretrained=True).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), reference(x), atol=1e-5)
+    trunk = model.backbone.state_dict()
+    for key, value in reference.state_dict().items():
+        if not key.startswith("aux"):
+            assert torch.equal(trunk[key], value), key
+    # The auxiliary classifiers are present (fresh) and train with the CLDL loss.
+    model.train()
+    heads = model(x)
+    assert len(heads) == 3
+    model.collab_loss(heads, torch.tensor([0, 9]))[0].backward()
+    assert model.backbone.aux1.fc2.weight.grad is not None
+
+
+def test_converter_reads_safetensors_and_writes_the_plain_baseline(tmp_path):
+    from safetensors.torch import save_file
+
+    reference = _torchvision_googlenet()
+    save_file(reference.state_dict(), tmp_path / "googlenet.safetensors")
+    # Through the command line, as a user runs it.
+    from collab_zoo.convert import main as convert_main
+
+    assert convert_main(["torchvision-googlenet", "--src", str(tmp_path / "googlenet.safetensors"), "--arch",
+                         "googlenet", "--out", str(tmp_path / "plain")]) == 0
+    model = collab_zoo.create_model(f"local-dir:{tmp_path / 'plain'}", pretrained=True).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), reference(x), atol=1e-5)
+    save_file({"fc.weight": torch.zeros(10, 1024)}, tmp_path / "partial.safetensors")
+    with pytest.raises(StateDictMismatchError, match="not a torchvision GoogLeNet"):
+        convert_torchvision_googlenet(tmp_path / "partial.safetensors", tmp_path / "bad")
+
+
+def test_saved_model_round_trips_with_its_configuration(tmp_path):
+    torch.manual_seed(7)
+    model = collab_zoo.create_model("cldl_nin", num_classes=10, num_heads=4, loss="cldl_minus",
+                                    lambdas=(0.2, 0.4, 0.6, 1.0)).eval()
+    folder = collab_zoo.save_for_hub(model, tmp_path / "nin")
+    loaded = collab_zoo.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    assert loaded.head_layers == (3, 5, 7, 9) and loaded.loss == "cldl_minus" and loaded.lambdas == model.lambdas
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+    generic = collab_zoo.create_model("cldl", backbone="test_resnet", num_classes=4).eval()
+    folder = collab_zoo.save_for_hub(generic, tmp_path / "generic")
+    again = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(again(x), generic(x))
+
+
+def test_backbone_checkpoint_loads_and_main_only_models_ship_without_companions(tmp_path, caplog):
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(8)
+    plain = timm.create_model("nin", num_classes=10).eval()
+    save_file(plain.state_dict(), tmp_path / "nin.safetensors")
+    model = collab_zoo.create_model("cldl_nin", num_classes=10, inference="main", pretrained=True,
+                                    pretrained_cfg_overlay=dict(file=str(tmp_path / "nin.safetensors"))).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), plain(x))
+    folder = collab_zoo.save_for_hub(model, tmp_path / "main-only")
+    assert not any(k.startswith("aux_heads") for k in load_file(folder / "model.safetensors"))
+    # The full rule needs every head: a file without the companions loads (to continue training), with the
+    # companions reported as initialised and a warning that Eq. 9 inference needs them trained.
+    with caplog.at_level("WARNING", logger="collab_zoo.methods.cldl"):
+        full = collab_zoo.create_model("cldl_nin", num_classes=10, pretrained=True,
+                                       pretrained_cfg_overlay=dict(file=str(folder / "model.safetensors")))
+    assert "start untrained" in caplog.text
+    assert any(k.startswith("aux_heads.0") for k in full.pretrained_load_report.initialised)
+    assert not any(k.startswith("backbone.") for k in full.pretrained_load_report.initialised)
+
+
+def test_bad_configurations_say_what_to_do():
+    with pytest.raises(IncompatibleConfigError, match="cldl_minus"):
+        collab_zoo.create_model("cldl_nin", loss="cldl-")
+    with pytest.raises(IncompatibleConfigError, match="inference"):
+        collab_zoo.create_model("cldl_nin", inference="vote")
+    with pytest.raises(IncompatibleConfigError, match="one weight per head"):
+        collab_zoo.create_model("cldl_nin", lambdas=(0.3, 1.0))
+    with pytest.raises(IncompatibleConfigError, match="positive"):
+        collab_zoo.create_model("cldl_nin", lambdas=(0.3, -0.3, 1.0))
+    with pytest.raises(IncompatibleConfigError, match="Head counts that fit"):
+        collab_zoo.create_model("cldl_nin", num_heads=6)
+    with pytest.raises(IncompatibleConfigError, match="ending with 9"):
+        collab_zoo.create_model("cldl_nin", head_layers=(3, 6))
+    with pytest.raises(IncompatibleConfigError, match="exactly 3 heads"):
+        collab_zoo.create_model("cldl_googlenet", num_heads=4)
+    with pytest.raises(IncompatibleConfigError, match="two classes"):
+        collab_zoo.create_model("cldl_nin", num_classes=1)
+    with pytest.raises(IncompatibleConfigError, match="not a timm model"):
+        collab_zoo.create_model("cldl", backbone="no_such_net")
+    model = collab_zoo.create_model("cldl_nin", num_classes=10)
+    with pytest.raises(IncompatibleConfigError, match="3 head outputs"):
+        model.collab_loss((torch.zeros(2, 10),), torch.tensor([0, 1]))
+
+
+def test_registered_names():
+    for name in ("cldl", "cldl_nin", "cldl_nin_mnist", "cldl_googlenet", "cldl_vgg11", "cldl_vgg16", "nin",
+                 "nin_mnist", "googlenet"):
+        assert collab_zoo.is_zoo_model(name) and timm.is_model(name)
+    assert not collab_zoo.is_zoo_model("vgg16"), "VGG is timm's own"
+    assert isinstance(collab_zoo.create_model("cldl_nin_mnist"), CLDLModel)
+    assert collab_zoo.create_model("cldl_nin_mnist").pretrained_cfg["input_size"] == (1, 28, 28)
+
+
+def test_candidate_losses_hold_t_constant():
+    heads = torch.tensor(HEADS4[:3], requires_grad=True)
+    per_candidate, modulation = candidate_losses(heads)
+    assert not modulation.requires_grad and per_candidate.requires_grad
+    assert per_candidate.shape == modulation.shape == (3, 3, 4)
+
+
+def test_features_only_and_bf16_autocast():
+    for name, channels in (("cldl_nin", [96, 192, 192]), ("googlenet", [64, 192, 480, 832, 1024]),
+                           ("cldl_googlenet", [64, 192, 480, 832, 1024])):
+        features = timm.create_model(name, features_only=True).eval()
+        maps = features(torch.randn(2, 3, 32, 32))
+        assert [m.shape[1] for m in maps] == channels == features.feature_info.channels()
+    model = collab_zoo.create_model("cldl_nin", num_classes=10).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        heads = model(torch.randn(2, 3, 32, 32))
+        loss, parts = model.collab_loss(heads, torch.tensor([3, 8]))
+    loss.backward()
+    assert heads[0].dtype == torch.bfloat16 and loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
