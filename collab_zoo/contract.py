@@ -132,6 +132,12 @@ class CollabModel(nn.Module, metaclass=ABCMeta):
     def is_training_only_key(self, key: str) -> bool:
         return any(key == p or key.startswith(p + ".") for p in self.training_only_prefixes)
 
+    def optional_checkpoint_keys(self, state_dict: Dict[str, Tensor]) -> set:
+        """Keys a checkpoint (already remapped) may lack: they keep this model's fresh initialisation and the
+        loader reports them as initialised. By default the training-only heads; a method whose extra heads
+        are needed at inference can still accept a checkpoint of its bare backbone by saying so here."""
+        return {k for k in self.state_dict() if self.is_training_only_key(k)}
+
     def hub_state_dict(self, keep_training_heads: bool = False) -> Dict[str, Tensor]:
         """The tensors a Hub file carries: what inference needs, unless the training heads are wanted."""
         state = self.state_dict()

@@ -4,6 +4,7 @@
         [--push-to-hub collab-zoo/dks_resnet50.in1k] [--write-hub-config hub_configs/dks_resnet50.in1k.json]
     python -m collab_zoo.convert complementary --arch resnet50 --src e1/weak-learner.pth.tar \
         e2/weak-learner.pth.tar e3/weak-learner.pth.tar e4/weak-learner.pth.tar --out complementary_resnet50_x4.in1k
+    python -m collab_zoo.convert torchvision-googlenet --src googlenet-1378be20.pth --out cldl_googlenet_tv
 
 The released files are ``torch.save`` pickles. They are read here, and only here, with
 ``torch.load(weights_only=True)``: PyTorch's restricted unpickler, which rebuilds tensors and plain
@@ -32,7 +33,7 @@ from .weights import DEFAULT_WEIGHTS_NAME, sha256_of
 _logger = logging.getLogger(__name__)
 
 __all__ = ["read_torch_checkpoint", "strip_prefix", "convert_dks", "read_complementary_round", "convert_complementary",
-           "main", "CONVERTERS"]
+           "main"]
 
 
 def read_torch_checkpoint(path: Path) -> Any:
@@ -272,7 +273,6 @@ def convert_complementary(arch: str, srcs: List[Path], out: Path, push: Optional
     return _finish(out, model, tag_name, push, hub_config, description, metrics)
 
 
-CONVERTERS: Dict[str, Callable[..., Dict[str, Any]]] = {"dks": convert_dks, "complementary": convert_complementary}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -285,6 +285,11 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--arch", required=True, choices=["resnet50"])
     comp.add_argument("--src", required=True, nargs="+", type=Path, metavar="ROUND",
                       help="one weak-learner file per round, in round order (ROUND1 ROUND2 ROUND3 ROUND4)")
+    tv = sub.add_parser("torchvision-googlenet",
+                        help="torchvision's ImageNet GoogLeNet, as a starting point for cldl_googlenet")
+    tv.add_argument("--src", required=True, type=Path, help="googlenet-1378be20.pth (or a safetensors of it)")
+    tv.add_argument("--arch", default="cldl_googlenet", choices=["cldl_googlenet", "googlenet"])
+    tv.add_argument("--out", required=True, type=Path, help="folder to write the Hub files to")
     for p in (dks, comp):
         p.add_argument("--out", required=True, type=Path, help="folder to write the Hub files to")
         p.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload as one commit to REPO")
@@ -301,8 +306,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             result = convert_dks(args.arch, args.src, args.out, args.push_to_hub, args.write_hub_config)
         elif args.method == "complementary":
             result = convert_complementary(args.arch, args.src, args.out, args.push_to_hub, args.write_hub_config)
-        else:
-            result = CONVERTERS[args.method](args)
+        elif args.method == "torchvision-googlenet":
+            from .methods.cldl import convert_torchvision_googlenet
+
+            result = convert_torchvision_googlenet(args.src, args.out, arch=args.arch)
     except (FileNotFoundError, IncompatibleConfigError, StateDictMismatchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -315,8 +315,8 @@ def load_state_dict_into(model: nn.Module, state_dict: Dict[str, Tensor], cfg: D
     unexpected = sorted(k for k in state_dict if k not in own)
     missing = sorted(k for k in own if k not in state_dict)
     dropped = set(report.initialised)
-    training_only = getattr(model, "is_training_only_key", lambda k: False)
-    fresh = [k for k in missing if k in dropped or training_only(k)]
+    optional = model.optional_checkpoint_keys(state_dict) if hasattr(model, "optional_checkpoint_keys") else set()
+    fresh = [k for k in missing if k in dropped or k in optional]
     really_missing = [k for k in missing if k not in fresh]
     if shape_errors or unexpected or really_missing:
         parts = []
