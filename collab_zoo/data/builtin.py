@@ -1,0 +1,224 @@
+"""Built-in data sets that need no download: scikit-learn's 8x8 digits, and multi-digit numbers made from them.
+
+``digits``: the 1,797 images of scikit-learn's digits set (10 classes), split once and for all into 1,438 train
+and 359 test images (stratified, fixed seed: the test set never changes between runs), upsampled to the
+requested size.
+
+``multidigit-II`` / ``multidigit-III``: the DCL paper's multi-digit construction (Sec. 4.1.1) from those digits:
+numbers of 2 or 3 digits (100 or 1,000 classes), each digit drawn from the split's own images, placed by a fixed
+per-level layout (spacing, so possible overlap; scale; rotation; flips; position jitter; noise), and the bounding
+box of the whole number rescaled to the output size. The paper shows its 5 two-digit and 10 three-digit layouts
+only as pictures; ours are a ladder of the same ingredients where a larger level is harder (``LEVELS``). Every
+image is a function of (level, split, seed, index), so a run is reproducible from its seed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = ["DigitsData", "digits_split", "MultiDigitLayout", "LEVELS", "make_multidigit", "TensorImageDataset",
+           "upsample", "channel_stats"]
+
+_SPLIT_SEED = 0
+_TEST_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class DigitsData:
+    images: Tensor   # [N, 8, 8] float in [0, 1]
+    labels: Tensor   # [N] int64
+
+
+def digits_split(split: str) -> DigitsData:
+    """The fixed train/test split of scikit-learn's digits (1,438 / 359 images, stratified)."""
+    from sklearn.datasets import load_digits
+
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+    bunch = load_digits()
+    images = bunch.images.astype(np.float32) / 16.0
+    labels = bunch.target.astype(np.int64)
+    rng = np.random.default_rng(_SPLIT_SEED)
+    test_idx = []
+    for c in range(10):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        test_idx.extend(idx[: int(round(len(idx) * _TEST_FRACTION))])
+    mask = np.zeros(len(labels), dtype=bool)
+    mask[np.array(test_idx)] = True
+    keep = mask if split == "test" else ~mask
+    return DigitsData(torch.from_numpy(images[keep]), torch.from_numpy(labels[keep]))
+
+
+def upsample(images: Tensor, size: int) -> Tensor:
+    """[N, h, w] in [0, 1] -> [N, 1, size, size], bilinear."""
+    return F.interpolate(images[:, None], size=(size, size), mode="bilinear", align_corners=False).clamp_(0, 1)
+
+
+def channel_stats(images: Tensor) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """Per-channel mean and std of [N, C, H, W] images: the normalisation a model trained on them records."""
+    mean = images.mean(dim=(0, 2, 3))
+    std = images.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+
+
+class TensorImageDataset(Dataset):
+    """In-memory images [N, C, H, W] in [0, 1] with labels; normalised, optionally shifted at random.
+
+    The random shift (pad by ``shift`` pixels, crop back) is the built-in sets' augmentation. It is a function of
+    (seed, epoch, index) and draws nothing from the global RNG, so loading order, prefetching and workers cannot
+    change it, and a run resumed mid-epoch sees the same images as one that never stopped.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, mean: Sequence[float], std: Sequence[float],
+                 shift: int = 0, channels: Optional[int] = None, class_names: Optional[List[str]] = None):
+        if channels is not None and channels != images.shape[1]:
+            images = images.expand(-1, channels, -1, -1) if images.shape[1] == 1 else images
+        self.images = images.contiguous()
+        self.labels = labels
+        self.mean = torch.tensor(mean[:1] * self.images.shape[1] if len(mean) == 1 else mean).view(-1, 1, 1)
+        self.std = torch.tensor(std[:1] * self.images.shape[1] if len(std) == 1 else std).view(-1, 1, 1)
+        self.shift = shift
+        self.class_names = class_names or [str(i) for i in range(int(labels.max()) + 1)]
+        self.seed = 0
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int, seed: Optional[int] = None) -> None:
+        self.epoch = epoch
+        if seed is not None:
+            self.seed = seed
+
+    @property
+    def targets(self) -> List[int]:
+        return self.labels.tolist()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> Tuple[Tensor, int]:
+        image = self.images[index]
+        if self.shift:
+            padded = F.pad(image, (self.shift,) * 4)
+            draw = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 2_147_483 + index)
+            dy, dx = torch.randint(0, 2 * self.shift + 1, (2,), generator=draw).tolist()
+            image = padded[:, dy:dy + image.shape[1], dx:dx + image.shape[2]]
+        return (image - self.mean) / self.std, int(self.labels[index])
+
+
+# --- multi-digit numbers ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MultiDigitLayout:
+    """How one dataset places its digits. Distances are in digit widths."""
+
+    spacing: float          # centre-to-centre distance; below 1 digits overlap
+    scale_jitter: float     # each digit's scale drawn from [1 - j, 1 + j]
+    rotation: float         # each digit rotated by up to this many degrees
+    flip: float             # probability that a digit is mirrored left-right
+    offset_jitter: float    # vertical/horizontal position jitter
+    noise: float            # std of additive Gaussian noise on the final image
+
+
+# A difficulty ladder per digit count; level 1 is the cleanest.
+LEVELS: Dict[int, List[MultiDigitLayout]] = {
+    2: [MultiDigitLayout(1.00, 0.00, 0, 0.00, 0.05, 0.00),
+        MultiDigitLayout(0.95, 0.05, 5, 0.00, 0.10, 0.00),
+        MultiDigitLayout(0.90, 0.10, 10, 0.00, 0.10, 0.02),
+        MultiDigitLayout(0.85, 0.15, 12, 0.05, 0.15, 0.03),
+        MultiDigitLayout(0.80, 0.15, 15, 0.10, 0.15, 0.05)],
+    3: [MultiDigitLayout(1.00, 0.00, 0, 0.00, 0.05, 0.00),
+        MultiDigitLayout(0.95, 0.05, 5, 0.00, 0.05, 0.00),
+        MultiDigitLayout(0.95, 0.05, 5, 0.00, 0.10, 0.02),
+        MultiDigitLayout(0.90, 0.10, 8, 0.00, 0.10, 0.02),
+        MultiDigitLayout(0.90, 0.10, 10, 0.05, 0.10, 0.03),
+        MultiDigitLayout(0.85, 0.10, 10, 0.05, 0.12, 0.03),
+        MultiDigitLayout(0.85, 0.15, 12, 0.05, 0.12, 0.04),
+        MultiDigitLayout(0.80, 0.15, 12, 0.10, 0.15, 0.04),
+        MultiDigitLayout(0.80, 0.15, 15, 0.10, 0.15, 0.05),
+        MultiDigitLayout(0.75, 0.20, 15, 0.10, 0.15, 0.05)],
+}
+
+_DIGIT_PX = 16  # each 8x8 digit is upsampled to this before it is placed
+
+
+def _place_digits(digits: Tensor, layout: MultiDigitLayout, rng: torch.Generator) -> Tensor:
+    """[n, d, P, P] digit images -> [n, H, W] canvases with every number's digits placed per the layout."""
+    n, d, p, _ = digits.shape
+    flat = digits.reshape(n * d, 1, p, p)
+    scale = 1 + layout.scale_jitter * (2 * torch.rand(n * d, generator=rng) - 1)
+    angle = math.radians(layout.rotation) * (2 * torch.rand(n * d, generator=rng) - 1)
+    mirror = torch.where(torch.rand(n * d, generator=rng) < layout.flip, -1.0, 1.0)
+    jitter = layout.offset_jitter * (2 * torch.rand(n * d, 2, generator=rng) - 1)
+    # The canvas holds the digits side by side at the layout's spacing, with a digit's margin around them.
+    width_units = layout.spacing * (d - 1) + 2.0
+    height, width = 2 * p, int(math.ceil(width_units * p))
+    canvas = torch.zeros(n, height, width)
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
+    for slot in range(d):
+        k = torch.arange(n) * d + slot
+        # Digit centre in canvas units of digit widths, then in the canvas's [-1, 1] coordinates.
+        cx = (1.0 + slot * layout.spacing + jitter[k, 0]) / width_units * 2 - 1
+        cy = jitter[k, 1] * p / height * 2
+        # Map canvas coordinates into the digit's own [-1, 1] frame (inverse of scale/rotate/flip/translate).
+        u = (xs[None] - cx[:, None, None]) * (width / p / 2)
+        v = (ys[None] - cy[:, None, None]) * (height / p / 2)
+        cos, sin = torch.cos(angle[k])[:, None, None], torch.sin(angle[k])[:, None, None]
+        gx = (cos * u + sin * v) / scale[k][:, None, None] * mirror[k][:, None, None]
+        gy = (-sin * u + cos * v) / scale[k][:, None, None]
+        grid = torch.stack([gx, gy], dim=-1)
+        placed = F.grid_sample(flat[k], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        canvas = torch.maximum(canvas, placed[:, 0])
+    return canvas
+
+
+def _crop_to_number(canvas: Tensor, size: int) -> Tensor:
+    """Rescale the bounding box of each number's ink to size x size, as the paper does (the box is stretched)."""
+    out = torch.zeros(canvas.shape[0], size, size)
+    for i, img in enumerate(canvas):
+        rows = torch.nonzero(img.amax(dim=1) > 0.05).flatten()
+        cols = torch.nonzero(img.amax(dim=0) > 0.05).flatten()
+        if len(rows) == 0 or len(cols) == 0:
+            continue
+        box = img[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        out[i] = F.interpolate(box[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+    return out.clamp_(0, 1)
+
+
+def make_multidigit(num_digits: int, level: int, split: str, count: int, seed: int, size: int = 28
+                    ) -> Tuple[Tensor, Tensor]:
+    """``count`` images [N, 1, size, size] of ``num_digits``-digit numbers, and their labels (the numbers).
+
+    Digits come only from the given split of the digits set, so train and test numbers never share a digit image.
+    """
+    if num_digits not in LEVELS:
+        raise ValueError(f"num_digits must be 2 or 3, got {num_digits}.")
+    if not 1 <= level <= len(LEVELS[num_digits]):
+        raise ValueError(f"multidigit-{'I' * num_digits} has levels 1..{len(LEVELS[num_digits])}, got {level}.")
+    layout = LEVELS[num_digits][level - 1]
+    source = digits_split(split)
+    pool = upsample(source.images, _DIGIT_PX)[:, 0]
+    by_class = [torch.nonzero(source.labels == c).flatten() for c in range(10)]
+    rng = torch.Generator().manual_seed(seed * 1_000_003 + level * 101 + num_digits * 7 + (0 if split == "train" else 1))
+    labels = torch.randint(0, 10 ** num_digits, (count,), generator=rng)
+    digit_values = torch.stack([(labels // 10 ** (num_digits - 1 - j)) % 10 for j in range(num_digits)], dim=1)
+    chosen = torch.empty(count, num_digits, dtype=torch.long)
+    for c in range(10):
+        mask = digit_values == c
+        picks = torch.randint(0, len(by_class[c]), (int(mask.sum()),), generator=rng)
+        chosen[mask] = by_class[c][picks]
+    images = []
+    for start in range(0, count, 2048):  # in chunks, to bound the sampling grids' memory
+        block = pool[chosen[start:start + 2048]]
+        canvas = _place_digits(block, layout, rng)
+        images.append(_crop_to_number(canvas, size))
+    images = torch.cat(images)
+    if layout.noise:
+        images = (images + layout.noise * torch.randn(images.shape, generator=rng)).clamp_(0, 1)
+    return images[:, None], labels
