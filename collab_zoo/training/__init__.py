@@ -1,0 +1,1 @@
+"""The importable code behind train.py and validate.py."""
