@@ -15,7 +15,7 @@ from collab_zoo.methods.dks import DKSModel, dks_loss, pair_mask
 
 from conftest import ROOT, subprocess_env
 
-DKS_MODELS = ["dks_resnet18", "dks_resnet50", "dks_resnet152", "dks_resnet32", "dks_resnet110", "dks_wrn28_4",
+DKS_MODELS = ["dks_resnet18", "dks_resnet50", "dks_resnet152", "dks_resnet20", "dks_resnet32", "dks_resnet110", "dks_wrn28_4",
               "dks_wrn28_10", "dks_densenet40_k12", "dks_densenet100_k12", "dks_mobilenet"]
 
 

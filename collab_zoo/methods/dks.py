@@ -18,7 +18,7 @@ ResNet-18 that is 1 BasicBlock @256 + 2 @512 after layer2 and 2 BasicBlocks @102
 variants use the released code's exact layout. ``aux="simple"`` (pool + FC) is the paper's Table 3 ablation.
 
 Registered: ImageNet ``dks_resnet18/50/152`` (timm ResNets, heads after layer2 and layer3), CIFAR
-``dks_resnet32/110``, ``dks_wrn28_4/10``, ``dks_densenet40_k12/100_k12``, ``dks_mobilenet``, and ``dks``,
+``dks_resnet20/32/110``, ``dks_wrn28_4/10``, ``dks_densenet40_k12/100_k12``, ``dks_mobilenet``, and ``dks``,
 which puts DKS on any timm ResNet-family model: ``create_model("dks", backbone="resnet50d")``.
 """
 from __future__ import annotations
@@ -403,6 +403,7 @@ default_cfgs = zoo_default_cfgs({
     "dks_resnet18": _imagenet_cfg(),
     "dks_resnet50": _imagenet_cfg(),
     "dks_resnet152": _imagenet_cfg(),
+    "dks_resnet20": _cifar_cfg(),
     "dks_resnet32": _cifar_cfg(),
     "dks_resnet110": _cifar_cfg(),
     "dks_wrn28_4": _cifar_cfg("backbone.stem"),
@@ -472,6 +473,12 @@ def dks_resnet50(pretrained: bool = False, **kwargs) -> DKSModel:
 def dks_resnet152(pretrained: bool = False, **kwargs) -> DKSModel:
     """ResNet-152 (timm) with DKS heads after layer2 and layer3."""
     return _build("dks_resnet152", "resnet152", pretrained, dks_defaults=dict(attach=(1, 2)), **kwargs)
+
+
+@zoo_model
+def dks_resnet20(pretrained: bool = False, **kwargs) -> DKSModel:
+    """CIFAR ResNet-20 with DKS heads after stages 1 and 2 (the built-in main job's model: quick on a CPU)."""
+    return _build("dks_resnet20", "cifar_resnet20", pretrained, dks_defaults=dict(attach=(0, 1)), **kwargs)
 
 
 @zoo_model
