@@ -26,7 +26,7 @@ LossParts = Dict[str, Tensor]
 LossFn = Callable[[Any, Tensor], Tuple[Tensor, LossParts]]
 
 __all__ = [
-    "CollabModel", "TrainingRound", "Heads", "cross_entropy_loss", "heads_of", "head_names_of", "loss_of",
+    "CollabModel", "BackboneWrapper", "classifier_module_name", "TrainingRound", "Heads", "cross_entropy_loss", "heads_of", "head_names_of", "loss_of",
     "num_rounds_of", "training_round_of", "complete_round_of", "forward_heads_of", "predict_of", "write_figures_of",
     "scores_and_heads",
     "target_probability", "is_soft_target",
@@ -147,6 +147,79 @@ class CollabModel(nn.Module, metaclass=ABCMeta):
 
     def remap_pretrained_keys(self, state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
         return state_dict
+
+
+def classifier_module_name(network: nn.Module) -> Optional[str]:
+    """The name of a timm-style network's final classifier module (``fc``, ``head.fc``, ...)."""
+    try:
+        name = network.get_classifier(name_only=True)
+    except (TypeError, AttributeError):  # many timm models: get_classifier() takes no argument; the cfg names it
+        name = (getattr(network, "pretrained_cfg", None) or {}).get("classifier")
+    if isinstance(name, (tuple, list)):
+        name = name[0] if name else None
+    return name if isinstance(name, str) else None
+
+
+class BackboneWrapper(CollabModel):
+    """A CollabModel whose main path is a timm-style network kept at ``self.backbone`` (DKS, CLDL, DCL).
+
+    timm's interface passes through to the backbone under the ``backbone.`` prefix, and a checkpoint of the
+    bare backbone (its own key names) loads under that prefix. Subclasses add their heads, extend
+    ``reset_classifier`` to reach them, and list them in ``classifier_names``.
+    """
+
+    backbone: nn.Module
+
+    @property
+    def num_classes(self) -> int:
+        return self.backbone.num_classes
+
+    @property
+    def num_features(self) -> int:
+        return self.backbone.num_features
+
+    @property
+    def head_hidden_size(self) -> int:
+        return getattr(self.backbone, "head_hidden_size", self.backbone.num_features)
+
+    @property
+    def feature_info(self):
+        return [dict(info, module=f"backbone.{info['module']}") for info in self.backbone.feature_info]
+
+    def get_classifier(self, name_only: bool = False):
+        if name_only:
+            name = classifier_module_name(self.backbone)
+            return f"backbone.{name}" if name else None
+        return self.backbone.get_classifier()
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        if global_pool is None:
+            self.backbone.reset_classifier(num_classes)
+        else:
+            self.backbone.reset_classifier(num_classes, global_pool)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.backbone.forward_features(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        return self.backbone.forward_head(x, pre_logits=pre_logits)
+
+    def forward_intermediates(self, x: Tensor, **kwargs):
+        return self.backbone.forward_intermediates(x, **kwargs)
+
+    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True):
+        if hasattr(self.backbone, "prune_intermediate_layers"):
+            return self.backbone.prune_intermediate_layers(indices, prune_norm=prune_norm, prune_head=prune_head)
+        # A backbone that cannot drop its unused layers keeps them; the feature wrapper needs the indices.
+        from timm.models._features import feature_take_indices
+
+        return feature_take_indices(len(self.backbone.feature_info), indices)[0]
+
+    def remap_pretrained_keys(self, state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """A bare backbone checkpoint (its own key names) loads under ``backbone.``."""
+        if any(k.startswith("backbone.") for k in state_dict):
+            return state_dict
+        return {f"backbone.{k}": v for k, v in state_dict.items()}
 
 
 # --- helpers that give plain timm models the same contract ---------------------------------------------------

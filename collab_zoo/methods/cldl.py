@@ -84,7 +84,7 @@ from torch import Tensor, nn
 from ..backbones.googlenet import AUX_TAPS, GoogLeNet
 from ..backbones.nin import NIN_LAYOUTS, NetworkInNetwork
 from ..builder import build_zoo_model
-from ..contract import CollabModel, Heads, LossParts, is_soft_target
+from ..contract import BackboneWrapper, Heads, LossParts, is_soft_target
 from ..errors import IncompatibleConfigError, StateDictMismatchError
 from ..registry import base_cfg, cifar_cfg, mnist_cfg, zoo_default_cfgs, zoo_model
 
@@ -579,21 +579,9 @@ def _view_for(backbone: nn.Module):
     return _StageView(backbone)
 
 
-def _classifier_name(backbone: nn.Module) -> str:
-    try:
-        name = backbone.get_classifier(name_only=True)
-    except TypeError:  # timm's own models: get_classifier() takes no arguments; their cfg names the module
-        name = (getattr(backbone, "pretrained_cfg", None) or {}).get("classifier")
-    if isinstance(name, (tuple, list)):
-        name = name[0]
-    if not isinstance(name, str):
-        raise IncompatibleConfigError(f"cannot tell which module of {type(backbone).__name__} is its classifier.")
-    return name
-
-
 # --- the model ---------------------------------------------------------------------------------------------------
 
-class CLDLModel(CollabModel):
+class CLDLModel(BackboneWrapper):
     """A backbone (its keys under ``backbone.``) with CLDL companion heads (``aux_heads.<i>``, or the backbone's
     own auxiliary classifiers for GoogLeNet). Heads are ordered shallow to deep, the main head last.
 
@@ -651,30 +639,10 @@ class CLDLModel(CollabModel):
         # Eq. 9 needs every head; only a model that predicts with its main head can ship without the others.
         return self._aux_prefixes() if self.inference == "main" else ()
 
-    # -- timm's interface (the main path) -----------------------------------------------------------------
-    @property
-    def num_classes(self) -> int:
-        return self.backbone.num_classes
-
-    @property
-    def num_features(self) -> int:
-        return self.backbone.num_features
-
-    @property
-    def feature_info(self) -> List[Dict[str, Any]]:
-        return [dict(info, module=f"backbone.{info['module']}") for info in self.backbone.feature_info]
-
-    def get_classifier(self, name_only: bool = False):
-        if name_only:
-            return f"backbone.{_classifier_name(self.backbone)}"
-        return self.backbone.get_classifier()
-
+    # -- timm's interface: the main path is the backbone's (BackboneWrapper); the heads are ours -------------
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """A new class count for every head, the main one and each companion."""
-        if global_pool is None:
-            self.backbone.reset_classifier(num_classes)
-        else:
-            self.backbone.reset_classifier(num_classes, global_pool)
+        super().reset_classifier(num_classes, global_pool)
         for head in self.aux_heads:
             head.reset_classifier(num_classes)
 
@@ -685,15 +653,6 @@ class CLDLModel(CollabModel):
             companions = tuple(f"aux_heads.{i}.{'cccp2' if isinstance(h, MlpConvHead) else 'fc2'}"
                                for i, h in enumerate(self.aux_heads))
         return companions + (self.get_classifier(name_only=True),)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.backbone.forward_features(x)
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        return self.backbone.forward_head(x, pre_logits=pre_logits)
-
-    def forward_intermediates(self, x: Tensor, **kwargs):
-        return self.backbone.forward_intermediates(x, **kwargs)
 
     # -- the contract -------------------------------------------------------------------------------------
     def forward_heads(self, x: Tensor) -> Heads:
@@ -728,12 +687,11 @@ class CLDLModel(CollabModel):
 
     # -- weights ------------------------------------------------------------------------------------------
     def remap_pretrained_keys(self, state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        """A checkpoint of the plain backbone (its own key names) loads into ``backbone.``."""
-        if any(k.startswith("backbone.") for k in state_dict):
-            return state_dict
-        if hasattr(self.backbone, "remap_pretrained_keys"):
+        """A checkpoint of the plain backbone loads into ``backbone.``, through the backbone's own remap (the
+        GoogLeNet baseline drops torchvision's untrained auxiliary classifiers there)."""
+        if not any(k.startswith("backbone.") for k in state_dict) and hasattr(self.backbone, "remap_pretrained_keys"):
             state_dict = self.backbone.remap_pretrained_keys(dict(state_dict))
-        return {f"backbone.{k}": v for k, v in state_dict.items()}
+        return super().remap_pretrained_keys(state_dict)
 
     def optional_checkpoint_keys(self, state_dict: Dict[str, Tensor]) -> set:
         """A checkpoint without any companion head (a bare backbone) leaves them all at their fresh

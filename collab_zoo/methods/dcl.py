@@ -96,7 +96,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..backbones.bignet import CIFAR10_MEAN, CIFAR10_STD
 from ..backbones.staged import StagedNet, init_conv_bn
 from ..builder import build_zoo_model
-from ..contract import CollabModel, Heads, LossParts, cross_entropy_loss, heads_of
+from ..contract import BackboneWrapper, Heads, LossParts, classifier_module_name, cross_entropy_loss, heads_of
 from ..errors import IncompatibleConfigError
 from ..registry import base_cfg, cifar_cfg, mnist_cfg, zoo_default_cfgs, zoo_model
 
@@ -362,13 +362,6 @@ def replace_with_dcl(model: nn.Module, name: str, branches: int = 2, width: Unio
 
 # --- the model -----------------------------------------------------------------------------------------------
 
-def _classifier_name(model: nn.Module) -> Optional[str]:
-    try:
-        name = model.get_classifier(name_only=True)
-    except (TypeError, AttributeError):
-        name = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
-    return name if isinstance(name, str) else None
-
 
 def _initialise_like_backbone(backbone: nn.Module, layer: str, module: nn.Module) -> None:
     """New DCL layers start the way the backbone starts its own (Caffe fillers, He-normal, ...)."""
@@ -380,7 +373,7 @@ def _initialise_like_backbone(backbone: nn.Module, layer: str, module: nn.Module
     # Anything else keeps PyTorch's default initialisation of the new layers.
 
 
-class DCLModel(CollabModel):
+class DCLModel(BackboneWrapper):
     """A network with one layer replaced by a DCL module; ``backbone`` keeps its key names under ``backbone.``.
 
     Single head, cross-entropy. When the replaced layer is the classifier (LeNet's B variants), the
@@ -399,7 +392,7 @@ class DCLModel(CollabModel):
         self.layer = layer
         self.dcl_options = dict(branches=branches, width=width, width_ratio=width_ratio, mode=mode, eps=eps,
                                 branch_act=branch_act, bias=bias)
-        self.replaces_classifier = layer == _classifier_name(backbone)
+        self.replaces_classifier = layer == classifier_module_name(backbone)
         if self.replaces_classifier and getattr(backbone, "num_classes", 1) <= 0:
             raise IncompatibleConfigError(
                 f"DCL on the classifier ({layer!r}) needs num_classes > 0; this model was built without a classifier.")
@@ -423,34 +416,9 @@ class DCLModel(CollabModel):
         module = self.dcl_module
         return module is not None and module.leaves_branches_unused
 
-    # -- timm's interface (the backbone's) ----------------------------------------------------------------
-    @property
-    def num_classes(self) -> int:
-        return self.backbone.num_classes
-
-    @property
-    def num_features(self) -> int:
-        return self.backbone.num_features
-
-    @property
-    def head_hidden_size(self) -> int:
-        return getattr(self.backbone, "head_hidden_size", self.backbone.num_features)
-
-    @property
-    def feature_info(self) -> List[Dict[str, Any]]:
-        return [dict(info, module=f"backbone.{info['module']}") for info in self.backbone.feature_info]
-
-    def get_classifier(self, name_only: bool = False):
-        name = _classifier_name(self.backbone)
-        if name_only:
-            return f"backbone.{name}" if name else None
-        return self.backbone.get_classifier()
-
+    # -- timm's interface: the backbone's (BackboneWrapper), plus the DCL layer when it is the classifier ----
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        if global_pool is None:
-            self.backbone.reset_classifier(num_classes)
-        else:
-            self.backbone.reset_classifier(num_classes, global_pool)
+        super().reset_classifier(num_classes, global_pool)
         if self.replaces_classifier and num_classes > 0:
             self._install()
 
@@ -461,18 +429,6 @@ class DCLModel(CollabModel):
                          for i in range(module.num_branches) for part in ("filters", "mapping"))
         name = self.get_classifier(name_only=True)
         return (name,) if name else ()
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.backbone.forward_features(x)
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        return self.backbone.forward_head(x, pre_logits=pre_logits)
-
-    def forward_intermediates(self, x: Tensor, **kwargs):
-        return self.backbone.forward_intermediates(x, **kwargs)
-
-    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True):
-        return self.backbone.prune_intermediate_layers(indices, prune_norm=prune_norm, prune_head=prune_head)
 
     # -- the contract -------------------------------------------------------------------------------------
     def forward_heads(self, x: Tensor) -> Heads:
@@ -486,12 +442,6 @@ class DCLModel(CollabModel):
         if len(heads) != 1:
             raise IncompatibleConfigError(f"DCL models have one head; collab_loss got {len(heads)} outputs.")
         return cross_entropy_loss(heads, target)
-
-    def remap_pretrained_keys(self, state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        """A checkpoint of the bare backbone (with its DCL layer) loads under ``backbone.``."""
-        if any(k.startswith("backbone.") for k in state_dict):
-            return state_dict
-        return {f"backbone.{k}": v for k, v in state_dict.items()}
 
 
 # --- the paper's LeNet variants ------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ..backbones.staged import StagedNet
 from ..builder import build_zoo_model
-from ..contract import CollabModel, Heads, LossParts
+from ..contract import BackboneWrapper, Heads, LossParts
 from ..errors import IncompatibleConfigError
 from ..registry import base_cfg, cifar_cfg, zoo_default_cfgs, zoo_model
 
@@ -240,7 +240,7 @@ def _view_of(backbone: nn.Module, arch: Optional[str], donor_kwargs: Dict[str, A
 
 # --- the model ---------------------------------------------------------------------------------------------------
 
-class DKSModel(CollabModel):
+class DKSModel(BackboneWrapper):
     """A backbone with DKS auxiliary heads. ``backbone`` keeps its own key names under ``backbone.``."""
 
     training_only_prefixes = ("aux_heads",)
@@ -299,47 +299,19 @@ class DKSModel(CollabModel):
                 "last stage would be the main head.")
         return point
 
-    # -- timm's interface (the main path) -----------------------------------------------------------------
-    @property
-    def num_classes(self) -> int:
-        return self.backbone.num_classes
-
-    @property
-    def num_features(self) -> int:
-        return self.backbone.num_features
-
-    @property
-    def feature_info(self) -> List[Dict[str, Any]]:
-        return [dict(info, module=f"backbone.{info['module']}") for info in self.backbone.feature_info]
-
-    def get_classifier(self, name_only: bool = False):
-        name = self.backbone.get_classifier(name_only=True)
-        return f"backbone.{name}" if name_only else self.backbone.get_classifier()
-
+    # -- timm's interface: the main path is the backbone's (BackboneWrapper); the heads are ours -------------
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """A new class count for every head, main and auxiliary."""
-        if global_pool is None:
-            self.backbone.reset_classifier(num_classes)
-        else:
-            self.backbone.reset_classifier(num_classes, global_pool)
+        super().reset_classifier(num_classes, global_pool)
         for head in self.aux_heads:
             head.reset_classifier(num_classes)
 
     def classifier_names(self) -> Tuple[str, ...]:
         return tuple(f"aux_heads.{i}.fc" for i in range(len(self.aux_heads))) + (self.get_classifier(name_only=True),)
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.backbone.forward_features(x)
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        return self.backbone.forward_head(x, pre_logits=pre_logits)
-
-    def forward_intermediates(self, x: Tensor, **kwargs):
-        return self.backbone.forward_intermediates(x, **kwargs)
-
     def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True):
-        self.aux_heads = nn.ModuleList()
-        return self.backbone.prune_intermediate_layers(indices, prune_norm=prune_norm, prune_head=prune_head)
+        self.aux_heads = nn.ModuleList()  # a feature extractor needs no auxiliary heads
+        return super().prune_intermediate_layers(indices, prune_norm=prune_norm, prune_head=prune_head)
 
     # -- the contract -------------------------------------------------------------------------------------
     def forward_heads(self, x: Tensor) -> Heads:
@@ -365,13 +337,7 @@ class DKSModel(CollabModel):
         return dks_loss(outputs, target, self.pairs, self.temperature, self.alpha, self.beta, self.divergence,
                         self.head_names)
 
-    # -- weights ------------------------------------------------------------------------------------------
-    def remap_pretrained_keys(self, state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        """A bare backbone checkpoint (timm key names) loads into ``backbone.``; heads start fresh."""
-        if any(k.startswith("backbone.") for k in state_dict):
-            return state_dict
-        return {f"backbone.{k}": v for k, v in state_dict.items()}
-
+    # -- weights (a bare backbone checkpoint loads under backbone.; the heads, training-only, start fresh) ---
     def export(self) -> nn.Module:
         """The plain backbone, for deployment: identical eval outputs, timm's own key names."""
         plain = copy.deepcopy(self.backbone)

@@ -461,8 +461,11 @@ class _Run:
             for j, logits in enumerate(heads_of(outputs)):
                 head_hits[j] += float((logits.argmax(-1) == hard).sum())
             self.partial["seen"] += len(hard)
+            # The loss that was optimised, whatever the method calls its parts (it may have no "total").
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * len(hard)
             for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + float(value) * len(hard)
+                if key != "total":
+                    sums[key] = sums.get(key, 0.0) + float(value) * len(hard)
             if sync:
                 if a.clip_grad:
                     acc.clip_grad_norm_(module_p.parameters(), a.clip_grad)
@@ -500,7 +503,7 @@ class _Run:
             self.summary.write(row)
             heads = " ".join(f"{k[9:]}={v:.2f}" for k, v in row.items() if k.startswith("val_top1_"))
             _logger.info("round %d epoch %d: train loss %.4f | val top-1 %.2f%% (%s)", row["round"], row["epoch"],
-                         row.get("train_total", float("nan")), row["val_top1"], heads)
+                         row["train_loss"], row["val_top1"], heads)
 
     # -- the end -----------------------------------------------------------------------------------------------
     def _finish(self, eval_loader, seconds: float, images_seen: int, round_logs) -> Dict[str, Any]:
