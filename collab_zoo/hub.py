@@ -163,7 +163,7 @@ def _model_card(config: Dict[str, Any], metrics: Optional[Dict[str, float]], dat
         lines.append("")
     lines += [
         "## Use", "", "```python", "import collab_zoo  # registers the zoo's architectures with timm",
-        f'model = collab_zoo.create_model("hf-hub:<this repo>", pretrained=True).eval()', "```", "",
+        'model = collab_zoo.create_model("hf-hub:<this repo>", pretrained=True).eval()', "```", "",
         "Weights are safetensors; `config.json` is timm's format.", "",
     ]
     return ModelCard("\n".join(line for line in lines if line is not None)).content

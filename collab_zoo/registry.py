@@ -345,7 +345,7 @@ def closest_model_names(name: str, n: int = 5) -> List[str]:
     return list(dict.fromkeys(zoo + rest))[:n]
 
 
-def unknown_model_error(name: str) -> "UnknownModelError":
+def unknown_model_error(name: str):
     from .errors import UnknownModelError
 
     hint = closest_model_names(name)
@@ -356,7 +356,7 @@ def unknown_model_error(name: str) -> "UnknownModelError":
     return UnknownModelError(msg)
 
 
-def unknown_tag_error(arch: str, tag: str) -> "UnknownTagError":
+def unknown_tag_error(arch: str, tag: str):
     from .errors import UnknownTagError
 
     tags = tags_of(arch)

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import torch
 from torch import Tensor, nn
 
 from .errors import (ChecksumMismatchError, CorruptWeightsError, HubUnreachableError, NoPretrainedWeightsError,

@@ -11,11 +11,9 @@ import torch
 import yaml
 
 import collab_zoo
-from collab_zoo.errors import (ChecksumMismatchError, CorruptWeightsError, HubUnreachableError,
-                               NoPretrainedWeightsError, StateDictMismatchError, UnsafeWeightsError)
-from collab_zoo.registry import hub_configs
+from collab_zoo.errors import (ChecksumMismatchError, CorruptWeightsError, NoPretrainedWeightsError, StateDictMismatchError, UnsafeWeightsError)
 
-from conftest import ROOT, subprocess_env
+from conftest import subprocess_env
 
 ARCH = "dks_resnet32"  # small, and has training-only heads, so it exercises the most of the weight code
 

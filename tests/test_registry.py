@@ -1,9 +1,7 @@
 """The registry: zoo names in timm's registry, tags from hub_configs/, and the errors a user can act on."""
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import timm

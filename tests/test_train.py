@@ -1,6 +1,5 @@
 """train.py and validate.py end to end on the built-in data: runs, DDP, exact resume, and bad input."""
 import json
-import os
 import signal
 import subprocess
 import sys

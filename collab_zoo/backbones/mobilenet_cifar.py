@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import List, Sequence, Tuple
 
-from torch import Tensor, nn
+from torch import nn
 
 from ..builder import build_zoo_model
 from ..registry import cifar_cfg, zoo_default_cfgs, zoo_model

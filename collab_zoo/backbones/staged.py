@@ -9,9 +9,8 @@ made of the backbone's own block type.
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
-import torch
 from timm.layers import SelectAdaptivePool2d
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn

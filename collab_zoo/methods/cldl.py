@@ -397,10 +397,11 @@ class _LayerwiseView:
     def forward_heads(self, x: Tensor, placement: Placement, aux_heads: nn.ModuleList) -> Heads:
         heads_at = dict(zip(placement.taps, aux_heads))
         outputs: List[Tensor] = []
-        for layer, x in enumerate(self.walk(x), start=1):
+        features = x
+        for layer, features in enumerate(self.walk(x), start=1):
             if layer in heads_at:
-                outputs.append(heads_at[layer](x))
-        return (*outputs, x)
+                outputs.append(heads_at[layer](features))
+        return (*outputs, features)
 
 
 class _NINView(_LayerwiseView):
@@ -410,9 +411,10 @@ class _NINView(_LayerwiseView):
         return list(self.backbone.weight_layers())
 
     def walk(self, x: Tensor) -> Iterator[Tensor]:
-        for x in _walk_sequential(self.backbone.features, x):
-            yield x
-        yield self.backbone.forward_head(x)
+        features = x
+        for features in _walk_sequential(self.backbone.features, x):
+            yield features
+        yield self.backbone.forward_head(features)
 
     def build_head(self, layer: int, num_classes: int, hidden: int, drop_rate: float) -> nn.Module:
         kernel, padding, widths = NIN_LAYOUTS[self.backbone.layout][-1]
@@ -437,8 +439,10 @@ class _VGGView(_LayerwiseView):
         return convs + [mlp.fc1, mlp.fc2, self.backbone.head.fc]
 
     def walk(self, x: Tensor) -> Iterator[Tensor]:
-        for x in _walk_sequential(self.backbone.features, x):
-            yield x
+        features = x
+        for features in _walk_sequential(self.backbone.features, x):
+            yield features
+        x = features
         mlp = self.backbone.pre_logits
         kernel = mlp.fc1.kernel_size
         if x.shape[-2] < kernel[0] or x.shape[-1] < kernel[1]:

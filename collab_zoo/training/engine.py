@@ -13,7 +13,6 @@ continues exactly as if it had never stopped.
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import logging
