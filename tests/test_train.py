@@ -74,6 +74,16 @@ def test_per_head_accuracy_and_loss_parts_are_logged_for_every_method(tmp_path):
     assert len(head_columns) == 3 and len([k for k in results if k.startswith("top1_")]) == 3
 
 
+def test_precision_compile_ema_mixup_accumulation_flags_work_together(tmp_path):
+    run = _train(tmp_path, "--model", "dks_resnet20", "--epochs", "1", "-b", "32", "--amp", "--torchcompile",
+                 "eager", "--model-ema", "--mixup", "0.2", "--cutmix", "0.2", "--smoothing", "0.1",
+                 "--grad-accum-steps", "2", "--channels-last", "--clip-grad", "5", experiment="flags")
+    header = (run / "summary.csv").read_text().splitlines()[0]
+    assert "val_ema_top1" in header and "train_synergy" in header
+    results = json.loads((run / "results.json").read_text())
+    assert 0 <= results["top1"] <= 100 and (run / "hub" / "model.safetensors").exists()
+
+
 def test_boosting_rounds_run_through_the_same_loop(tmp_path):
     run = _train(tmp_path, "--model", "complementary", "--epochs", "1", "--input-size", "8", "--model-kwargs",
                  "member='cifar_resnet20'", "tau=2", experiment="boost")

@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0: off)")
     g.add_argument("--mixup-prob", type=float, default=1.0)
     g.add_argument("--mixup-switch-prob", type=float, default=0.5)
-    g.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights; evaluate and save it too")
+    g.add_argument("--model-ema", action="store_true",
+                   help="keep an EMA of the weights, evaluate it every epoch, and end each round with the EMA weights")
     g.add_argument("--model-ema-decay", type=float, default=0.998)
     g = p.add_argument_group("hardware")
     g.add_argument("--amp", action="store_true", help="mixed precision (bf16 unless --amp-dtype float16)")
