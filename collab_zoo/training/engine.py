@@ -82,6 +82,13 @@ def make_accelerator(args, find_unused_parameters: bool = False):
             log_with = None
     elif log_with in ("none", ""):
         log_with = None
+    # accelerate keeps its settings (mixed precision above all) in a process-wide singleton and refuses to change
+    # them. One process may run several trainings in turn (tests, benchmarks, a notebook), so each run starts
+    # from fresh settings. PartialState, which holds the process group, is kept: DDP stays initialised.
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     return Accelerator(
         cpu=cpu,
         mixed_precision=precision,
