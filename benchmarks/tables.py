@@ -59,12 +59,14 @@ def dks_table(d: Dict[str, Any]) -> List[str]:
 
 
 def cldl_table(d: Dict[str, Any]) -> List[str]:
-    lines = ["| configuration | top-1 by Eq. 9 (%) | main head alone | paper, CIFAR-100 NIN |", "|---|---|---|---|"]
+    lines = ["| configuration | top-1 by Eq. 9 (%) | per seed | main head alone | paper, CIFAR-100 NIN |",
+             "|---|---|---|---|---|"]
     base = d["table"]["baseline (NIN)"]["top1"]["mean"]
     for label, row in d["table"].items():
         gain = "" if label.startswith("baseline") else f" ({row['top1']['mean'] - base:+.2f})"
         main = _ms(row["heads"]["main"]) if "main" in row["heads"] and len(row["heads"]) > 1 else ""
-        lines.append(f"| {label} | {_ms(row['top1'])}{gain} | {main} | {_paper(CLDL_PAPER.get(label))} |")
+        seeds = " / ".join(f"{v:.1f}" for v in row["top1"]["values"])
+        lines.append(f"| {label} | {_ms(row['top1'])}{gain} | {seeds} | {main} | {_paper(CLDL_PAPER.get(label))} |")
     return lines
 
 
