@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import logging
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -350,21 +351,23 @@ class Placement:
     names: Tuple[str, ...]
 
 
-class _LayerwiseView:
+class _LayerwiseView(ABC):
     """A plain chain of weight layers (NIN, VGG): a companion head can sit on any of them."""
 
     def __init__(self, backbone: nn.Module):
         self.backbone = backbone
 
+    @abstractmethod
     def weight_layers(self) -> List[nn.Module]:
-        raise NotImplementedError
+        """The network's weight layers in order, 1..L."""
 
+    @abstractmethod
     def walk(self, x: Tensor) -> Iterator[Tensor]:
         """X(1), ..., X(L); X(L) is the main head's logits."""
-        raise NotImplementedError
 
+    @abstractmethod
     def build_head(self, layer: int, num_classes: int, hidden: int, drop_rate: float) -> nn.Module:
-        raise NotImplementedError
+        """The paper's companion head for weight layer ``layer`` (mlpconv for NIN, two FC layers for VGG)."""
 
     @property
     def num_layers(self) -> int:
