@@ -106,13 +106,11 @@ def training_memory_bytes(model: nn.Module, make_batch: Callable[[], Any], loss_
 
 
 def forward_flops(model: nn.Module, images: torch.Tensor, train: bool = False) -> int:
-    """FLOPs of one forward pass (torch's FlopCounterMode: 2 per multiply-add)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """FLOPs of one forward pass in the given mode (the library's counter: 2 per multiply-add)."""
+    from collab_zoo.methods.dcl import forward_flops as count_forward_flops
 
     model.train(train)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(images)
-    return int(counter.get_total_flops())
+    return count_forward_flops(model, images)
 
 
 def train_step_flops(model: nn.Module, images: torch.Tensor, target: torch.Tensor, loss_fn) -> int:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from common import RESULTS, write_result  # noqa: E402
 
 from collab_zoo.training.args import parse_args  # noqa: E402
-from collab_zoo.training.engine import _Run  # noqa: E402
+from collab_zoo.training.engine import run_training  # noqa: E402
 
 # --- the experiments -------------------------------------------------------------------------------------------------
 # Every entry: label -> (model, model kwargs). One recipe per paper (a built-in set, same for all its entries).
@@ -90,7 +90,7 @@ def _train(model: str, kwargs: Dict[str, Any], data: List[str], seed: int, out: 
         argv += ["--model-kwargs", *[f"{k}={v!r}" for k, v in kwargs.items()]]
     args = parse_args(argv)
     args.experiment = f"{model}-{seed}-{time.time_ns()}"
-    return _Run(args).train()
+    return run_training(args)
 
 
 def _summary(values: Sequence[float]) -> Dict[str, float]:
@@ -114,7 +114,7 @@ def run_grid(runs: Dict[str, Tuple[str, Dict[str, Any]]], data: List[str], seeds
         table[label] = dict(model=model, kwargs={k: str(v) for k, v in kwargs.items()},
                             top1=_summary(r["top1"] for r in results),
                             extra_args=" ".join(extra[0]) if extra else "",
-                        heads={h[5:]: _summary(r[h] for r in results) for h in heads},
+                            heads={h[5:]: _summary(r[h] for r in results) for h in heads},
                             train_seconds=_summary(r["train_seconds"] for r in results))
     return table
 

@@ -24,7 +24,7 @@ import collab_zoo  # noqa: E402
 from collab_zoo.contract import loss_of  # noqa: E402
 from collab_zoo.data import DataSpec, build_data  # noqa: E402
 from collab_zoo.training.args import parse_args  # noqa: E402
-from collab_zoo.training.engine import _Run  # noqa: E402
+from collab_zoo.training.engine import run_training  # noqa: E402
 
 
 def bare_loop(model_name: str, epochs: int, batch: int, input_size: int) -> float:
@@ -57,7 +57,7 @@ def train_py(model_name: str, epochs: int, batch: int, input_size: int, out: str
     args = parse_args(["--model", model_name, "--dataset", "digits", "--input-size", str(input_size), "--epochs",
                        str(epochs), "-b", str(batch), "--output", out, "--log-with", "none", "--cpu"])
     args.experiment = f"bench-{time.time_ns()}"
-    return _Run(args).train()["train_images_per_second"]
+    return run_training(args)["train_images_per_second"]
 
 
 def main(argv=None) -> int:
