@@ -34,12 +34,31 @@ _PAPER_TAGS = {
 }
 
 
+def _current_umask() -> int:
+    # os.umask can only be read by setting it; Linux also reports it in /proc, which changes nothing.
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: os.PathLike, data: bytes) -> None:
-    """Write through a temporary file in the same folder and rename: readers never see half a file."""
+    """Write through a temporary file in the same folder and rename: readers never see half a file.
+
+    The file gets the permissions a plain ``open(path, "wb")`` would give (0666 less the umask), not
+    mkstemp's private 0600, so a shared run folder or Hub folder stays readable by the group.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -119,7 +138,7 @@ def hub_config_json(model: nn.Module, keep_training_heads: bool = False,
 
 
 def _model_card(config: Dict[str, Any], metrics: Optional[Dict[str, float]], datasets: Iterable[str],
-                description: Optional[str]) -> str:
+                description: Optional[str], base_model: Optional[str] = None) -> str:
     from huggingface_hub import ModelCard, ModelCardData
     from huggingface_hub.repocard_data import EvalResult
 
@@ -145,6 +164,7 @@ def _model_card(config: Dict[str, Any], metrics: Optional[Dict[str, float]], dat
         model_name=architecture,
         eval_results=eval_results,
         pipeline_tag="image-classification",
+        base_model=base_model,
     )
     heads = ", ".join(config["collab_zoo"]["head_names"])
     lines = [
@@ -154,6 +174,7 @@ def _model_card(config: Dict[str, Any], metrics: Optional[Dict[str, float]], dat
         f"- Paper: {paper_title}" + (f" ({paper_tag})" if paper_tag else "") if paper_title else "",
         f"- Classes: {config['num_classes']}; heads: {heads}",
         f"- Training-only heads included: {config['collab_zoo']['training_heads_included']}",
+        f"- Fine-tuned from: `{base_model}`" if base_model else None,
         "",
     ]
     if metrics:
@@ -172,11 +193,13 @@ def _model_card(config: Dict[str, Any], metrics: Optional[Dict[str, float]], dat
 def save_for_hub(model: nn.Module, save_directory: os.PathLike, *, keep_training_heads: bool = False,
                  model_args: Optional[Dict[str, Any]] = None, metrics: Optional[Dict[str, float]] = None,
                  datasets: Iterable[str] = (), description: Optional[str] = None,
-                 extra_config: Optional[Dict[str, Any]] = None) -> Path:
+                 extra_config: Optional[Dict[str, Any]] = None, base_model: Optional[str] = None) -> Path:
     """Write a Hub folder for ``model``: model.safetensors, config.json, README.md. Returns the folder.
 
     A model with training-only heads (DKS) stores only what inference needs unless ``keep_training_heads``.
-    ``metrics`` (name -> value) and ``datasets`` go into the model card's metadata.
+    ``metrics`` (name -> value) and ``datasets`` go into the model card's metadata. ``base_model`` names the
+    checkpoint a fine-tune started from (a Hub repo id such as ``org/repo``); the card's metadata and
+    config.json's ``collab_zoo`` section carry it.
     """
     save_directory = Path(save_directory)
     save_directory.mkdir(parents=True, exist_ok=True)
@@ -185,19 +208,22 @@ def save_for_hub(model: nn.Module, save_directory: os.PathLike, *, keep_training
     else:
         tensors = model.state_dict()
     config = hub_config_json(model, keep_training_heads, model_args, extra_config)
+    if base_model:
+        config["collab_zoo"]["base_model"] = base_model
     # One metadata key only: safetensors writes a multi-key map in random order, which would give the same
     # weights a different sha256 on every save.
     _save_safetensors(tensors, save_directory / DEFAULT_WEIGHTS_NAME, metadata={"format": "pt"})
     config["collab_zoo"]["sha256"] = sha256_of(save_directory / DEFAULT_WEIGHTS_NAME)
     atomic_write_text(save_directory / "config.json", json.dumps(config, indent=2) + "\n")
-    atomic_write_text(save_directory / "README.md", _model_card(config, metrics, datasets, description))
+    atomic_write_text(save_directory / "README.md", _model_card(config, metrics, datasets, description, base_model))
     return save_directory
 
 
 def push_to_hub(model: nn.Module, repo_id: str, *, revision: Optional[str] = None, private: Optional[bool] = None,
                 token: Optional[str] = None, commit_message: Optional[str] = None, keep_training_heads: bool = False,
                 metrics: Optional[Dict[str, float]] = None, datasets: Iterable[str] = (),
-                description: Optional[str] = None, model_args: Optional[Dict[str, Any]] = None):
+                description: Optional[str] = None, model_args: Optional[Dict[str, Any]] = None,
+                base_model: Optional[str] = None):
     """save_for_hub into a temporary folder and upload it as one commit. Returns huggingface_hub's CommitInfo.
 
     The commit id (``info.oid``) and the file's sha256 (``config.json`` -> ``collab_zoo.sha256``) are what a
@@ -208,7 +234,7 @@ def push_to_hub(model: nn.Module, repo_id: str, *, revision: Optional[str] = Non
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory() as tmp:
         save_for_hub(model, tmp, keep_training_heads=keep_training_heads, metrics=metrics, datasets=datasets,
-                     description=description, model_args=model_args)
+                     description=description, model_args=model_args, base_model=base_model)
         api.create_repo(repo_id, private=private, exist_ok=True)
         return api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision,
                                  commit_message=commit_message or f"Upload {repo_id} from collab_zoo")

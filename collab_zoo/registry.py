@@ -9,6 +9,10 @@ sha256) and everything a user needs to use them (preprocessing, labels, licence,
 A tag whose revision or sha256 is still ``null`` is *pending*: its config is registered (so the tag's
 preprocessing is known), but it is not listed as pretrained and ``pretrained=True`` says how to convert
 the original release instead of downloading.
+
+This module sits below the backbones and methods (they import it to register) and never imports them.
+Importing any ``collab_zoo.*`` module runs ``collab_zoo/__init__`` first, which imports them, so every caller
+already sees the full registry.
 """
 from __future__ import annotations
 
@@ -250,7 +254,6 @@ def register_hub_config(config: Union[HubConfig, Dict[str, Any], os.PathLike]) -
         config = _parse_hub_config(str(path), json.loads(path.read_text(encoding="utf-8")))
     elif isinstance(config, dict):
         config = _parse_hub_config(f"{config.get('model')}.json", config)
-    _ensure_models_imported()
     arch = config.architecture
     if arch not in _ZOO_MODELS:
         raise unknown_model_error(arch)
@@ -271,21 +274,12 @@ def zoo_model(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def _ensure_models_imported() -> None:
-    # The method and backbone modules register on import; collab_zoo/__init__ imports them, but a caller
-    # that imported only this module still gets the full registry.
-    import collab_zoo.methods  # noqa: F401
-    import collab_zoo.backbones  # noqa: F401
-
-
 def is_zoo_model(name: str) -> bool:
-    _ensure_models_imported()
     return name.split(".", 1)[0] in _ZOO_MODELS
 
 
 def is_model(name: str) -> bool:
     """True for any architecture timm can build after ``import collab_zoo`` (zoo or timm's own)."""
-    _ensure_models_imported()
     return timm.is_model(name)
 
 
@@ -301,7 +295,6 @@ def list_models(pattern: str = "", include_timm: bool = False) -> List[str]:
 
     With ``include_timm`` the pattern also runs over timm's own models, as ``timm.list_models`` does.
     """
-    _ensure_models_imported()
     if include_timm:
         return timm.list_models(pattern or "*")
     return sorted(_match(_ZOO_MODELS, pattern), key=_natural_key)
@@ -313,20 +306,17 @@ def _natural_key(name: str):
 
 def list_pretrained(pattern: str = "", include_pending: bool = False) -> List[str]:
     """'arch.tag' names with weights published on the Hub (and, on request, those pending upload)."""
-    _ensure_models_imported()
     names = [c.name for c in hub_configs().values() if c.published or include_pending]
     return sorted(_match(names, pattern), key=_natural_key)
 
 
 def tags_of(arch: str) -> List[str]:
     """Every registered tag of an architecture (published or pending)."""
-    _ensure_models_imported()
     return sorted(n.split(".", 1)[1] for n in timm.models.get_arch_pretrained_cfgs(arch) if "." in n)
 
 
 def get_pretrained_cfg(name: str) -> PretrainedCfg:
     """timm ``PretrainedCfg`` of 'arch' or 'arch.tag'; see ``get_hub_config`` for sha256, metrics, licence."""
-    _ensure_models_imported()
     arch, _, tag = name.partition(".")
     if not timm.is_model(arch):
         raise unknown_model_error(name)
@@ -338,7 +328,6 @@ def get_pretrained_cfg(name: str) -> PretrainedCfg:
 
 
 def closest_model_names(name: str, n: int = 5) -> List[str]:
-    _ensure_models_imported()
     arch = name.split(".", 1)[0]
     zoo = difflib.get_close_matches(arch, list(_ZOO_MODELS), n=n, cutoff=0.5)
     rest = difflib.get_close_matches(arch, timm.list_models(), n=n, cutoff=0.6)

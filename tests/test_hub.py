@@ -71,6 +71,28 @@ def test_save_for_hub_writes_weights_timm_config_and_model_card(tmp_path):
     assert keys and not any(k.startswith("aux_heads") for k in keys), "inference needs no auxiliary heads"
 
 
+def test_a_fine_tune_names_its_base_model_in_card_and_config(tmp_path):
+    folder = collab_zoo.save_for_hub(_model(), tmp_path / "tuned", base_model="tester/parent-model")
+    meta = yaml.safe_load((folder / "README.md").read_text().split("---")[1])
+    assert meta["base_model"] == "tester/parent-model"
+    assert json.loads((folder / "config.json").read_text())["collab_zoo"]["base_model"] == "tester/parent-model"
+
+
+def test_written_files_follow_the_umask_like_a_plain_open(tmp_path):
+    import os
+    from collab_zoo.hub import atomic_write_bytes
+
+    old = os.umask(0o027)
+    try:
+        atomic_write_bytes(tmp_path / "shared.bin", b"x")
+        with open(tmp_path / "plain.bin", "wb") as f:
+            f.write(b"x")
+    finally:
+        os.umask(old)
+    mode = (tmp_path / "shared.bin").stat().st_mode & 0o777
+    assert mode == (tmp_path / "plain.bin").stat().st_mode & 0o777 == 0o640
+
+
 def test_saved_model_loads_back_from_local_dir_with_identical_outputs(tmp_path):
     model = _model(seed=3)
     folder = collab_zoo.save_for_hub(model, tmp_path / "m", keep_training_heads=True)
