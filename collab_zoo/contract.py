@@ -13,9 +13,10 @@ Plain timm models (the baselines) keep the same contract through the module-leve
 """
 from __future__ import annotations
 
+import contextlib
 from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ContextManager, Dict, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,8 @@ LossFn = Callable[[Any, Tensor], Tuple[Tensor, LossParts]]
 __all__ = [
     "CollabModel", "BackboneWrapper", "classifier_module_name", "TrainingRound", "Heads", "cross_entropy_loss", "heads_of", "head_names_of", "loss_of",
     "num_rounds_of", "training_round_of", "complete_round_of", "forward_heads_of", "predict_of", "write_figures_of",
-    "scores_and_heads",
+    "scores_and_heads", "deterministic_mode_of", "parameters_left_unused_of", "CONFORMANCE_FAMILIES",
+    "CONFORMANCE_CHECKS", "exempt_from_conformance", "conformance_exemptions",
     "target_probability", "is_soft_target",
 ]
 
@@ -122,6 +124,18 @@ class CollabModel(nn.Module, metaclass=ABCMeta):
     def write_figures(self, output_dir) -> list:
         """Method-specific pictures a training run should leave behind (e.g. importance per round); paths."""
         return []
+
+    # -- parts of the network a training step leaves out by design -------------------------------------------
+    def deterministic_mode(self) -> ContextManager[None]:
+        """A context in which every random choice of a training step takes its deterministic counterpart, so
+        that every parameter the round trains takes part in each step (DCL: all branches fused instead of a
+        drawn pair). Methods without such choices need nothing: the default changes nothing."""
+        return contextlib.nullcontext()
+
+    def parameters_left_unused(self) -> Set[str]:
+        """Names of the parameters the last train-mode forward left out by design (a stochastic draw's idle
+        branches, the members of other boosting rounds): they get no gradient from that step."""
+        return set()
 
     # -- weights ------------------------------------------------------------------------------------------
     def classifier_names(self) -> Tuple[str, ...]:
@@ -266,6 +280,16 @@ def predict_of(model: nn.Module, heads: Heads) -> Tensor:
     return fn(heads) if fn is not None else heads[-1]
 
 
+def deterministic_mode_of(model: nn.Module) -> ContextManager[None]:
+    fn = getattr(model, "deterministic_mode", None)
+    return fn() if fn is not None else contextlib.nullcontext()
+
+
+def parameters_left_unused_of(model: nn.Module) -> Set[str]:
+    fn = getattr(model, "parameters_left_unused", None)
+    return set(fn()) if fn is not None else set()
+
+
 def write_figures_of(model: nn.Module, output_dir) -> list:
     fn = getattr(model, "write_figures", None)
     return list(fn(output_dir)) if fn is not None else []
@@ -276,3 +300,45 @@ def scores_and_heads(model: nn.Module, x: Tensor) -> Tuple[Tensor, Heads]:
     """One pass giving the method's scores and every head's logits (for per-head accuracy)."""
     heads = forward_heads_of(model, x)
     return predict_of(model, heads), heads
+
+
+# --- timm's conformance families, and the written exemptions from them ----------------------------------------
+
+# The families of checks timm's own tests/test_models.py runs on its models; tests/test_conformance.py runs them on
+# every registered zoo model. Two checks inside "default_cfg" are listed on their own because timm itself skips
+# them for some kinds of model: "default_cfg:unpooled" (a forward without pooling; timm skips it for models that
+# pool before layers of their head, EARLY_POOL_MODELS such as VGG) and "default_cfg:spatial" (pool_size and
+# unpooled NCHW features; timm runs its non-spatial variant on MLP-like models, NON_STD_FILTERS).
+CONFORMANCE_FAMILIES: Tuple[str, ...] = (
+    "forward", "backward", "default_cfg", "features_only", "forward_intermediates", "fx_forward", "fx_backward",
+    "features_fx", "training_hooks", "torchscript", "fx_torchscript", "export", "compile",
+)
+CONFORMANCE_CHECKS: Tuple[str, ...] = CONFORMANCE_FAMILIES + ("default_cfg:unpooled", "default_cfg:spatial")
+
+_CONFORMANCE_EXEMPTIONS: Dict[str, Dict[str, str]] = {}
+
+
+def exempt_from_conformance(model_name: str, checks: Union[str, Sequence[str]], reason: str) -> None:
+    """Record, next to a model's registration, that a conformance family cannot apply to it, and why.
+
+    Only where timm exempts the same kind of backbone from the same family (its EXCLUDE_JIT_FILTERS,
+    NON_STD_FILTERS, EARLY_POOL_MODELS, ...): the reason names that precedent. The conformance tests read
+    these; an exempted check is still run and must fail (strict xfail), so an exemption that is no longer
+    needed shows up.
+    """
+    checks = (checks,) if isinstance(checks, str) else tuple(checks)
+    unknown = [c for c in checks if c not in CONFORMANCE_CHECKS]
+    if unknown:
+        raise ValueError(f"unknown conformance check(s) {unknown}; known: {list(CONFORMANCE_CHECKS)}.")
+    if not reason or not reason.strip():
+        raise ValueError(f"an exemption of {model_name} from {list(checks)} needs its reason.")
+    entry = _CONFORMANCE_EXEMPTIONS.setdefault(model_name, {})
+    for check in checks:
+        entry[check] = reason.strip()
+
+
+def conformance_exemptions(model_name: Optional[str] = None) -> Dict[str, Any]:
+    """``{check: reason}`` of one model, or ``{model: {check: reason}}`` of all when no name is given."""
+    if model_name is None:
+        return {name: dict(entry) for name, entry in _CONFORMANCE_EXEMPTIONS.items()}
+    return dict(_CONFORMANCE_EXEMPTIONS.get(model_name.split(".", 1)[0], {}))
