@@ -22,5 +22,15 @@ __all__ = [
     "get_hub_config", "register_hub_config", "tags_of", "save_for_hub", "push_to_hub", "CollabModel", "TrainingRound",
     "CollabZooError", "UnknownModelError", "UnknownTagError", "NoPretrainedWeightsError", "HubUnreachableError",
     "CorruptWeightsError", "ChecksumMismatchError", "UnsafeWeightsError", "StateDictMismatchError",
-    "IncompatibleConfigError", "__version__",
+    "IncompatibleConfigError", "__version__", "CollabTask",
 ]
+
+
+def __getattr__(name):
+    # CollabTask is a timm.task.TrainingTask (timm >= 1.0.27): imported on first use, so `import collab_zoo`
+    # stays light and works with an older timm; the attribute then says which timm it needs.
+    if name == "CollabTask":
+        from .training.task import CollabTask
+
+        return CollabTask
+    raise AttributeError(f"module 'collab_zoo' has no attribute {name!r}")
