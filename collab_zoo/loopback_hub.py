@@ -1,9 +1,26 @@
 """A small Hugging Face Hub look-alike on 127.0.0.1, for tests and offline dry runs of a release.
 
-It answers the part of the Hub protocol that ``huggingface_hub`` uses to create a repo, commit files
-(``regular`` upload mode, files inline as base64) and download them (``HEAD``/``GET`` on ``resolve``), with
-commit ids, ETags (the file's sha256) and the error codes the client understands. Nothing is mocked on the
+It answers the part of the Hub protocol that ``huggingface_hub`` (every generation the project supports,
+0.34 to 2.x) uses to create a repo, commit files, download them and describe a repo. Nothing is mocked on the
 client side: point ``HF_ENDPOINT`` at ``server.url`` before importing huggingface_hub and use it as usual.
+
+Routes (all a client of those generations calls for these four jobs; anything else is a 404 recorded in
+``unrouted``, so a test can assert that a client generation needed nothing more):
+
+====================================================  ========================================================
+``POST /api/repos/create``                            create; 409 with ``{"url"}`` if it exists
+``POST /api/validate-yaml``                           model card metadata check (YAML mapping)
+``POST /api/models/<repo>/preupload/<rev>``           answers ``"regular"``: file bodies come inline
+``POST /api/models/<repo>/commit/<rev>``              NDJSON commit (header, base64 files, deletions)
+``GET  /api/models/<repo>[/revision/<rev>]``          model info: sha, siblings, ``xetEnabled: false``
+                                                      (0.34/0.35 ask for it before every commit)
+``GET  /api/models/<repo>/tree/<rev>[/<path>]``       file listing (``list_repo_files``/``list_repo_tree``)
+``HEAD|GET /<repo>/resolve/<rev>/<path>``             download, with ``X-Repo-Commit`` and an ETag
+====================================================  ========================================================
+
+Every file is served as the Hub serves LFS files: its ETag is the sha256 of its bytes (the real Hub gives
+small non-LFS files their git blob sha1 instead; clients accept both). No Xet and no LFS transfer endpoints:
+run clients with ``HF_HUB_DISABLE_XET=1``, as conftest.py does.
 
     port = free_port()
     os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{port}"   # before huggingface_hub is first imported
@@ -20,10 +37,11 @@ import json
 import socket
 import threading
 import time
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, List, Optional, Tuple
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 __all__ = ["LoopbackHub", "free_port"]
 
@@ -40,6 +58,7 @@ class _Commit:
     oid: str
     files: Dict[str, bytes]
     message: str
+    date: str = ""
 
 
 @dataclass
@@ -53,12 +72,17 @@ class _Repo:
 
 
 class LoopbackHub:
-    """Thread-safe in-memory Hub. ``requests`` records (method, path) for tests that count downloads."""
+    """Thread-safe in-memory Hub.
+
+    ``requests`` records (method, path) for tests that count downloads; ``unrouted`` the (method, path) of
+    requests no route answered.
+    """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
         self._repos: Dict[str, _Repo] = {}
         self._lock = threading.Lock()
         self.requests: List[Tuple[str, str]] = []
+        self.unrouted: List[Tuple[str, str]] = []
         hub = self
 
         class Handler(_Handler):
@@ -100,7 +124,8 @@ class LoopbackHub:
                 content.pop(path, None)
             seed = f"{repo_id}\n{branch}\n{message}\n{time.time_ns()}\n{len(repo.commits)}".encode()
             oid = hashlib.sha1(seed + b"".join(hashlib.sha256(v).digest() for v in content.values())).hexdigest()
-            repo.commits.append(_Commit(oid, content, message))
+            date = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+            repo.commits.append(_Commit(oid, content, message, date))
             repo.branches[branch] = oid
             return oid
 
@@ -115,6 +140,34 @@ class LoopbackHub:
             if path not in commit.files:
                 return "EntryNotFound", commit.oid, None
             return None, commit.oid, commit.files[path]
+
+    def snapshot(self, repo_id: str, revision: str):
+        """(error code or None, commit) of a repo at a revision."""
+        with self._lock:
+            repo = self._repos.get(repo_id)
+            if repo is None:
+                return "RepoNotFound", None
+            commit = repo.resolve(revision)
+            return (None, commit) if commit is not None else ("RevisionNotFound", None)
+
+
+def _git_blob_sha1(content: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+def _file_entry(path: str, content: bytes) -> Dict[str, object]:
+    """A file as the tree listing describes it (``lfs`` as for an LFS file: see the module docstring)."""
+    return {"type": "file", "path": path, "size": len(content), "oid": _git_blob_sha1(content),
+            "lfs": {"oid": hashlib.sha256(content).hexdigest(), "size": len(content), "pointerSize": 134}}
+
+
+def _model_info(repo_id: str, commit) -> Dict[str, object]:
+    siblings = [{"rfilename": path, "size": len(content), "blobId": _git_blob_sha1(content),
+                 "lfs": {"sha256": hashlib.sha256(content).hexdigest(), "size": len(content), "pointerSize": 134}}
+                for path, content in sorted(commit.files.items())] if commit else []
+    return {"_id": repo_id, "id": repo_id, "modelId": repo_id, "sha": commit.oid if commit else None,
+            "private": False, "disabled": False, "gated": False, "xetEnabled": False, "tags": [], "downloads": 0,
+            "likes": 0, "lastModified": commit.date if commit else None, "siblings": siblings}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -188,7 +241,11 @@ class _Handler(BaseHTTPRequestHandler):
             oid = self.server_hub.commit(repo_id, branch, files, deleted, message)
             return self._send(200, {"commitUrl": f"{self.server_hub.url}/{repo_id}/commit/{oid}",
                                     "commitOid": oid, "success": True})
-        return self._error(404, "NotFound", f"no route for POST {path}")
+        return self._unrouted("POST", path)
+
+    def _unrouted(self, method: str, path: str, head: bool = False) -> None:
+        self.server_hub.unrouted.append((method, path))
+        return self._error(404, "NotFound", f"no route for {method} {path}", head=head)
 
     def _validate_card(self, content: str) -> None:
         """The Hub checks a model card's YAML front matter on upload; so do we (a mapping, valid YAML)."""
@@ -207,11 +264,53 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(400, {"errors": errors, "warnings": []}, headers={"X-Error-Code": "BadRequest"})
         return self._send(200, {"errors": [], "warnings": []})
 
+    def _api_get(self, path: str, head: bool) -> None:
+        """Model info (``/api/models/<repo>`` or ``.../revision/<rev>``) and tree listings."""
+        rest = path[len("/api/models/"):]
+        if "/tree/" in rest:
+            repo_id, _, tail = rest.partition("/tree/")
+            revision, _, folder = tail.partition("/")
+        else:
+            repo_id, _, revision = rest.partition("/revision/")
+            revision, folder = revision or "main", ""
+        if repo_id.count("/") > 1:
+            return self._unrouted("HEAD" if head else "GET", path, head=head)
+        error, commit = self.server_hub.snapshot(repo_id, revision)
+        if error == "RepoNotFound":
+            return self._error(404, error, f"Repository {repo_id} not found", head=head)
+        if error == "RevisionNotFound" and "/tree/" not in rest and revision == "main":
+            return self._send(200, _model_info(repo_id, None), head=head)  # a repo with no commit yet
+        if error:
+            return self._error(404, error, f"Invalid rev id: {revision}", head=head)
+        if "/tree/" not in rest:
+            return self._send(200, _model_info(repo_id, commit), head=head)
+        recursive = parse_qs(urlparse(self.path).query).get("recursive", ["false"])[0].lower() == "true"
+        prefix = f"{folder.rstrip('/')}/" if folder else ""
+        entries, folders = [], set()
+        for file_path, content in sorted(commit.files.items()):
+            if not file_path.startswith(prefix):
+                continue
+            inner = file_path[len(prefix):]
+            if "/" in inner and not recursive:
+                folders.add(prefix + inner.split("/", 1)[0])
+                continue
+            if recursive:
+                parts = inner.split("/")[:-1]
+                folders.update(prefix + "/".join(parts[:i + 1]) for i in range(len(parts)))
+            entries.append(_file_entry(file_path, content))
+        if folder and not entries and not folders:
+            return self._error(404, "EntryNotFound", f"{folder} does not exist at {revision}", head=head)
+        listing = [{"type": "directory", "path": f, "oid": hashlib.sha1(f.encode()).hexdigest()}
+                   for f in sorted(folders)] + entries
+        return self._send(200, listing, head=head)
+
     def _resolve(self, head: bool) -> None:
         path = unquote(urlparse(self.path).path)
         self.server_hub.requests.append(("HEAD" if head else "GET", path))
+        if path.startswith("/api/models/"):
+            return self._api_get(path, head)
         if "/resolve/" not in path:
-            return self._error(404, "NotFound", f"no route for {path}", head=head)
+            return self._unrouted("HEAD" if head else "GET", path, head=head)
         repo_id, rest = path.lstrip("/").split("/resolve/", 1)
         repo_id = repo_id[len("models/"):] if repo_id.startswith("models/") else repo_id
         revision, _, file_path = rest.partition("/")

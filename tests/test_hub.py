@@ -295,3 +295,23 @@ except collab_zoo.HubUnreachableError as e:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert "UNREACHABLE" in out.stdout, out.stderr[-2000:]
     assert "HF_HUB_OFFLINE" in out.stdout and "pretrained_cfg_overlay" in out.stdout
+
+
+def test_the_loopback_hub_answers_every_call_this_client_generation_makes(hub, tmp_path):
+    """CI runs this at the newest and the oldest supported huggingface_hub: each must need no other route."""
+    from huggingface_hub import HfApi, hf_hub_download
+
+    api = HfApi()
+    repo = _unique_repo()
+    unrouted_before = len(hub.unrouted)
+    first = collab_zoo.push_to_hub(_model(seed=9), repo)
+    api.upload_file(path_or_fileobj=b"notes", path_in_repo="docs/notes.txt", repo_id=repo)
+    info = api.model_info(repo)
+    assert info.sha != first.oid and {s.rfilename for s in info.siblings} == {
+        "README.md", "config.json", "model.safetensors", "docs/notes.txt"}
+    assert api.model_info(repo, revision=first.oid).sha == first.oid
+    assert sorted(api.list_repo_files(repo)) == ["README.md", "config.json", "docs/notes.txt", "model.safetensors"]
+    assert sorted(api.list_repo_files(repo, revision=first.oid)) == ["README.md", "config.json", "model.safetensors"]
+    local = hf_hub_download(repo, "config.json", revision=first.oid, cache_dir=tmp_path / "cache")
+    assert json.loads(Path(local).read_text())["architecture"] == ARCH
+    assert hub.unrouted[unrouted_before:] == []
