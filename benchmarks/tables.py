@@ -29,8 +29,8 @@ COMPLEMENTARY_PAPER = {"complementary": [100 - e for e in (29.53, 26.65, 24.97, 
                        "sample-level boosting": [None, None, None, 100 - 26.53]}
 
 
-def _load(name: str) -> Optional[Dict[str, Any]]:
-    path = RESULTS / f"{name}.json"
+def _load(name: str, results: Path = RESULTS) -> Optional[Dict[str, Any]]:
+    path = results / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -103,7 +103,7 @@ def complementary_table(d: Dict[str, Any]) -> List[str]:
     return lines
 
 
-def cost_table(d: Dict[str, Any]) -> List[str]:
+def legacy_cost_table(d: Dict[str, Any]) -> List[str]:
     lines = ["| model / baseline | params | train FLOPs | train step time | train memory | eval time | "
              "exported eval |", "|---|---|---|---|---|---|---|"]
     for row in d["pairs"]:
@@ -115,12 +115,179 @@ def cost_table(d: Dict[str, Any]) -> List[str]:
     return lines
 
 
-def section() -> str:
+# --- cost.json / gpu.json as benchmarks/cost.py and gpu.py write them (format 2) --------------------------------------
+
+def _is_v2(d: Optional[Dict[str, Any]]) -> bool:
+    return bool(d) and d.get("format") == 2
+
+
+def _machine_of(d: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The machine description of a results file, old (one "machine") or new (one per run)."""
+    if not d:
+        return {}
+    if _is_v2(d):
+        return next(iter(d["runs"].values()), {})
+    return d.get("machine", {})
+
+
+def _config_label(config: Dict[str, Any]) -> str:
+    st = config["settings"]
+    if st.get("device", "cpu") == "cpu" and not st.get("amp_dtype"):
+        return f"{st['threads']} thread" + ("s" if st["threads"] != 1 else "")
+    return f"{st.get('gpu') or st['device']}, {st.get('amp_dtype') or 'float32'}"
+
+
+def _iqr(st: Dict[str, Any], digits: int = 2) -> str:
+    return f"x{st['ratio']:.{digits}f} ({st['ratio_q1']:.{digits}f}-{st['ratio_q3']:.{digits}f})"
+
+
+def _over_flops(st: Dict[str, Any]) -> str:
+    return "" if st.get("time_over_flops") is None else f"{st['time_over_flops']:.2f}"
+
+
+def _provenance(d: Dict[str, Any]) -> str:
+    """Which commit(s), command(s), repeats and machine load the rows come from, in one sentence."""
+    used = {row["run"] for config in d["configs"].values() for row in config["rows"].values()}
+    runs = [d["runs"][r] for r in sorted(used) if r in d["runs"]]
+    commits = sorted({f"`{(r.get('commit') or 'unknown')[:12]}`" + (" with uncommitted changes" if r.get("dirty")
+                                                                   else "") for r in runs})
+    commands = sorted({r.get("command", "?") for r in runs})
+    repeats = sorted({t["repeats"] for config in d["configs"].values() for row in config["rows"].values()
+                      for t in row.values() if isinstance(t, dict) and "repeats" in t and "ratio" in t})
+    loads = [row["load_average_at_start"][0] for config in d["configs"].values() for row in config["rows"].values()
+             if row.get("load_average_at_start")]
+    load = f"{min(loads):.2f}-{max(loads):.2f}" if loads else "not recorded"
+    rep = "?" if not repeats else str(repeats[0]) if len(repeats) == 1 else f"{repeats[0]}-{repeats[-1]}"
+    return (f"Commit {', '.join(commits)}; command {', '.join(f'`{c}`' for c in commands)}; "
+            f"{rep} paired repeats per comparison; 1-minute load average {load} at the start of each row.")
+
+
+def _pair_rows(d: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The model/baseline rows of the first configuration that has them (sizes do not depend on threads)."""
+    for config in d["configs"].values():
+        rows = [row for row in config["rows"].values() if "baseline" in row and "train_step_time" in row]
+        if rows:
+            return rows
+    return []
+
+
+def cost_size_table(d: Dict[str, Any]) -> List[str]:
+    lines = ["| model / baseline | input, batch | params | train memory | train FLOPs | eval FLOPs |",
+             "|---|---|---|---|---|---|"]
+    for row in _pair_rows(d):
+        lines.append(f"| `{row['method']}` / `{row['baseline']}` | {row['input']}, {row['batch']} | "
+                     f"x{row['params'] / row['baseline_params']:.2f} | x{row['train_memory_ratio']:.2f} | "
+                     f"x{row['train_flops_ratio']:.2f} | x{row['eval_flops_ratio']:.2f} |")
+    return lines
+
+
+def cost_time_table(config: Dict[str, Any]) -> List[str]:
+    rows = [row for row in config["rows"].values() if "baseline" in row and "train_step_time" in row]
+    gpu = any("cuda_peak_memory_ratio" in row for row in rows)
+    lines = ["| model / baseline | train step | time / FLOPs | eval | time / FLOPs | exported eval |"
+             + (" peak CUDA memory, step |" if gpu else ""),
+             "|---|---|---|---|---|---|" + ("---|" if gpu else "")]
+    for row in rows:
+        exported = _iqr(row["exported_eval_time"]) if "exported_eval_time" in row else ""
+        line = (f"| `{row['method']}` / `{row['baseline']}` | {_iqr(row['train_step_time'])} | "
+                f"{_over_flops(row['train_step_time'])} | {_iqr(row['eval_time'])} | {_over_flops(row['eval_time'])} "
+                f"| {exported} |")
+        if gpu:
+            line += f" x{row['cuda_peak_memory_ratio']:.2f} |" if "cuda_peak_memory_ratio" in row else " |"
+        lines.append(line)
+    return lines
+
+
+def _across(d: Dict[str, Any], name: str, fmt) -> str:
+    """One row's number in every configuration: "x1.00 (0.99-1.01) at 1 thread, x0.99 (...) at 2 threads"."""
+    parts = [f"{fmt(config['rows'][name])} at {_config_label(config)}" for config in d["configs"].values()
+             if name in config["rows"]]
+    return ", ".join(parts)
+
+
+def _first(d: Dict[str, Any], name: str) -> Optional[Dict[str, Any]]:
+    return next((config["rows"][name] for config in d["configs"].values() if name in config["rows"]), None)
+
+
+def cost_bullets(d: Dict[str, Any]) -> List[str]:
+    out: List[str] = []
+    alex = _first(d, "dcl_alexnet_paper")
+    if alex:
+        out.append(f"- `dcl_alexnet` over `alexnet_caffe` at 1,000 classes, batch {alex['batch']}: params "
+                   f"x{alex['params_ratio']:.3f} ({alex['weights_removed']:,} weights fewer; paper "
+                   f"x{alex['paper']['params_ratio']:.3f}); train step "
+                   f"{_across(d, 'dcl_alexnet_paper', lambda r: _iqr(r['train_step_time'], 3))} (paper "
+                   f"x{alex['paper']['train_time_ratio']:.3f}, FLOPs x{alex['train_step_time']['flops_ratio']:.3f});"
+                   f" forward {_across(d, 'dcl_alexnet_paper', lambda r: _iqr(r['forward_time'], 3))}.")
+    ens = _first(d, "complementary_resnet50_x4")
+    if ens:
+        out.append(f"- `complementary_resnet50_x4` eval over four separate `resnet50` forwards ({ens['input']}x"
+                   f"{ens['input']}, batch {ens['batch']}, FLOPs x{ens['eval_time']['flops_ratio']:.2f}): "
+                   f"{_across(d, 'complementary_resnet50_x4', lambda r: _iqr(r['eval_time'], 3))}.")
+    load = _first(d, "pretrained_loading")
+    if load:
+        out.append(f"- `create_model(..., pretrained=True)` from a warm cache over timm's own load of the same "
+                   f"safetensors: {_across(d, 'pretrained_loading', lambda r: _iqr(r['time'], 3))} (the sha256 "
+                   f"check is {load['time']['sha256_seconds']:.3f} s of {load['time']['candidate_seconds']:.3f} s "
+                   f"for {load['time']['file_mb']} MB).")
+    tp = _first(d, "train_py_throughput")
+    if tp:
+        epochs = f"{tp['epochs']} epoch" + ("s" if tp["epochs"] != 1 else "")
+        out.append(f"- `train.py`'s time per image over a bare accelerate loop's (`{tp['model']}`, {tp['dataset']} "
+                   f"{tp['input_size']}x{tp['input_size']}, batch {tp['batch']}, {epochs} per run): "
+                   f"{_across(d, 'train_py_throughput', lambda r: _iqr(r['time_per_image'], 3))}.")
+    data = _first(d, "builtin_data")
+    if data:
+        for label in data["sets"]:
+            out.append(f"- Building {label} in a fresh process (as a second `python train.py` does): "
+                       + _across(d, "builtin_data", lambda r, label=label: f"{r['sets'][label]['seconds']:.2f} s "
+                                 f"(first run {r['sets'][label]['first_seconds']:.2f} s)") + ".")
+    return out
+
+
+def cost_section(d: Dict[str, Any]) -> List[str]:
+    machine = _machine_of(d)
+    labels = [_config_label(config) for config in d["configs"].values()]
+    out = ["### What each method costs", "",
+           "Ratios of each collaborative model over its plain backbone, timed side by side in one run: the "
+           "median of the paired ratios (candidate over baseline, in alternation, after a warm-up) with the "
+           f"25th-75th percentile in brackets, at {' and at '.join(labels)} of torch on {machine.get('cores', '?')} "
+           f"cores ({machine.get('cpu_model') or 'CPU'}, torch {machine.get('torch', '?')}). "
+           f"{_provenance(d)} FLOPs are torch's count (2 per multiply-add); time / FLOPs is the time ratio over "
+           "the FLOP ratio, 1.00 when a method costs exactly its extra arithmetic. Memory counts parameters, "
+           "gradients and the tensors autograd saves, exactly. DCL models are at the paper's widths; "
+           "`complementary_resnet56_x4`'s train step is one member's.", ""]
+    out += cost_size_table(d) + [""]
+    for config in d["configs"].values():
+        rows = [row for row in config["rows"].values() if "baseline" in row and "train_step_time" in row]
+        if rows:
+            out += [f"Time at {_config_label(config)}:", ""] + cost_time_table(config) + [""]
+    return out + cost_bullets(d)
+
+
+def gpu_section(d: Dict[str, Any]) -> List[str]:
+    machine = _machine_of(d)
+    gpu = machine.get("gpu") or {}
+    out = ["### On a GPU", "",
+           f"The same comparisons on {gpu.get('name', 'a GPU')} (CUDA {gpu.get('cuda', '?')}, torch "
+           f"{machine.get('torch', '?')}) with automatic mixed precision at the papers' input sizes, by "
+           "`python benchmarks/gpu.py`; peak CUDA memory is the allocator's peak over one train step. "
+           f"{_provenance(d)}", ""]
+    out += cost_size_table(d) + [""]
+    for config in d["configs"].values():
+        out += [f"Time at {_config_label(config)}:", ""] + cost_time_table(config) + [""]
+    return out + cost_bullets(d)
+
+
+def section(results: Path = RESULTS) -> str:
+    """The README's results section from the files in ``results`` (README.md quotes benchmarks/results/)."""
     out: List[str] = [BEGIN, "## Results", ""]
-    cost, throughput = _load("cost"), _load("throughput")
-    dks, cldl, dcl = _load("repro_dks"), _load("repro_cldl"), _load("repro_dcl")
-    stability, comp = _load("repro_dcl-stability"), _load("repro_complementary")
-    machine = (cost or dks or {}).get("machine", {})
+    cost, gpu = _load("cost", results), _load("gpu", results)
+    # cost.py now measures train.py's throughput itself; the separate file is read only beside an old cost.json.
+    throughput = None if _is_v2(cost) else _load("throughput", results)
+    dks, cldl, dcl = (_load(name, results) for name in ("repro_dks", "repro_cldl", "repro_dcl"))
+    stability, comp = _load("repro_dcl-stability", results), _load("repro_complementary", results)
+    machine = _machine_of(cost) or _machine_of(dks)
     out += [f"Measured on this project's machine ({machine.get('cpu_count', '?')} CPU cores, "
             f"{machine.get('cpu_model', 'CPU')}, torch {machine.get('torch', '?')}, no GPU) by "
             "`python benchmarks/run_all.py` (about two hours; `benchmarks/reproduce.py --paper NAME` reruns one "
@@ -159,13 +326,15 @@ def section() -> str:
         out += complementary_table(comp)
         out += ["", f"Round 2 raised the test accuracy of the 10 % of classes round 1 got most wrong by "
                 f"{_ms(gain)} points.", "", f"![complementary]({_rel(comp['figure'])})", ""]
-    if cost:
+    if _is_v2(cost):
+        out += cost_section(cost)
+    elif cost:
         out += ["### What each method costs", "",
                 "Ratios of each collaborative model over its plain backbone, timed in alternation inside one "
                 "run (median of paired ratios; batch 16, ImageNet models at 224, CIFAR models at 32). Memory "
                 "counts parameters, gradients and the tensors autograd saves, exactly. DCL models are at the "
                 "paper's widths; `complementary_resnet56_x4`'s train step is one member's.", ""]
-        out += cost_table(cost) + [""]
+        out += legacy_cost_table(cost) + [""]
         alex, ens, load = cost["dcl_alexnet"], cost["complementary_resnet50_x4"], cost["pretrained_loading"]
         out += [f"- `dcl_alexnet` over `alexnet_caffe`: params x{alex['params_ratio']:.3f} "
                 f"({alex['weights_removed']:,} weights fewer; paper x{alex['paper']['params_ratio']:.3f}), "
@@ -180,6 +349,8 @@ def section() -> str:
         out += [f"- `train.py` over a bare accelerate loop, images per second (`{throughput['model']}`, "
                 f"{throughput['dataset']}): x{throughput['ratio']:.3f} (range {throughput['ratio_min']:.3f}-"
                 f"{throughput['ratio_max']:.3f})."]
+    if _is_v2(gpu):
+        out += ["", *gpu_section(gpu)]
     out += ["", END]
     return "\n".join(out)
 
@@ -196,11 +367,14 @@ def write_readme() -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--write", action="store_true", help="rewrite README.md's results section")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="read the results from this folder (e.g. benchmarks/results/quick to preview a smoke "
+                             "run; --write always reads benchmarks/results)")
     args = parser.parse_args(argv)
     if args.write:
         write_readme()
     else:
-        print(section())
+        print(section(args.results))
     return 0
 
 
