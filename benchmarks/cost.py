@@ -1,8 +1,10 @@
 """What each method costs, as ratios against its plain backbone (or timm), measured side by side in one run.
 
     python benchmarks/cost.py                      # every row, at 1 thread and at all cores -> results/cost.json
-    python benchmarks/cost.py --only dcl_lenet     # one row (or several), merged into the file
+    python benchmarks/cost.py --only dcl_lenet     # one row (or several); rows measured before stay in the file
+    python benchmarks/cost.py --threads 1          # one thread count (the other's rows stay)
     python benchmarks/cost.py --resume             # the rows the file lacks (a run that stopped, or was split)
+    python benchmarks/cost.py --fresh              # start the file over instead of merging into it
     python benchmarks/cost.py --check              # each of issue 15's targets, PASS or FAIL, from the file
     python benchmarks/cost.py --quick ...          # a smoke run: small inputs, 3 repeats, results/quick/
 
@@ -430,12 +432,14 @@ def load_document(path: Path) -> Optional[Dict[str, Any]]:
 
 
 def run_rows(names: List[str], configs: List[Tuple[str, Dict[str, Any], Callable[[], None]]], s: Settings,
-             path: Path, merge: bool, resume: bool) -> int:
+             path: Path, fresh: bool = False, resume: bool = False) -> int:
     """Measure ``names`` under each config (key, settings to record, function that applies them), writing the
-    file after every row so a stopped run keeps what it measured. Returns the number of rows that failed."""
-    doc = load_document(path) if merge or resume else None
+    file after every row so a stopped run keeps what it measured. A row measured again replaces its old
+    entry; the others stay, each naming the run (commit, command) it came from, unless ``fresh``. Returns
+    the number of rows that failed."""
+    doc = None if fresh else load_document(path)
     if doc is None:
-        if (merge or resume) and path.exists():
+        if not fresh and path.exists():
             print(f"{path} was written by the old cost.py (no commit, no thread counts): starting a new file",
                   flush=True)
         doc = new_document()
@@ -583,8 +587,10 @@ def parse_rows(names: Optional[List[str]]) -> List[str]:
 def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: small inputs, 3 repeats, results/quick/")
     parser.add_argument("--only", nargs="+", default=None, metavar="ROW",
-                        help="measure these rows (see --list) and merge them into the results file")
+                        help="measure only these rows (see --list; or: pairs, all)")
     parser.add_argument("--resume", action="store_true", help="measure only the rows the results file lacks")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start the results file over (default: merge, replacing the rows measured again)")
     parser.add_argument("--repeats", type=int, default=None, help="paired repeats per comparison (default 20; "
                                                                   "--quick: 3)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up calls of each side (default 2; --quick: 1)")
@@ -620,7 +626,7 @@ def main(argv=None) -> int:
     if any(t < 1 for t in threads):
         raise SystemExit("--threads takes positive counts")
     s = settings_from(args, "cost.py", argv, extra=dict(threads=threads))
-    failed = run_rows(names, thread_configs(threads), s, path, merge=bool(args.only), resume=args.resume)
+    failed = run_rows(names, thread_configs(threads), s, path, fresh=args.fresh, resume=args.resume)
     return 1 if failed else 0
 
 

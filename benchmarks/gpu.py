@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     key = f"{device.type},amp={amp or 'float32'}"
     config = (key, dict(device=str(device), amp_dtype=amp, threads=torch.get_num_threads(),
                         gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None), lambda: None)
-    failed = cost.run_rows(names, [config], s, path, merge=bool(args.only), resume=args.resume)
+    failed = cost.run_rows(names, [config], s, path, fresh=args.fresh, resume=args.resume)
     return 1 if failed else 0
 
 

@@ -288,11 +288,19 @@ def section(results: Path = RESULTS) -> str:
     dks, cldl, dcl = (_load(name, results) for name in ("repro_dks", "repro_cldl", "repro_dcl"))
     stability, comp = _load("repro_dcl-stability", results), _load("repro_complementary", results)
     machine = _machine_of(cost) or _machine_of(dks)
+    if _is_v2(cost):  # the scripts as issue 15 left them
+        how = ("`python benchmarks/run_all.py` (about three hours on a quiet machine; `benchmarks/cost.py --only "
+               "ROW` remeasures one cost row and `--check` compares the costs with their targets, "
+               "`benchmarks/gpu.py` measures on a GPU, `benchmarks/reproduce.py --paper NAME` reruns one paper, "
+               "`--replot` redraws the figures, `benchmarks/tables.py --write` rewrites this section from "
+               "`benchmarks/results/*.json`)")
+    else:
+        how = ("`python benchmarks/run_all.py` (about two hours; `benchmarks/reproduce.py --paper NAME` reruns one "
+               "paper, `--replot` redraws the figures, `benchmarks/tables.py --write` rewrites this section from "
+               "`benchmarks/results/*.json`)")
     out += [f"Measured on this project's machine ({machine.get('cpu_count', '?')} CPU cores, "
             f"{machine.get('cpu_model', 'CPU')}, torch {machine.get('torch', '?')}, no GPU) by "
-            "`python benchmarks/run_all.py` (about two hours; `benchmarks/reproduce.py --paper NAME` reruns one "
-            "paper, `--replot` redraws the figures, `benchmarks/tables.py --write` rewrites this section from "
-            "`benchmarks/results/*.json`). The reproductions are *miniatures*: the built-in 16x16 or 28x28 "
+            f"{how}. The reproductions are *miniatures*: the built-in 16x16 or 28x28 "
             "multi-digit sets (100 or 1,000 classes, 5,000-10,000 training images), a few minutes of CPU per "
             "run, three seeds (mean ± std). The papers' columns are their CIFAR/MNIST numbers as accuracy, "
             "there to show the direction each paper reports, not a number to match.", ""]

@@ -117,7 +117,7 @@ def test_only_writes_one_row_with_its_provenance(tmp_path, keep_threads):
     assert "--only dcl_lenet" in run["command"]
 
 
-def test_only_merges_and_resume_skips_what_is_there(tmp_path, keep_threads):
+def test_runs_merge_resume_skips_what_is_there_and_fresh_starts_over(tmp_path, keep_threads):
     out = tmp_path / "cost.json"
     assert _tiny(out, "--only", "dcl_lenet", "--threads", "1") == 0
     first = json.loads(out.read_text())["configs"]["threads=1"]["rows"]["dcl_lenet"]["run"]
@@ -128,13 +128,15 @@ def test_only_merges_and_resume_skips_what_is_there(tmp_path, keep_threads):
     assert _tiny(out, "--resume", "--only", "dcl_lenet", "--threads", "1", "2") == 0  # nothing left to measure
     doc = json.loads(out.read_text())
     assert len(doc["runs"]) == 3 and doc["configs"]["threads=1"]["rows"]["dcl_lenet"]["run"] == first
+    assert _tiny(out, "--fresh", "--only", "dcl_lenet", "--threads", "1") == 0  # starts over
+    doc = json.loads(out.read_text())
+    assert list(doc["configs"]) == ["threads=1"] and len(doc["runs"]) == 1
 
 
 def test_a_failing_row_keeps_the_rows_measured_before_it(tmp_path, keep_threads):
     out = tmp_path / "cost.json"
     s = cost.Settings(quick=True, repeats=2, warmup=1, batch=4)
-    failed = cost.run_rows(["dcl_lenet", "no_such_row"], cost.thread_configs([1]), s, out, merge=False,
-                           resume=False)
+    failed = cost.run_rows(["dcl_lenet", "no_such_row"], cost.thread_configs([1]), s, out)
     assert failed == 1
     doc = json.loads(out.read_text())
     assert list(doc["configs"]["threads=1"]["rows"]) == ["dcl_lenet"]
