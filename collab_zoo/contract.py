@@ -10,10 +10,17 @@
 
 Plain timm models (the baselines) keep the same contract through the module-level helpers below: one
 "main" head, cross-entropy, one round. The helpers are the only place that looks at which kind a model is.
-"""
-from __future__ import annotations
 
+The train-mode tuple is a ``TrainHeads``: a tuple to everything that iterates it, and a clear error to code that
+mistakes it for one tensor of logits (``F.cross_entropy(model(x), y)``). TorchScript, FX, export and compile
+get a plain tuple, and a scripted model runs the inference rule.
+
+(No ``from __future__ import annotations`` here or in the model modules: TorchScript reads the annotations of
+the modules it compiles and cannot resolve them as strings.)
+"""
 import contextlib
+import math
+import re
 from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Dict, Optional, Sequence, Set, Tuple, Union
@@ -21,6 +28,8 @@ from typing import Any, Callable, ContextManager, Dict, Optional, Sequence, Set,
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .errors import TrainOutputNotATensorError
 
 Heads = Tuple[Tensor, ...]
 LossParts = Dict[str, Tensor]
@@ -30,8 +39,9 @@ __all__ = [
     "CollabModel", "BackboneWrapper", "classifier_module_name", "TrainingRound", "Heads", "cross_entropy_loss", "heads_of", "head_names_of", "loss_of",
     "num_rounds_of", "training_round_of", "complete_round_of", "forward_heads_of", "predict_of", "write_figures_of",
     "scores_and_heads", "deterministic_mode_of", "parameters_left_unused_of", "CONFORMANCE_FAMILIES",
-    "CONFORMANCE_CHECKS", "exempt_from_conformance", "conformance_exemptions",
-    "target_probability", "is_soft_target",
+    "CONFORMANCE_CHECKS", "exempt_from_conformance", "conformance_exemptions", "inherit_conformance_exemptions",
+    "target_probability", "is_soft_target", "TrainHeads", "is_tracing", "group_ordinals", "prefixed_group_matcher",
+    "model_display_name",
 ]
 
 
@@ -71,6 +81,120 @@ def cross_entropy_loss(outputs: Union[Tensor, Sequence[Tensor]], target: Tensor)
     return loss, {"ce": loss.detach()}
 
 
+def is_tracing() -> bool:
+    """True while FX, TorchScript tracing, dynamo (torch.compile) or torch.export records a forward: the
+    graph must then hold plain Python structures and no value read out of a tensor."""
+    fx = torch.fx._symbolic_trace
+    symbolic = getattr(fx, "is_fx_symbolic_tracing", None) or fx.is_fx_tracing
+    if torch.jit.is_tracing() or symbolic():
+        return True
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and (compiler.is_compiling() or getattr(compiler, "is_exporting", bool)()))
+
+
+def model_display_name(model: nn.Module) -> str:
+    """The registered architecture a model was built as (its pretrained_cfg), else its class name."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return str(cfg.get("architecture") or type(model).__name__)
+
+
+class TrainHeads(tuple):
+    """A train-mode output: every head's logits, main head last.
+
+    To anything that iterates or indexes it (``collab_loss``, ``torch.cat``, DDP, accelerate) it is a tuple.
+    Code that takes it for one tensor of logits, a loss written for single-head models, gets an error that says
+    what the output is and what to use instead: torch functions reach ``__torch_function__``, tensor methods
+    (``.log_softmax``, ``.argmax``) reach ``__getattr__``.
+    """
+
+    model_name = "this model"       # kept when a library rebuilds the tuple with type(obj)(items)
+    head_names: Tuple[str, ...] = ()
+
+    def __new__(cls, heads, model_name: Optional[str] = None, head_names: Optional[Sequence[str]] = None):
+        obj = super().__new__(cls, heads)
+        if model_name is not None:
+            obj.model_name = model_name
+        if head_names is not None:
+            obj.head_names = tuple(head_names)
+        return obj
+
+    def __getnewargs__(self):
+        return (tuple(self),)
+
+    def misuse_error(self, used_as: str) -> TrainOutputNotATensorError:
+        names = f" ({', '.join(self.head_names)})" if len(self.head_names) == len(self) else ""
+        return TrainOutputNotATensorError(
+            f"{self.model_name} returns every head's logits in training: a tuple of {len(self)} tensors{names}, main "
+            f"head last, not one tensor, so it cannot be used as {used_as}. Train with the model's own objective: "
+            "`loss, parts = model.collab_loss(outputs, target)`; in a timm training loop, "
+            "`collab_zoo.CollabTask(model)` (a timm.task.TrainingTask) does this for you, and collab_zoo's "
+            "train.py takes timm's flags. In eval mode the model returns one [B, num_classes] tensor.")
+
+    def __getattr__(self, name: str):
+        # Only the public tensor API: probes such as _fields or __array__ must keep getting a plain AttributeError.
+        if not name.startswith("_") and hasattr(Tensor, name):
+            raise self.misuse_error(f"a tensor (`.{name}`)")
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        culprit = next((a for a in list(args) + list(kwargs.values()) if isinstance(a, TrainHeads)), None)
+        plain = lambda a: tuple(a) if isinstance(a, TrainHeads) else a  # noqa: E731
+        try:
+            return func(*(plain(a) for a in args), **{k: plain(v) for k, v in kwargs.items()})
+        except (TypeError, AttributeError):
+            if culprit is None:
+                raise
+            name = getattr(func, "__name__", str(func))
+            raise culprit.misuse_error(f"the tensor argument of `{name}`") from None
+
+
+def group_ordinals(matcher: Union[Dict[str, Any], Callable[[str], Any]]) -> Callable[[str], Tuple[float, ...]]:
+    """A timm ``group_matcher`` (a dict of regexes in group order, or a callable) as one function from a
+    parameter name to the ordinal tuple timm's ``group_parameters`` sorts by: the group's position, then the
+    regex's captured numbers and suffix; a name no regex matches goes last (``inf``), as in timm."""
+    if callable(matcher) and not isinstance(matcher, dict):
+        def from_callable(name: str) -> Tuple[float, ...]:
+            value = matcher(name)
+            return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+        return from_callable
+    compiled = []
+    for position, spec in enumerate(matcher.values()):
+        if spec is None:
+            continue
+        if isinstance(spec, (tuple, list)):
+            compiled += [(re.compile(pattern), position, tuple(suffix or ())) for pattern, suffix in spec]
+        else:
+            compiled.append((re.compile(spec), position, ()))
+
+    def from_regexes(name: str) -> Tuple[float, ...]:
+        for pattern, position, suffix in compiled:
+            found = pattern.match(name)
+            if found:
+                numbers = tuple(float(g) for g in found.groups() if g is not None)
+                return (float(position), *numbers, *(float(v) for v in suffix))
+        return (math.inf,)
+    return from_regexes
+
+
+def prefixed_group_matcher(matcher, prefix: str) -> Callable[[str], Tuple[float, ...]]:
+    """The group_matcher of a network kept under ``prefix`` (``"backbone."``), for the model holding it.
+    Parameters outside the prefix (a method's extra heads) go with the classifier, in the last group."""
+    inner = group_ordinals(matcher)
+
+    def ordinal(name: str) -> Tuple[float, ...]:
+        return inner(name[len(prefix):]) if name.startswith(prefix) else (math.inf,)
+    return ordinal
+
+
+# torch's tree utilities (DDP's output handling, torch.export, dynamo) see the heads inside, and rebuild a TrainHeads.
+torch.utils._pytree.register_pytree_node(
+    TrainHeads, lambda heads: (list(heads), (heads.model_name, heads.head_names)),
+    lambda values, context: TrainHeads(values, *context),
+    serialized_type_name="collab_zoo.contract.TrainHeads")
+
+
 class CollabModel(nn.Module, metaclass=ABCMeta):
     """Base of every zoo model with several heads or a non-standard inference rule.
 
@@ -82,12 +206,17 @@ class CollabModel(nn.Module, metaclass=ABCMeta):
     ``remap_pretrained_keys`` maps a foreign key layout (e.g. a bare timm backbone) onto the model's.
     """
 
-    head_names: Tuple[str, ...] = ("main",)
-    training_only_prefixes: Tuple[str, ...] = ()
-    num_rounds: int = 1
+    # (No class annotations on these: TorchScript reads them and cannot express Tuple[str, ...].)
+    head_names = ("main",)
+    training_only_prefixes = ()
+    num_rounds = 1
     # True when a training step may leave some parameters without a gradient (stochastic branches), so a
     # data-parallel wrapper must look for unused parameters instead of waiting for their gradients.
-    leaves_parameters_unused: bool = False
+    leaves_parameters_unused = False
+
+    def __init__(self):
+        super().__init__()
+        self.grad_checkpointing = False
 
     # -- the contract -------------------------------------------------------------------------------------
     @abstractmethod
@@ -105,10 +234,20 @@ class CollabModel(nn.Module, metaclass=ABCMeta):
     def forward_inference(self, x: Tensor) -> Tensor:
         return self.predict(self.forward_heads(x))
 
-    def forward(self, x: Tensor) -> Union[Heads, Tensor]:
-        if self.training:
-            return self.forward_heads(x)
-        return self.forward_inference(x)
+    def forward(self, x: Tensor):
+        if torch.jit.is_scripting():
+            # A scripted model is for deployment: it runs the inference rule. Training stays in Python.
+            if self.training:
+                raise RuntimeError("a scripted collab_zoo model runs inference only: call .eval() before scripting "
+                                   "it, and train the Python module (model.collab_loss, train.py).")
+            return self.forward_inference(x)
+        else:
+            if self.training:
+                heads = self.forward_heads(x)
+                if is_tracing():
+                    return tuple(heads)
+                return TrainHeads(heads, model_display_name(self), tuple(self.head_names))
+            return self.forward_inference(x)
 
     # -- rounds -------------------------------------------------------------------------------------------
     def training_round(self, index: int) -> TrainingRound:
@@ -182,7 +321,8 @@ class BackboneWrapper(CollabModel):
     ``reset_classifier`` to reach them, and list them in ``classifier_names``.
     """
 
-    backbone: nn.Module
+    # TorchScript compiles a module's properties unless told otherwise; these are for Python callers only.
+    __jit_unused_properties__ = ["num_classes", "num_features", "head_hidden_size", "feature_info"]
 
     @property
     def num_classes(self) -> int:
@@ -229,6 +369,24 @@ class BackboneWrapper(CollabModel):
 
         return feature_take_indices(len(self.backbone.feature_info), indices)[0]
 
+    # -- timm's training hooks, the backbone's under its prefix -------------------------------------------------
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False):
+        """The backbone's stem / stage groups; the method's extra heads go with the classifier."""
+        return prefixed_group_matcher(self.backbone.group_matcher(coarse=coarse), "backbone.")
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Checkpoint the backbone's own forward (where it can) and the method's training forward."""
+        self.grad_checkpointing = enable
+        if hasattr(self.backbone, "set_grad_checkpointing"):
+            self.backbone.set_grad_checkpointing(enable)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        names = getattr(self.backbone, "no_weight_decay", lambda: set())()
+        return {f"backbone.{name}" for name in names}
+
     def remap_pretrained_keys(self, state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
         """A bare backbone checkpoint (its own key names) loads under ``backbone.``."""
         if any(k.startswith("backbone.") for k in state_dict):
@@ -239,9 +397,10 @@ class BackboneWrapper(CollabModel):
 # --- helpers that give plain timm models the same contract ---------------------------------------------------
 
 def heads_of(outputs: Union[Tensor, Sequence[Tensor]]) -> Heads:
-    if isinstance(outputs, Tensor):
-        return (outputs,)
-    return tuple(outputs)
+    # A tuple or list of heads, else one tensor (or an FX proxy standing for one, which cannot be iterated).
+    if isinstance(outputs, (tuple, list)):
+        return tuple(outputs)
+    return (outputs,)
 
 
 def head_names_of(model: nn.Module) -> Tuple[str, ...]:
@@ -316,6 +475,7 @@ CONFORMANCE_FAMILIES: Tuple[str, ...] = (
 CONFORMANCE_CHECKS: Tuple[str, ...] = CONFORMANCE_FAMILIES + ("default_cfg:unpooled", "default_cfg:spatial")
 
 _CONFORMANCE_EXEMPTIONS: Dict[str, Dict[str, str]] = {}
+_EXEMPTIONS_INHERITED_FROM: Dict[str, str] = {}
 
 
 def exempt_from_conformance(model_name: str, checks: Union[str, Sequence[str]], reason: str) -> None:
@@ -337,8 +497,21 @@ def exempt_from_conformance(model_name: str, checks: Union[str, Sequence[str]], 
         entry[check] = reason.strip()
 
 
+def inherit_conformance_exemptions(model_name: str, backbone_name: str) -> None:
+    """A method model built on ``backbone_name`` shares its backbone's written exemptions (resolved when read, so
+    the order of registration does not matter); its own exemptions take precedence."""
+    _EXEMPTIONS_INHERITED_FROM[model_name] = backbone_name
+
+
 def conformance_exemptions(model_name: Optional[str] = None) -> Dict[str, Any]:
     """``{check: reason}`` of one model, or ``{model: {check: reason}}`` of all when no name is given."""
     if model_name is None:
-        return {name: dict(entry) for name, entry in _CONFORMANCE_EXEMPTIONS.items()}
-    return dict(_CONFORMANCE_EXEMPTIONS.get(model_name.split(".", 1)[0], {}))
+        names = set(_CONFORMANCE_EXEMPTIONS) | set(_EXEMPTIONS_INHERITED_FROM)
+        return {name: entry for name in sorted(names) if (entry := conformance_exemptions(name))}
+    name = model_name.split(".", 1)[0]
+    entry = dict(_CONFORMANCE_EXEMPTIONS.get(name, {}))
+    backbone = _EXEMPTIONS_INHERITED_FROM.get(name)
+    if backbone is not None and backbone != name:
+        for check, reason in conformance_exemptions(backbone).items():
+            entry.setdefault(check, f"as its backbone {backbone}: {reason}")
+    return entry

@@ -39,3 +39,8 @@ class StateDictMismatchError(CollabZooError, RuntimeError):
 
 class IncompatibleConfigError(CollabZooError, ValueError):
     """An option or checkpoint does not fit the model or data it is used with."""
+
+
+class TrainOutputNotATensorError(CollabZooError, TypeError, AttributeError):
+    """A collaborative model's train-mode output (every head's logits) reached code that wants one tensor, e.g. a
+    plain cross-entropy; the message says to use the model's own objective."""

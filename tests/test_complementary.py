@@ -483,21 +483,21 @@ def test_converter_reads_the_authors_rounds_into_the_resnet50_ensemble(released_
 def test_converter_refuses_rounds_out_of_order_or_malformed(released_rounds, tmp_path):
     paths = released_rounds["paths"]
     with pytest.raises(IncompatibleConfigError, match="not round 1"):
-        convert.convert_complementary("resnet50", [paths[1], paths[0], paths[2], paths[3]], tmp_path / "a")
+        cm.convert_complementary("resnet50", [paths[1], paths[0], paths[2], paths[3]], tmp_path / "a")
     with pytest.raises(IncompatibleConfigError, match="out of order"):
-        convert.convert_complementary("resnet50", [paths[0], paths[2], paths[1], paths[3]], tmp_path / "b")
+        cm.convert_complementary("resnet50", [paths[0], paths[2], paths[1], paths[3]], tmp_path / "b")
     with pytest.raises(IncompatibleConfigError, match="not registered"):
-        convert.convert_complementary("resnet50", paths[:3], tmp_path / "c")
+        cm.convert_complementary("resnet50", paths[:3], tmp_path / "c")
     bad = tmp_path / "bad.pth"
     torch.save({"beta": 1.5, "model": {}, "distribution": torch.ones(1000)}, bad)
     with pytest.raises(IncompatibleConfigError, match=r"outside \(0, 1\)"):
-        convert.read_complementary_round(bad)
+        cm.read_complementary_round(bad)
     torch.save({"model": {}}, bad)
     assert convert.main(["complementary", "--arch", "resnet50", "--src", str(bad), str(bad), str(bad), str(bad),
                          "--out", str(tmp_path / "d")]) == 2
     torch.save({"beta": 0.3, "model": {"module.fc.weight": torch.zeros(2, 2)}, "distribution": torch.ones(1000)}, bad)
     with pytest.raises(StateDictMismatchError, match="resnet50"):
-        convert.convert_complementary("resnet50", [bad] * 4, tmp_path / "e")
+        cm.convert_complementary("resnet50", [bad] * 4, tmp_path / "e")
 
 
 def test_hub_config_names_the_authors_release_and_the_papers_numbers():
@@ -558,3 +558,21 @@ def test_round_two_raises_the_accuracy_of_round_ones_hardest_class(settings, one
     with torch.no_grad():
         ensemble = float((model(x_test).argmax(-1) == y_test).float().mean())
     assert ensemble > 0.8
+
+
+def test_layer_decay_scales_every_member_over_its_own_depth():
+    """timm's layer-wise decay on an ensemble: each member is decayed over its own depth, not as if the members
+    were stacked, so the same parameter of every member gets the same scale and every stem the lowest."""
+    import timm.optim
+
+    model = collab_zoo.create_model("complementary", member="cifar_resnet20", tau=3, num_classes=10)
+    optimizer = timm.optim.create_optimizer_v2(model, opt="sgd", lr=0.1, layer_decay=0.75)
+    scale = {id(p): group["lr_scale"] for group in optimizer.param_groups for p in group["params"]}
+    named = dict(model.named_parameters())
+    for name in (n for n in named if n.startswith("members.0.")):
+        rest = name[len("members.0."):]
+        assert {scale[id(named[f"members.{i}.{rest}"])] for i in range(3)} == {scale[id(named[name])]}, rest
+    lowest = min(scale.values())
+    assert lowest > 0.75 ** 20  # one member's depth, not three stacked
+    assert {scale[id(named[f"members.{i}.stem.0.weight"])] for i in range(3)} == {lowest}
+    assert {scale[id(named[f"members.{i}.fc.weight"])] for i in range(3)} == {1.0}

@@ -296,3 +296,19 @@ def test_converter_refuses_a_file_of_another_architecture(tmp_path):
                             text=True, timeout=300)
     assert result.returncode == 2 and "Is --arch right?" in result.stderr
     assert not (tmp_path / "o" / "model.safetensors").exists()
+
+
+def test_layer_decay_never_scales_a_head_above_the_main_classifier():
+    """timm's layer-wise decay on DKS: the stem gets the lowest scale, and every auxiliary head trains at most at
+    the main classifier's scale (grouped with the head, never deeper than it)."""
+    import timm.optim
+
+    model = collab_zoo.create_model("dks_resnet20")
+    optimizer = timm.optim.create_optimizer_v2(model, opt="sgd", lr=0.1, layer_decay=0.75)
+    scale = {id(p): group["lr_scale"] for group in optimizer.param_groups for p in group["params"]}
+    named = dict(model.named_parameters())
+    classifier = scale[id(named["backbone.fc.weight"])]
+    assert classifier == 1.0
+    heads = [scale[id(p)] for n, p in named.items() if n.startswith("aux_heads.")]
+    assert heads and max(heads) <= classifier
+    assert scale[id(named["backbone.stem.0.weight"])] == min(scale.values()) < classifier

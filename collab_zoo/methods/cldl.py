@@ -67,9 +67,12 @@ The plain networks are ``nin``, ``nin_mnist``, ``googlenet`` (collab_zoo.backbon
 A checkpoint of the plain backbone (e.g. torchvision's GoogLeNet through ``convert_torchvision_googlenet``,
 or timm's VGG as safetensors) loads into the CLDL model; the companion heads then keep their fresh start.
 No code was released with the paper.
-"""
-from __future__ import annotations
 
+**timm's interface.** The eval forward is TorchScript-able (a scripted model walks its backbone with the same
+operations), FX-traceable and exportable; after ``reset_classifier(0)`` it returns the backbone's features,
+as a timm model does. ``group_matcher`` is the backbone's, the companion heads grouped with the classifier;
+``set_grad_checkpointing`` checkpoints the walk segment by segment.
+"""
 import logging
 import math
 from abc import ABC, abstractmethod
@@ -80,12 +83,15 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import timm
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
+from timm.models import checkpoint_seq
 from torch import Tensor, nn
 
 from ..backbones.googlenet import AUX_TAPS, GoogLeNet
 from ..backbones.nin import NIN_LAYOUTS, NetworkInNetwork
 from ..builder import build_zoo_model
-from ..contract import BackboneWrapper, Heads, LossParts, is_soft_target
+from ..convert import read_torch_checkpoint, register_converter, strip_prefix
+from ..contract import BackboneWrapper, Heads, LossParts, inherit_conformance_exemptions, is_soft_target, is_tracing
 from ..errors import IncompatibleConfigError, StateDictMismatchError
 from ..registry import base_cfg, cifar_cfg, mnist_cfg, zoo_default_cfgs, zoo_model
 
@@ -160,6 +166,13 @@ def _check_variant(variant: str) -> None:
 def modulation_exponents(num_heads: int, variant: str = "cldl", device=None) -> Tensor:
     """[M, M] matrix E with ``log T_m = sum_t E[m, t] * log(1 - p_t(y))``: the variant's companion sets."""
     _check_variant(variant)
+    return _exponents(num_heads, variant, device)
+
+
+# The unchecked cores below are what the models run, eager or scripted: TorchScript compiles them, and FX and
+# torch.export trace them (no Python test on a tensor's value or shape). The public functions check and call them.
+
+def _exponents(num_heads: int, variant: str, device: Optional[torch.device]) -> Tensor:
     idx = torch.arange(num_heads, device=device)
     head, companion = idx[:, None], idx[None, :]
     if variant == "cldl":
@@ -180,9 +193,13 @@ def log_one_minus_softmax(logits: Tensor) -> Tensor:
     it gets that formula literally. Every other class has ``p_k <= 1/2``, where ``log1p(-p_k)`` is exact.
     Needs at least two classes.
     """
-    z = logits.detach().float()
-    if z.shape[-1] < 2:
+    if logits.shape[-1] < 2:
         raise IncompatibleConfigError("CLDL needs at least two classes: with one, 1 - p is always 0.")
+    return _log_one_minus_softmax(logits)
+
+
+def _log_one_minus_softmax(logits: Tensor) -> Tensor:
+    z = logits.detach().float()
     lse = torch.logsumexp(z, dim=-1, keepdim=True)
     top = z.argmax(dim=-1, keepdim=True)
     others = z.scatter(-1, top, float("-inf"))
@@ -200,8 +217,13 @@ def candidate_losses(heads: Union[Sequence[Tensor], Tensor], variant: str = "cld
     logits = heads.float() if isinstance(heads, Tensor) else torch.stack([h.float() for h in heads])
     if logits.dim() != 3:
         raise IncompatibleConfigError(f"expected per-head logits [M, B, K], got shape {tuple(logits.shape)}.")
-    exponents = modulation_exponents(logits.shape[0], variant, device=logits.device)
-    log_companions = torch.einsum("mt,tbk->mbk", exponents, log_one_minus_softmax(logits))
+    if logits.shape[-1] < 2:
+        raise IncompatibleConfigError("CLDL needs at least two classes: with one, 1 - p is always 0.")
+    return _candidate_losses(logits, modulation_exponents(logits.shape[0], variant, device=logits.device))
+
+
+def _candidate_losses(logits: Tensor, exponents: Tensor) -> Tuple[Tensor, Tensor]:
+    log_companions = torch.einsum("mt,tbk->mbk", exponents, _log_one_minus_softmax(logits))
     modulation = log_companions.exp().detach()
     confidence = -F.log_softmax(logits, dim=-1)
     return modulation * confidence, modulation
@@ -255,6 +277,12 @@ def cldl_scores(heads: Sequence[Tensor], lambdas: Optional[Sequence[float]] = No
     return torch.einsum("m,mbk->bk", weights, per_candidate)
 
 
+def _scores(logits: Tensor, exponents: Tensor, weights: Tensor) -> Tensor:
+    """``S(y)`` from stacked float32 logits [M, B, K], the variant's exponents and the lambdas."""
+    per_candidate, _ = _candidate_losses(logits, exponents)
+    return torch.einsum("m,mbk->bk", weights, per_candidate)
+
+
 # --- heads ---------------------------------------------------------------------------------------------------------
 
 class MlpConvHead(nn.Module):
@@ -304,8 +332,32 @@ class FCHead(nn.Module):
         _init_linear(self.fc2)
 
     def forward(self, x: Tensor) -> Tensor:
-        pooled = x.mean(dim=tuple(range(2, x.dim()))) if x.dim() > 2 else x
-        return self.fc2(self.drop(self.act(self.fc1(pooled))))
+        return self.fc2(self.drop(self.act(self.fc1(_spatial_mean(x)))))
+
+
+@register_notrace_function  # its branch is on the input's rank, which FX cannot see
+def _spatial_mean(x: Tensor) -> Tensor:
+    """Mean over every axis after the channels; an already pooled [B, C] passes through."""
+    if x.dim() > 2:
+        return x.mean(dim=[d for d in range(2, x.dim())])
+    return x
+
+
+@register_notrace_function  # its branch is on the input's size, which FX cannot see
+def _pool_up_to(x: Tensor, size: Tuple[int, int]) -> Tensor:
+    """timm's VGG feeds fc6 (a 7x7 convolution) maps smaller than 7x7 pooled up to 7x7; the walk does the same."""
+    if x.shape[-2] < size[0] or x.shape[-1] < size[1]:
+        x = F.adaptive_avg_pool2d(x, (max(size[0], x.shape[-2]), max(size[1], x.shape[-1])))
+    return x
+
+
+def _run_segment(modules: Sequence[nn.Module], x: Tensor, checkpointed: bool) -> Tensor:
+    """Modules in order; under grad checkpointing as one recomputed segment."""
+    if checkpointed:
+        return checkpoint_seq(list(modules), x, every=len(modules))
+    for module in modules:
+        x = module(x)
+    return x
 
 
 def _init_conv(m: nn.Module) -> None:
@@ -327,15 +379,21 @@ def _is_weight_layer(module: nn.Module) -> bool:
     return isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
 
 
-def _walk_sequential(layers: nn.Sequential, x: Tensor) -> Iterator[Tensor]:
+def _walk_sequential(layers: nn.Sequential, x: Tensor, checkpointed: bool = False) -> Iterator[Tensor]:
     """X(r) after each weight layer of a plain chain: the layer and the activation, pooling and dropout
-    that follow it, up to the next weight layer."""
-    started = False
+    that follow it, up to the next weight layer. Each such segment is one unit of grad checkpointing (an
+    in-place activation stays inside the segment that made its input)."""
+    segment: List[nn.Module] = []
+    has_weight = False
     for layer in layers:
-        if started and _is_weight_layer(layer):
+        if has_weight and _is_weight_layer(layer):
+            x = _run_segment(segment, x, checkpointed)
             yield x
-        x = layer(x)
-        started = started or _is_weight_layer(layer)
+            segment, has_weight = [], False
+        segment.append(layer)
+        has_weight = has_weight or _is_weight_layer(layer)
+    if segment:
+        x = _run_segment(segment, x, checkpointed)
     yield x
 
 
@@ -362,7 +420,7 @@ class _LayerwiseView(ABC):
         """The network's weight layers in order, 1..L."""
 
     @abstractmethod
-    def walk(self, x: Tensor) -> Iterator[Tensor]:
+    def walk(self, x: Tensor, checkpointed: bool = False) -> Iterator[Tensor]:
         """X(1), ..., X(L); X(L) is the main head's logits."""
 
     @abstractmethod
@@ -397,14 +455,29 @@ class _LayerwiseView(ABC):
     def build_aux_heads(self, placement: Placement, num_classes: int, hidden: int, drop_rate: float) -> List[nn.Module]:
         return [self.build_head(r, num_classes, hidden, drop_rate) for r in placement.taps]
 
-    def forward_heads(self, x: Tensor, placement: Placement, aux_heads: nn.ModuleList) -> Heads:
+    def forward_heads(self, x: Tensor, placement: Placement, aux_heads: nn.ModuleList,
+                      checkpointed: bool = False) -> Heads:
         heads_at = dict(zip(placement.taps, aux_heads))
         outputs: List[Tensor] = []
         features = x
-        for layer, features in enumerate(self.walk(x), start=1):
+        for layer, features in enumerate(self.walk(x, checkpointed), start=1):
             if layer in heads_at:
                 outputs.append(heads_at[layer](features))
         return (*outputs, features)
+
+    def tap_positions(self, taps: Sequence[int]) -> Tuple[List[int], List[int]]:
+        """Where a scripted walk reads each tap: indices into ``backbone.features`` after which X(r) is complete,
+        and (VGG) the fully connected layers beyond them, 1 = fc6, 2 = fc7."""
+        weight_at = [i for i, layer in enumerate(self.backbone.features) if _is_weight_layer(layer)]
+        in_features, beyond = [], []
+        for r in taps:
+            if r < len(weight_at):
+                in_features.append(weight_at[r] - 1)     # X(r) ends where weight layer r + 1 begins
+            elif r == len(weight_at):
+                in_features.append(len(self.backbone.features) - 1)
+            else:
+                beyond.append(r - len(weight_at))
+        return in_features, beyond
 
 
 class _NINView(_LayerwiseView):
@@ -413,9 +486,9 @@ class _NINView(_LayerwiseView):
     def weight_layers(self) -> List[nn.Module]:
         return list(self.backbone.weight_layers())
 
-    def walk(self, x: Tensor) -> Iterator[Tensor]:
+    def walk(self, x: Tensor, checkpointed: bool = False) -> Iterator[Tensor]:
         features = x
-        for features in _walk_sequential(self.backbone.features, x):
+        for features in _walk_sequential(self.backbone.features, x, checkpointed):
             yield features
         yield self.backbone.forward_head(features)
 
@@ -441,16 +514,12 @@ class _VGGView(_LayerwiseView):
         mlp = self.backbone.pre_logits
         return convs + [mlp.fc1, mlp.fc2, self.backbone.head.fc]
 
-    def walk(self, x: Tensor) -> Iterator[Tensor]:
+    def walk(self, x: Tensor, checkpointed: bool = False) -> Iterator[Tensor]:
         features = x
-        for features in _walk_sequential(self.backbone.features, x):
+        for features in _walk_sequential(self.backbone.features, x, checkpointed):
             yield features
-        x = features
         mlp = self.backbone.pre_logits
-        kernel = mlp.fc1.kernel_size
-        if x.shape[-2] < kernel[0] or x.shape[-1] < kernel[1]:
-            # timm's ConvMlp does the same: fc6 is a 7x7 convolution, smaller maps are pooled up to 7x7.
-            x = F.adaptive_avg_pool2d(x, (max(kernel[0], x.shape[-2]), max(kernel[1], x.shape[-1])))
+        x = _pool_up_to(features, tuple(mlp.fc1.kernel_size))
         x = mlp.drop(mlp.act1(mlp.fc1(x)))
         yield x
         x = mlp.act2(mlp.fc2(x))
@@ -536,7 +605,9 @@ class _StageView:
         return [FCHead(int(self.backbone.feature_info[t]["num_chs"]), hidden, num_classes, drop_rate)
                 for t in placement.taps]
 
-    def forward_heads(self, x: Tensor, placement: Placement, aux_heads: nn.ModuleList) -> Heads:
+    def forward_heads(self, x: Tensor, placement: Placement, aux_heads: nn.ModuleList,
+                      checkpointed: bool = False) -> Heads:
+        # forward_intermediates checkpoints as the backbone's own grad_checkpointing says (set with the model's).
         if not placement.taps:
             return (self.backbone(x),)
         final, features = self.backbone.forward_intermediates(x, indices=list(placement.taps))
@@ -564,13 +635,14 @@ class _GoogLeNetView:
     def build_aux_heads(self, placement: Placement, num_classes: int, hidden: int, drop_rate: float) -> List[nn.Module]:
         return []
 
-    def forward_heads(self, x: Tensor, placement: Placement, aux_heads: nn.ModuleList) -> Heads:
+    def forward_heads(self, x: Tensor, placement: Placement, aux_heads: nn.ModuleList,
+                      checkpointed: bool = False) -> Heads:
         net = self.backbone
         readers = {tap: getattr(net, name) for name, tap in AUX_TAPS}
         outputs: List[Tensor] = []
         x = net._transform_input(x)
         for name, module in net.trunk():
-            x = module(x)
+            x = _run_segment([module], x, checkpointed)
             if name in readers:
                 outputs.append(readers[name](x))
         return (*outputs, net.forward_head(x))
@@ -599,6 +671,14 @@ class CLDLModel(BackboneWrapper):
     the two-FC heads' width and dropout (VGG and generic backbones).
     """
 
+    __jit_unused_properties__ = BackboneWrapper.__jit_unused_properties__ + ["head_layers", "training_only_prefixes"]
+    # The scripted walk's plan (set in __init__ for the backbone kinds it knows, see _scripted_heads); typed
+    # here because an empty list tells TorchScript nothing.
+    _feature_taps: List[int]
+    _vgg_fc_taps: List[int]
+    _resnet_taps: List[int]
+    _lambda_list: List[float]
+
     def __init__(self, backbone: nn.Module, num_heads: int = 3, lambdas: Optional[Sequence[float]] = None,
                  loss: str = "cldl", inference: str = "cldl", gamma: float = DEFAULT_GAMMA,
                  head_layers: Optional[Sequence[int]] = None, head_stages: Optional[Sequence[Any]] = None,
@@ -610,8 +690,9 @@ class CLDLModel(BackboneWrapper):
                 f"inference must be 'cldl' (the paper's Eq. 9 over all heads) or 'main' (the last head only), "
                 f"got {inference!r}.")
         num_classes = int(getattr(backbone, "num_classes", 0))
-        if num_classes < 2:
-            raise IncompatibleConfigError(f"CLDL needs a classifier with at least two classes, got {num_classes}.")
+        if num_classes == 1:
+            raise IncompatibleConfigError("CLDL needs a classifier with at least two classes (or none, "
+                                          "num_classes=0, for a feature extractor), got 1.")
         if head_layers is not None:
             num_heads = len(head_layers)
         elif head_stages is not None:
@@ -625,6 +706,22 @@ class CLDLModel(BackboneWrapper):
         self.aux_heads = nn.ModuleList(
             self._view.build_aux_heads(self.placement, num_classes, int(head_hidden), float(head_drop)))
         self.head_names = self.placement.names + ("main",)
+        self._plan_scripted_walk()
+
+    def _plan_scripted_walk(self) -> None:
+        """Record, as plain attributes TorchScript can read, where the scripted walk taps the backbone."""
+        self._lambda_list = [float(v) for v in self.lambdas]
+        view = self._view
+        if isinstance(view, _GoogLeNetView):
+            self._googlenet_taps = True
+        elif isinstance(view, _LayerwiseView):
+            self._feature_taps, beyond = view.tap_positions(self.placement.taps)
+            if isinstance(view, _VGGView):
+                self._vgg_fc_taps = beyond
+                kernel = view.backbone.pre_logits.fc1.kernel_size
+                self._fc6_kernel = (int(kernel[0]), int(kernel[1]))
+        elif isinstance(self.backbone, timm.models.ResNet):
+            self._resnet_taps = [int(t) for t in self.placement.taps]
 
     def extra_repr(self) -> str:
         where = f"head_layers={self.placement.layers} of L={self.placement.num_layers}" if self.placement.layers \
@@ -647,6 +744,15 @@ class CLDLModel(BackboneWrapper):
         return self._aux_prefixes() if self.inference == "main" else ()
 
     # -- timm's interface: the main path is the backbone's (BackboneWrapper); the heads are ours -------------
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Checkpoint the walk segment by segment; a generic backbone's forward_intermediates checkpoints itself
+        (its own flag). The layer-wise walks of NIN, VGG and GoogLeNet do it here, whatever the backbone says
+        (timm's VGG refuses grad checkpointing for its own forward)."""
+        self.grad_checkpointing = enable
+        if isinstance(self._view, _StageView):
+            self.backbone.set_grad_checkpointing(enable)
+
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """A new class count for every head, the main one and each companion."""
         super().reset_classifier(num_classes, global_pool)
@@ -663,7 +769,8 @@ class CLDLModel(BackboneWrapper):
 
     # -- the contract -------------------------------------------------------------------------------------
     def forward_heads(self, x: Tensor) -> Heads:
-        return self._view.forward_heads(x, self.placement, self.aux_heads)
+        checkpointed = self.grad_checkpointing and torch.is_grad_enabled() and not is_tracing()
+        return self._view.forward_heads(x, self.placement, self.aux_heads, checkpointed)
 
     def collab_loss(self, outputs: Heads, target: Tensor) -> Tuple[Tensor, LossParts]:
         if len(outputs) != self.num_heads:
@@ -675,12 +782,111 @@ class CLDLModel(BackboneWrapper):
         """``-S(y)`` of Eq. 9 (larger is better) or, with ``inference="main"``, the main head's logits."""
         if self.inference == "main":
             return heads[-1]
-        return -cldl_scores(heads, self.lambdas, self.loss)
+        if len(heads) != self.num_heads:
+            raise IncompatibleConfigError(f"CLDL predicts from its {self.num_heads} heads' logits, got {len(heads)}.")
+        logits = torch.stack([h.float() for h in heads])
+        exponents = _exponents(len(heads), self.loss, logits.device)
+        return -_scores(logits, exponents, logits.new_tensor(self.lambdas))
 
     def forward_inference(self, x: Tensor) -> Tensor:
-        if self.inference == "main":
-            return self.backbone(x)  # the companions are not needed: the plain network's forward
-        return self.predict(self.forward_heads(x))
+        if self.inference == "main" or self.backbone.num_classes == 0:
+            # The companions are not needed (or, without classifiers, have nothing to score): the plain
+            # network's forward, which after reset_classifier(0) gives its features as a timm model does.
+            return self.backbone(x)
+        if torch.jit.is_scripting():
+            logits = torch.stack([h.float() for h in self._scripted_heads(x)])
+            exponents = _exponents(len(self._lambda_list), self.loss, logits.device)
+            weights = torch.tensor(self._lambda_list, dtype=logits.dtype, device=logits.device)
+            return -_scores(logits, exponents, weights)
+        else:
+            return self.predict(self.forward_heads(x))
+
+    # -- the scripted walk: the same operations as the views' walks, spelled out for TorchScript ------------
+    def _scripted_heads(self, x: Tensor) -> List[Tensor]:
+        # hasattr on a module is settled when TorchScript compiles, so only the backbone's own walk is built.
+        if hasattr(self, "_googlenet_taps"):
+            return self._googlenet_heads(x)
+        elif hasattr(self, "_vgg_fc_taps"):
+            return self._vgg_heads(x)
+        elif hasattr(self, "_feature_taps"):
+            return self._nin_heads(x)
+        elif hasattr(self, "_resnet_taps"):
+            return self._resnet_heads(x)
+        else:
+            raise RuntimeError("TorchScript runs CLDL on NIN, VGG, GoogLeNet and ResNet-family backbones; this "
+                               "backbone's walk is Python only (FX and torch.export trace it).")
+
+    def _companions(self, taps: List[Tensor], main: Tensor) -> List[Tensor]:
+        heads: List[Tensor] = []
+        position = 0
+        for head in self.aux_heads:
+            heads.append(head(taps[position]))
+            position += 1
+        heads.append(main)
+        return heads
+
+    def _feature_walk(self, x: Tensor, taps: List[Tensor]) -> Tensor:
+        index = 0
+        for layer in self.backbone.features:
+            x = layer(x)
+            if index in self._feature_taps:
+                taps.append(x)
+            index += 1
+        return x
+
+    def _nin_heads(self, x: Tensor) -> List[Tensor]:
+        taps: List[Tensor] = []
+        x = self._feature_walk(x, taps)
+        return self._companions(taps, self.backbone.forward_head(x))
+
+    def _vgg_heads(self, x: Tensor) -> List[Tensor]:
+        taps: List[Tensor] = []
+        x = self._feature_walk(x, taps)
+        x = _pool_up_to(x, self._fc6_kernel)
+        x = self.backbone.pre_logits.drop(self.backbone.pre_logits.act1(self.backbone.pre_logits.fc1(x)))
+        if 1 in self._vgg_fc_taps:
+            taps.append(x)
+        x = self.backbone.pre_logits.act2(self.backbone.pre_logits.fc2(x))
+        if 2 in self._vgg_fc_taps:
+            taps.append(x)
+        return self._companions(taps, self.backbone.head(x))
+
+    def _googlenet_heads(self, x: Tensor) -> List[Tensor]:
+        net = self.backbone
+        heads: List[Tensor] = []
+        x = net._transform_input(x)
+        x = net.maxpool1(net.conv1(x))
+        x = net.maxpool2(net.conv3(net.conv2(x)))
+        x = net.maxpool3(net.inception3b(net.inception3a(x)))
+        x = net.inception4a(x)
+        if net.aux1 is not None:
+            heads.append(net.aux1(x))
+        x = net.inception4d(net.inception4c(net.inception4b(x)))
+        if net.aux2 is not None:
+            heads.append(net.aux2(x))
+        x = net.maxpool4(net.inception4e(x))
+        x = net.inception5b(net.inception5a(x))
+        heads.append(net.forward_head(x))
+        return heads
+
+    def _resnet_heads(self, x: Tensor) -> List[Tensor]:
+        net = self.backbone
+        taps: List[Tensor] = []
+        x = net.act1(net.bn1(net.conv1(x)))
+        if 0 in self._resnet_taps:
+            taps.append(x)
+        x = net.maxpool(x)
+        x = net.layer1(x)
+        if 1 in self._resnet_taps:
+            taps.append(x)
+        x = net.layer2(x)
+        if 2 in self._resnet_taps:
+            taps.append(x)
+        x = net.layer3(x)
+        if 3 in self._resnet_taps:
+            taps.append(x)
+        x = net.layer4(x)
+        return self._companions(taps, net.forward_head(x))
 
     @torch.no_grad()
     def head_probabilities(self, x: Tensor) -> Tensor:
@@ -719,12 +925,13 @@ class CLDLModel(BackboneWrapper):
 # --- registration ------------------------------------------------------------------------------------------------
 
 default_cfgs = zoo_default_cfgs({
-    "cldl": base_cfg("backbone.conv1", "backbone.fc"),
-    "cldl_nin": cifar_cfg("backbone.features.conv1", "backbone.cccp6"),
-    "cldl_nin_mnist": mnist_cfg("backbone.features.conv1", "backbone.cccp6"),
-    "cldl_googlenet": base_cfg("backbone.conv1.conv", "backbone.fc"),
-    "cldl_vgg11": base_cfg("backbone.features.0", "backbone.head.fc"),
-    "cldl_vgg16": base_cfg("backbone.features.0", "backbone.head.fc"),
+    # pool_size: the backbone's unpooled features at the default input size, timm's meaning
+    "cldl": base_cfg("backbone.conv1", "backbone.fc", pool_size=(7, 7)),
+    "cldl_nin": cifar_cfg("backbone.features.conv1", "backbone.cccp6", pool_size=(8, 8)),
+    "cldl_nin_mnist": mnist_cfg("backbone.features.conv1", "backbone.cccp6", pool_size=(7, 7)),
+    "cldl_googlenet": base_cfg("backbone.conv1.conv", "backbone.fc", pool_size=(7, 7)),
+    "cldl_vgg11": base_cfg("backbone.features.0", "backbone.head.fc", pool_size=(7, 7)),
+    "cldl_vgg16": base_cfg("backbone.features.0", "backbone.head.fc", pool_size=(7, 7)),
 })
 
 _CLDL_ARGS = ("num_heads", "lambdas", "loss", "inference", "gamma", "head_layers", "head_stages", "head_hidden",
@@ -788,7 +995,8 @@ def cldl(pretrained: bool = False, backbone: str = "resnet50", **kwargs) -> CLDL
     # a fresh build.
     if reference is not None and kwargs.get("pretrained_cfg") is None:
         overlay = dict(first_conv=_prefixed(reference.first_conv), classifier=_prefixed(reference.classifier),
-                       input_size=reference.input_size, mean=reference.mean, std=reference.std,
+                       input_size=reference.input_size, pool_size=reference.pool_size, mean=reference.mean,
+                       std=reference.std,
                        crop_pct=reference.crop_pct, interpolation=reference.interpolation,
                        num_classes=reference.num_classes)
         overlay = {k: v for k, v in overlay.items() if v is not None}
@@ -827,13 +1035,18 @@ def cldl_vgg16(pretrained: bool = False, **kwargs) -> CLDLModel:
     return _build("cldl_vgg16", "vgg16", pretrained, backbone_defaults=dict(drop_rate=0.5), **kwargs)
 
 
+# Each variant walks its backbone, so it shares the backbone's written conformance exemptions.
+for _variant, _backbone in (("cldl_nin", "nin"), ("cldl_nin_mnist", "nin_mnist"), ("cldl_googlenet", "googlenet"),
+                            ("cldl_vgg11", "vgg11"), ("cldl_vgg16", "vgg16"), ("cldl", "resnet50")):
+    inherit_conformance_exemptions(_variant, _backbone)
+
+
 # --- starting from torchvision's ImageNet GoogLeNet -------------------------------------------------------------
 
 _GOOGLENET_ARCHS = ("cldl_googlenet", "googlenet")
 
 
 def _read_googlenet_weights(src: Path) -> Dict[str, Tensor]:
-    from ..convert import read_torch_checkpoint, strip_prefix
     from ..weights import load_safetensors_file
 
     if src.suffix == ".safetensors":
@@ -897,3 +1110,13 @@ def convert_torchvision_googlenet(src_file: Union[str, Path], out_dir: Union[str
     save_for_hub(model, out, model_args=model_args, description=description, datasets=["imagenet-1k"],
                  keep_training_heads=True)
     return {"out": str(out), "sha256": sha256_of(out / DEFAULT_WEIGHTS_NAME), "model": arch}
+
+
+def _converter_arguments(parser) -> None:
+    parser.add_argument("--src", required=True, type=Path, help="googlenet-1378be20.pth (or a safetensors of it)")
+    parser.add_argument("--arch", default="cldl_googlenet", choices=list(_GOOGLENET_ARCHS))
+    parser.add_argument("--out", required=True, type=Path, help="folder to write the Hub files to")
+
+
+register_converter("torchvision-googlenet", "torchvision's ImageNet GoogLeNet, as a starting point for cldl_googlenet",
+                   _converter_arguments, lambda args: convert_torchvision_googlenet(args.src, args.out, arch=args.arch))

@@ -94,6 +94,14 @@ importance after the last round), the held-out record of each round (``class_err
 - ``write_figures(dir)``: the importance after each round and each class's held-out accuracy per round
   (the paper's Fig. 2a-b / 3a-b), classes ranked by their round-1 accuracy.
 
+**timm's interface.** ``forward_features`` puts the members' features side by side (``num_features`` is their
+sum), ``forward_head`` splits them back. A traced, scripted, exported or compiled model computes Eq. 9 from
+the round buffers inside the graph, running every member (a member outside F gets weight 0), so the graph
+holds for any boosting state loaded into it; an eager forward runs only the members F uses. In training a
+traced graph detaches the members of other rounds. Layer-wise decay groups each member over its own depth,
+so every member's stem gets the same (lowest) learning-rate scale; ``features_only=True`` concatenates each
+level of the members' pyramids, ``feature_cls='fx'`` through timm's FX extractor on every member.
+
 Registered: ``complementary_resnet50_x4`` (timm resnet50), ``complementary_densenet121_x4`` (timm
 densenet121), ``complementary_alexnet_x4`` (torchvision's AlexNet) on ImageNet; ``complementary_resnet56_x4``
 (CIFAR ResNet-56 with 1x1 projection shortcuts, as the released code) and
@@ -101,22 +109,25 @@ densenet121), ``complementary_alexnet_x4`` (torchvision's AlexNet) on ImageNet; 
 (LeCun et al.'s 784-300-10 MLP) on MNIST; and ``complementary``, any timm model times any tau:
 ``create_model("complementary", member="resnet18", tau=3)``.
 """
-from __future__ import annotations
-
 import logging
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
 import timm
 import torch
 import torch.nn.functional as F
+from timm.models import FeatureInfo
+from timm.models._features_fx import FeatureGraphNet
 from torch import Tensor, nn
 
 from ..builder import build_zoo_model
-from ..contract import CollabModel, Heads, LossParts, TrainingRound, heads_of, is_soft_target
+from ..convert import (add_hub_arguments, as_state_dict, check_state_dict_keys, finish_hub_folder,
+                       read_torch_checkpoint, register_converter, strip_prefix)
+from ..contract import (CollabModel, Heads, LossParts, TrainingRound, group_ordinals, heads_of,
+                        inherit_conformance_exemptions, is_soft_target, is_tracing)
 from ..errors import IncompatibleConfigError
 from ..registry import base_cfg, cifar_cfg, mnist_cfg, zoo_default_cfgs, zoo_model
 
@@ -127,6 +138,7 @@ __all__ = [
     "boosting_gamma", "update_importance", "normalise_importance", "member_weights_from_gammas",
     "ensemble_log_probs", "margin_objective", "weighted_cross_entropy", "class_weighted_loss",
     "ERROR_KINDS", "EXPONENTS", "OBJECTIVES", "ON_WEAK", "DEFAULT_MU", "MIN_ERROR", "WEAK_MEMBER_GAMMA",
+    "EnsembleFeatureGraph", "read_complementary_round", "convert_complementary",
 ]
 
 ERROR_KINDS = ("soft", "hard")
@@ -430,6 +442,7 @@ class _RoundObjective:
 class ComplementaryEnsemble(CollabModel):
     """tau networks trained in class-level boosting rounds, combined by Eq. 9. See the module docstring."""
 
+    __jit_unused_properties__ = ["tau", "num_classes", "num_features", "head_hidden_size", "feature_info"]
     leaves_parameters_unused = True
     # The buffers that carry the boosting run from round to round (and through a checkpoint).
     ROUND_STATE = ("gammas", "importance", "class_error", "class_accuracy", "class_measured", "weighted_errors",
@@ -535,8 +548,11 @@ class ComplementaryEnsemble(CollabModel):
         outputs = []
         for index, member in enumerate(self.members):
             if self.training and index != active:
-                with torch.no_grad():
-                    outputs.append(_main_logits(member(x)))
+                if is_tracing():  # a graph cannot hold no_grad around a call; detaching cuts the same gradient
+                    outputs.append(_main_logits(member(x)).detach())
+                else:
+                    with torch.no_grad():
+                        outputs.append(_main_logits(member(x)))
             else:
                 outputs.append(_main_logits(member(x)))
         return tuple(outputs)
@@ -549,11 +565,46 @@ class ComplementaryEnsemble(CollabModel):
         return _mix_log_probs([heads[i] for i in used], weights[used])
 
     def forward_inference(self, x: Tensor) -> Tensor:
-        if self.num_classes <= 0:
-            return self.forward_head(self.forward_features(x), pre_logits=True)
+        if torch.jit.is_scripting():
+            return self._log_f_in_graph(x)
+        else:
+            if self.num_classes <= 0:
+                return self.forward_head(self.forward_features(x), pre_logits=True)
+            if is_tracing():
+                return self._log_f_in_graph(x)
+            return self._log_f_of_used_members(x)
+
+    def _log_f_of_used_members(self, x: Tensor) -> Tensor:
         weights = self.member_weights()
         used = [i for i in range(self.tau) if weights[i] > 0]
         return _mix_log_probs([_main_logits(self.members[i](x)) for i in used], weights[used])
+
+    def _member_weights_in_graph(self) -> Tensor:
+        """``member_weights()`` from the round buffers with tensor operations only (float64, the buffers'
+        device): what a traced or scripted graph computes, for whatever boosting state it is given."""
+        gammas = self.gammas.to(torch.float64)
+        index = torch.arange(gammas.shape[0], device=gammas.device)
+        completed = index < self.rounds_completed
+        raw = torch.where(completed, -torch.log(gammas), torch.zeros_like(gammas))
+        mixed = raw / raw.sum()
+        alone = (index == self.current_round).to(torch.float64)
+        return torch.where(self.rounds_completed > 0, mixed, alone)
+
+    def _log_f_in_graph(self, x: Tensor) -> Tensor:
+        """log F(x) over every member, a member outside F weighted 0 (log weight -inf): the same values as
+        the eager forward, which runs only the members F uses."""
+        log_probs: List[Tensor] = []
+        for member in self.members:
+            log_probs.append(F.log_softmax(member(x).float(), dim=-1))
+        log_p = torch.stack(log_probs)                                                        # [T, B, N]
+        log_w = torch.log(self._member_weights_in_graph().to(device=log_p.device, dtype=log_p.dtype))
+        return torch.logsumexp(log_p + log_w.view(-1, 1, 1), dim=0)
+
+    def parameters_left_unused(self) -> Set[str]:
+        """Every member but the one whose round is in progress: boosting trains one network per round."""
+        active = self._active_index()
+        return {f"members.{i}.{name}" for i, member in enumerate(self.members) if i != active
+                for name, _ in member.named_parameters()}
 
     def collab_loss(self, outputs: Heads, target: Tensor) -> Tuple[Tensor, LossParts]:
         outputs = heads_of(outputs)
@@ -680,7 +731,8 @@ class ComplementaryEnsemble(CollabModel):
         }
 
     # -- timm's interface ---------------------------------------------------------------------------------
-    def _channel_dim(self, member: nn.Module, features: Tensor) -> int:
+    @staticmethod
+    def _channel_dim(member: nn.Module, features: Tensor) -> int:
         # NCHW maps and pooled [B, C] vectors put channels at 1; token sequences and NHWC maps at the end.
         if getattr(member, "output_fmt", "NCHW") == "NHWC" or features.dim() == 3:
             return -1
@@ -692,12 +744,13 @@ class ComplementaryEnsemble(CollabModel):
         return torch.cat(features, dim=self._channel_dim(self.members[0], features[0]))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Split the concatenated features back per member; their pre-logits side by side, or Eq. 9."""
+        """Split the concatenated features back per member; their pre-logits side by side (pooled, or the
+        unpooled maps after ``reset_classifier(0, '')``), or Eq. 9."""
         sizes = [int(m.num_features) for m in self.members]
         chunks = torch.split(x, sizes, dim=self._channel_dim(self.members[0], x))
         outputs = [_main_logits(m.forward_head(c, pre_logits=pre_logits)) for m, c in zip(self.members, chunks)]
         if pre_logits or self.num_classes <= 0:
-            return torch.cat(outputs, dim=-1)
+            return torch.cat(outputs, dim=self._channel_dim(self.members[0], outputs[0]))
         return self.predict(tuple(outputs))
 
     def forward_intermediates(self, x: Tensor, indices=None, norm: bool = False, stop_early: bool = False,
@@ -715,6 +768,31 @@ class ComplementaryEnsemble(CollabModel):
             return [torch.cat(level, dim=dim) for level in zip(*results)]
         finals, levels = zip(*results)
         return torch.cat(finals, dim=dim), [torch.cat(level, dim=dim) for level in zip(*levels)]
+
+    # -- timm's training hooks ----------------------------------------------------------------------------
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False):
+        """Each member grouped over its own depth: ``members.<i>.<name>`` takes the group the member's own
+        matcher gives ``<name>``, so layer-wise decay scales every member alike (not as if stacked)."""
+        member_ordinal = group_ordinals(self.members[0].group_matcher(coarse=coarse))
+
+        def ordinal(name: str) -> Tuple[float, ...]:
+            parts = name.split(".", 2)
+            if len(parts) == 3 and parts[0] == "members":
+                return member_ordinal(parts[2])
+            return (math.inf,)
+        return ordinal
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for member in self.members:
+            member.set_grad_checkpointing(enable)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        return {f"members.{i}.{name}" for i, member in enumerate(self.members)
+                for name in getattr(member, "no_weight_decay", lambda: set())()}
 
     def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True):
         take = None
@@ -891,6 +969,30 @@ def _ensemble_cfg(cfg_fn, first_conv: str, classifier: str, tau: int = 4, **kwar
     return cfg_fn(_prefixed(first_conv, tau), _prefixed(classifier, tau), **kwargs)
 
 
+class EnsembleFeatureGraph(nn.Module):
+    """``features_only=True, feature_cls='fx'`` for an ensemble: timm's FX feature extractor on every member,
+    each level's maps concatenated along channels, as the ensemble's ``feature_info`` describes them."""
+
+    def __init__(self, model: "ComplementaryEnsemble", out_indices: Sequence[int]):
+        super().__init__()
+        out_indices = tuple(out_indices)
+        self.members = nn.ModuleList([FeatureGraphNet(m, out_indices=out_indices) for m in model.members])
+        self.feature_info = FeatureInfo(model.feature_info, out_indices)
+
+    def forward(self, x: Tensor) -> List[Tensor]:
+        levels = [member(x) for member in self.members]
+        return [torch.cat(maps, dim=1) for maps in zip(*levels)]
+
+
+def _ensemble_features(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """timm's ``feature_cls='fx'`` means, for an ensemble, the FX extractor on each member."""
+    feature_cfg = dict(kwargs.get("feature_cfg") or {})
+    if str(kwargs.get("feature_cls") or feature_cfg.get("feature_cls") or "").lower() == "fx":
+        feature_cfg.pop("feature_cls", None)
+        kwargs = dict(kwargs, feature_cls=EnsembleFeatureGraph, feature_cfg=feature_cfg)
+    return kwargs
+
+
 _MEMBERS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     # variant: (member architecture, member arguments the paper's setting fixes)
     "complementary_resnet50_x4": ("resnet50", {}),
@@ -902,12 +1004,13 @@ _MEMBERS: Dict[str, Tuple[str, Dict[str, Any]]] = {
 }
 
 default_cfgs = zoo_default_cfgs({
-    "complementary": _ensemble_cfg(base_cfg, "conv1", "fc"),
-    "complementary_resnet50_x4": _ensemble_cfg(base_cfg, "conv1", "fc"),
-    "complementary_densenet121_x4": _ensemble_cfg(base_cfg, "features.conv0", "classifier"),
-    "complementary_alexnet_x4": _ensemble_cfg(base_cfg, "features.0", "classifier.6"),
-    "complementary_resnet56_x4": _ensemble_cfg(cifar_cfg, "stem.0", "fc"),
-    "complementary_densenet_bc_k12_x4": _ensemble_cfg(cifar_cfg, "stem", "fc"),
+    # pool_size: the members' unpooled features at the default input size (the MLP has none)
+    "complementary": _ensemble_cfg(base_cfg, "conv1", "fc", pool_size=(7, 7)),
+    "complementary_resnet50_x4": _ensemble_cfg(base_cfg, "conv1", "fc", pool_size=(7, 7)),
+    "complementary_densenet121_x4": _ensemble_cfg(base_cfg, "features.conv0", "classifier", pool_size=(7, 7)),
+    "complementary_alexnet_x4": _ensemble_cfg(base_cfg, "features.0", "classifier.6", pool_size=(6, 6)),
+    "complementary_resnet56_x4": _ensemble_cfg(cifar_cfg, "stem.0", "fc", pool_size=(8, 8)),
+    "complementary_densenet_bc_k12_x4": _ensemble_cfg(cifar_cfg, "stem", "fc", pool_size=(8, 8)),
     "complementary_mlp_x4": _ensemble_cfg(mnist_cfg, "hidden_layers.0", "fc"),
 })
 
@@ -924,7 +1027,7 @@ def _build_variant(variant: str, pretrained: bool, **kwargs) -> ComplementaryEns
     if "member" in kwargs and kwargs.pop("member") != member:
         raise IncompatibleConfigError(f"{variant}'s members are '{member}'; use 'complementary' for another member.")
     return build_zoo_model(_ComplementaryBuilder(member, 4, member_defaults, generic=False), variant, pretrained,
-                           **kwargs)
+                           **_ensemble_features(kwargs))
 
 
 @zoo_model
@@ -940,14 +1043,14 @@ def complementary(pretrained: bool = False, member: str = "resnet50", tau: int =
     if member_cfg is not None:
         cfg = member_cfg.to_dict()
         overlay = {k: cfg[k] for k in ("input_size", "mean", "std", "crop_pct", "crop_mode", "interpolation",
-                                       "num_classes") if cfg.get(k) is not None}
+                                       "num_classes", "pool_size") if cfg.get(k) is not None}
         overlay.update(first_conv=_prefixed(cfg.get("first_conv"), tau),
                        classifier=_prefixed(cfg.get("classifier"), tau))
     overlay.update(kwargs.pop("pretrained_cfg_overlay", None) or {})
     if pretrained:
         kwargs.pop("first_member_weights", None)  # the ensemble's own weights replace every member's
     return build_zoo_model(_ComplementaryBuilder(member, tau, {}, generic=True), "complementary", pretrained,
-                           pretrained_cfg_overlay=overlay, **kwargs)
+                           pretrained_cfg_overlay=overlay, **_ensemble_features(kwargs))
 
 
 @zoo_model
@@ -984,3 +1087,164 @@ def complementary_densenet_bc_k12_x4(pretrained: bool = False, **kwargs) -> Comp
 def complementary_mlp_x4(pretrained: bool = False, **kwargs) -> ComplementaryEnsemble:
     """4 x LeCun et al.'s 784-300-10 MLP on MNIST; the paper's 1.86 % at T = 4."""
     return _build_variant("complementary_mlp_x4", pretrained, **kwargs)
+
+
+# --- the authors' released rounds ---------------------------------------------------------------------------------
+
+def _released_numpy_globals() -> List[Any]:
+    """The numpy objects in the complementary authors' round files (``beta`` is a numpy float64, ``ap`` an
+    array), under numpy 1.x's module path (the files date from 2019) and numpy 2's."""
+    import numpy as np
+
+    multiarray = (getattr(np, "_core", None) or np.core).multiarray
+    allowed: List[Any] = [np.ndarray, np.dtype]
+    allowed += list({type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFD"})
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed += [(multiarray.scalar, f"{module}.scalar"), (multiarray._reconstruct, f"{module}._reconstruct")]
+    return allowed
+
+
+def _as_number(value: Any, what: str, path: Path) -> float:
+    try:
+        number = torch.as_tensor(value, dtype=torch.float64).reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        number = torch.empty(0)
+    if number.numel() != 1 or not bool(torch.isfinite(number).all()):
+        raise IncompatibleConfigError(f"{path}: '{what}' should be one finite number, got {value!r}.")
+    return float(number[0])
+
+
+def _as_vector(value: Any, what: str, path: Path) -> Tensor:
+    try:
+        vector = torch.as_tensor(value, dtype=torch.float64).reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        raise IncompatibleConfigError(f"{path}: '{what}' should be a vector of per-class numbers.") from None
+    return vector
+
+
+def read_complementary_round(path: Path) -> Dict[str, Any]:
+    """One round file of the complementary authors: ``beta`` (gamma_t), ``model`` (a torchvision state_dict,
+    maybe behind ``module.``), ``distribution`` (the class weights it was trained with, mean 1) and, when
+    present, ``ap`` (its per-class top-1 accuracy on their held-out images)."""
+    obj = read_torch_checkpoint(path, allowed_globals=_released_numpy_globals())
+    required = ("beta", "model", "distribution")
+    if not isinstance(obj, dict) or any(k not in obj for k in required):
+        keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+        raise IncompatibleConfigError(
+            f"{path} is not a complementary-networks round file: it needs {list(required)}, it has {keys}.")
+    beta = _as_number(obj["beta"], "beta", path)
+    if not 0.0 < beta < 1.0:
+        raise IncompatibleConfigError(
+            f"{path}: beta (gamma_t) = {beta} is outside (0, 1), so its member weight log(1/gamma_t) would not be positive.")
+    distribution = _as_vector(obj["distribution"], "distribution", path)
+    if not bool(torch.isfinite(distribution).all()) or not bool((distribution > 0).all()):
+        raise IncompatibleConfigError(f"{path}: 'distribution' must hold positive finite class weights.")
+    accuracy = obj.get("ap")
+    if accuracy is not None:
+        accuracy = _as_vector(accuracy, "ap", path)
+        if accuracy.numel() != distribution.numel():
+            raise IncompatibleConfigError(
+                f"{path}: 'ap' has {accuracy.numel()} classes, 'distribution' {distribution.numel()}.")
+    state_dict = strip_prefix(as_state_dict(obj["model"], path))
+    return {"path": Path(path), "gamma": beta, "distribution": distribution, "accuracy": accuracy,
+            "state_dict": state_dict}
+
+
+def _check_round_order(rounds: List[Dict[str, Any]]) -> None:
+    """Round 1 trains with uniform importance, and where a file records its per-class accuracy, the next
+    file's distribution must be the released code's update of this one's (Eq. 6 with exponent 1 - eps)."""
+    first = rounds[0]["distribution"]
+    if float((first.max() - first.min()) / first.mean()) > 1e-4:
+        raise IncompatibleConfigError(
+            f"{rounds[0]['path']} was trained with non-uniform class weights, so it is not round 1. "
+            "Give the round files in order: --src ROUND1 ROUND2 ROUND3 ROUND4.")
+    for previous, current in zip(rounds, rounds[1:]):
+        if previous["accuracy"] is None:
+            continue
+        expected = update_importance(previous["distribution"], 1.0 - previous["accuracy"].nan_to_num(1.0),
+                                     previous["gamma"], exponent="code")
+        actual = normalise_importance(current["distribution"])
+        if float(((expected - actual).abs() / actual).max()) > 1e-3:
+            raise IncompatibleConfigError(
+                f"{current['path']}'s class weights are not the update of {previous['path']}'s by its beta and "
+                "per-class accuracy: the files are out of order or from different runs. Give them in round order.")
+
+
+def convert_complementary(arch: str, srcs: List[Path], out: Path, push: Optional[str] = None,
+                          hub_config: Optional[Path] = None) -> Dict[str, Any]:
+    """The complementary authors' per-round files (round order) -> Hub folder of ``complementary_<arch>_x<n>``:
+    the members, their gammas, and the importance and per-class record of each round."""
+    from ..factory import create_model
+    from ..registry import get_hub_config, is_zoo_model
+
+    variant = f"complementary_{arch}_x{len(srcs)}"
+    if not is_zoo_model(variant):
+        raise IncompatibleConfigError(
+            f"{len(srcs)} round file(s) for {arch} would make '{variant}', which is not registered; the authors "
+            f"released 4 rounds (complementary_{arch}_x4).")
+    rounds = [read_complementary_round(Path(src)) for src in srcs]
+    num_classes = rounds[0]["distribution"].numel()
+    for r in rounds:
+        if r["distribution"].numel() != num_classes:
+            raise IncompatibleConfigError(f"{r['path']} has {r['distribution'].numel()} classes, round 1 {num_classes}.")
+    _check_round_order(rounds)
+
+    tag_name = f"{variant}.in1k"
+    # The authors' settings, recorded in config.json: hard per-class error, the code's exponent, weighted CE.
+    model = create_model(tag_name, num_classes=num_classes, error="hard", exponent="code", objective="weighted_ce")
+    for member, r in zip(model.members, rounds):
+        check_state_dict_keys(r["state_dict"], member.state_dict(),
+                              f"{r['path']}: 'model' is not a timm/torchvision '{arch}' state_dict")
+        member.load_state_dict(r["state_dict"], strict=True)
+    last = rounds[-1]
+    if last["accuracy"] is not None:
+        after_last = update_importance(last["distribution"], 1.0 - last["accuracy"].nan_to_num(1.0), last["gamma"],
+                                       exponent="code")
+    else:
+        after_last = normalise_importance(last["distribution"])  # unknown without its accuracy: kept as it was
+    with torch.no_grad():
+        for t, r in enumerate(rounds):
+            model.gammas[t] = r["gamma"]
+            model.importance[t] = normalise_importance(r["distribution"]).to(model.importance)
+            accuracy = r["accuracy"]
+            if accuracy is not None:
+                measured = torch.isfinite(accuracy)
+                accuracy = accuracy.nan_to_num(0.0)
+                model.class_accuracy[t] = accuracy.to(model.class_accuracy)
+                model.class_error[t] = torch.where(measured, 1.0 - accuracy, torch.zeros_like(accuracy)).to(model.class_error)
+                model.class_measured[t] = measured
+                model.weighted_errors[t] = float((normalise_importance(r["distribution"])[measured]
+                                                  * (1.0 - accuracy[measured])).sum())
+            else:
+                # gamma = m / (1 - m) with m = mu eps_t, the authors' mu being 0.7.
+                model.weighted_errors[t] = r["gamma"] / (1.0 + r["gamma"]) / model.mu
+        model.importance[len(rounds)] = after_last.to(model.importance)
+        model.rounds_completed.fill_(len(rounds))
+        model.current_round.fill_(len(rounds) - 1)
+    config = get_hub_config(tag_name)
+    metrics = None
+    if config is not None:
+        reported = config.reported_metrics.get("complementary", {}).get(f"T{len(rounds)}", {})
+        metrics = {f"paper_{k}": v for k, v in reported.items()}
+    description = (f"{len(rounds)} complementary {arch} networks trained by the paper's authors in class-level "
+                   f"boosting rounds (converted from {', '.join(Path(s).name for s in srcs)}), with their gammas "
+                   "and the class importance of every round.")
+    return finish_hub_folder(out, model, tag_name, push, hub_config, description, metrics)
+
+
+def _converter_arguments(parser) -> None:
+    parser.add_argument("--arch", required=True, choices=["resnet50"])
+    parser.add_argument("--src", required=True, nargs="+", type=Path, metavar="ROUND",
+                        help="one weak-learner file per round, in round order (ROUND1 ROUND2 ROUND3 ROUND4)")
+    add_hub_arguments(parser)
+
+
+register_converter(
+    "complementary", "the complementary-networks authors' ImageNet ResNet-50 rounds", _converter_arguments,
+    lambda args: convert_complementary(args.arch, args.src, args.out, args.push_to_hub, args.write_hub_config))
+
+
+# An ensemble runs its members side by side, so it shares its member's written conformance exemptions.
+for _variant, (_member, _) in _MEMBERS.items():
+    inherit_conformance_exemptions(_variant, _member)
+inherit_conformance_exemptions("complementary", "resnet50")

@@ -72,23 +72,29 @@ baseline (see ``complexity_rows``; ``python -m collab_zoo.methods.dcl`` prints t
 DCL models have one head: train mode returns a 1-tuple, ``collab_loss`` is cross-entropy (``{"ce": ...}``).
 ``replace_with_dcl(model, "fc6", branches=2, width=1024)`` puts a DCL module into any model in place of a
 named ``nn.Linear`` or ``nn.Conv2d``; ``DCLModel(backbone, layer, ...)`` wraps the result in the contract.
+
+**timm's interface.** ``DCLModule`` is registered as an FX leaf (timm's ``register_notrace_module``): a traced
+model calls it whole, so a stochastic draw happens at run time, not once at tracing. Its eval forward is
+TorchScript-able and exportable; the fusion's values come from one function whether or not autograd runs
+through the log-domain ``autograd.Function``. ``deterministic_mode()`` fuses every branch for a training step
+(the "D" counterpart of an "S" model); ``parameters_left_unused()`` names the branches a step did not draw.
 """
-from __future__ import annotations
 
 if __name__ == "__main__":  # ``python -m collab_zoo.methods.dcl``: use the package's copy, registered once
     from collab_zoo.methods.dcl import main
 
     raise SystemExit(main())
 
-import itertools
+import contextlib
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import timm
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.utils.flop_counter import FlopCounterMode
@@ -96,7 +102,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..backbones.bignet import CIFAR10_MEAN, CIFAR10_STD
 from ..backbones.staged import StagedNet, init_conv_bn
 from ..builder import build_zoo_model
-from ..contract import BackboneWrapper, Heads, LossParts, classifier_module_name, cross_entropy_loss, heads_of
+from ..contract import (BackboneWrapper, Heads, LossParts, classifier_module_name, cross_entropy_loss, heads_of,
+                        inherit_conformance_exemptions, is_tracing)
 from ..errors import IncompatibleConfigError
 from ..registry import base_cfg, cifar_cfg, mnist_cfg, zoo_default_cfgs, zoo_model
 
@@ -126,14 +133,27 @@ def _exclusive_sum(logs: Tensor) -> Tensor:
     return before + after
 
 
+def _root_of_product_logs(factors: Tensor, eps: float) -> Tuple[Tensor, Tensor]:
+    """The fusion's forward in the log domain: ``log v_t`` (float32, or float64 for float64 input) and
+    ``log(prod v + eps)``. One function for the autograd path, the no-grad path and TorchScript."""
+    compute = torch.float64 if factors.dtype == torch.float64 else torch.float32
+    logs = torch.log(factors.to(compute))                                        # -inf where v_t = 0
+    log_eps = torch.tensor(math.log(eps), dtype=logs.dtype, device=logs.device)
+    log_total = torch.logaddexp(logs.sum(0), log_eps)                            # log(prod v + eps)
+    return logs, log_total
+
+
+def _root_of_product_value(factors: Tensor, eps: float) -> Tensor:
+    _, log_total = _root_of_product_logs(factors, eps)
+    return torch.exp(log_total / factors.shape[0])
+
+
 class _RootOfProduct(torch.autograd.Function):
     """``(prod_t v_t + eps) ** (1/T)`` over dim 0 of non-negative ``factors`` [T, ...], in the log domain."""
 
     @staticmethod
     def forward(ctx, factors: Tensor, eps: float) -> Tensor:
-        compute = torch.float64 if factors.dtype == torch.float64 else torch.float32
-        logs = torch.log(factors.to(compute))                                   # -inf where v_t = 0
-        log_total = torch.logaddexp(logs.sum(0), logs.new_tensor(math.log(eps)))  # log(prod v + eps)
+        logs, log_total = _root_of_product_logs(factors, eps)
         ctx.save_for_backward(logs, log_total)
         ctx.factor_dtype = factors.dtype
         return torch.exp(log_total / factors.shape[0])
@@ -153,12 +173,42 @@ def _as_factors(responses: Union[Tensor, Sequence[Tensor]]) -> Tensor:
     return responses if isinstance(responses, Tensor) else torch.stack(list(responses))
 
 
+def _root_of_product(factors: Tensor, eps: float) -> Tensor:
+    """Through the log-domain autograd Function when a gradient will flow, else its forward alone (the same
+    values; what TorchScript, torch.export and an inference pass run)."""
+    if torch.jit.is_scripting():
+        return _root_of_product_value(factors, eps)
+    else:
+        if factors.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_exporting():
+            return _RootOfProduct.apply(factors, eps)
+        return _root_of_product_value(factors, eps)
+
+
 def dcl_fuse(responses: Union[Tensor, Sequence[Tensor]], eps: Optional[float] = None) -> Tensor:
     """DCL's concept fusion ``(prod_t v_t + eps) ** (1/T)`` of T non-negative responses (a sequence, or a
     tensor with the branches on dim 0); eps defaults to 10**-T. Returns the responses' dtype."""
     factors = _as_factors(responses)
     eps = default_eps(factors.shape[0]) if eps is None else float(eps)
-    return _RootOfProduct.apply(factors, eps).to(factors.dtype)
+    return _root_of_product(factors, eps).to(factors.dtype)
+
+
+def _pair_indices(num: int) -> Tuple[List[int], List[int]]:
+    """First and second members of every pair i < j, in itertools.combinations order."""
+    first: List[int] = []
+    second: List[int] = []
+    for i in range(num):
+        for j in range(i + 1, num):
+            first.append(i)
+            second.append(j)
+    return first, second
+
+
+def _fuse_pairs(factors: Tensor, eps: float) -> Tensor:
+    first, second = _pair_indices(factors.shape[0])
+    first_index = torch.tensor(first, dtype=torch.long, device=factors.device)
+    second_index = torch.tensor(second, dtype=torch.long, device=factors.device)
+    pairs = torch.stack([factors.index_select(0, first_index), factors.index_select(0, second_index)])
+    return _root_of_product(pairs, eps).mean(0).to(factors.dtype)
 
 
 def dcl_fuse_pairs(responses: Union[Tensor, Sequence[Tensor]], eps: Optional[float] = None) -> Tensor:
@@ -167,10 +217,8 @@ def dcl_fuse_pairs(responses: Union[Tensor, Sequence[Tensor]], eps: Optional[flo
     factors = _as_factors(responses)
     if factors.shape[0] < 2:
         raise IncompatibleConfigError(f"fusing pairs needs at least 2 branch responses, got {factors.shape[0]}.")
-    first, second = zip(*itertools.combinations(range(factors.shape[0]), 2))
-    pairs = torch.stack([factors[list(first)], factors[list(second)]])      # [2, C(T, 2), ...]
     eps = default_eps(2) if eps is None else float(eps)
-    return _RootOfProduct.apply(pairs, eps).mean(0).to(factors.dtype)
+    return _fuse_pairs(factors, eps)
 
 
 # --- the module ----------------------------------------------------------------------------------------------
@@ -218,9 +266,12 @@ class DCLBranch(nn.Module):
         return F.relu(self.mapping(y))
 
 
+@register_notrace_module  # FX calls it whole: a stochastic draw must happen when the graph runs
 class DCLModule(nn.Module):
     """A DCL module in place of a ``K1 -> K2`` linear layer (``kernel_size=None``, inputs ``[..., K1]``) or 2-d
     convolution (inputs ``[B, K1, H, W]``). ``widths``: the filters of each branch, M_1..M_T."""
+
+    __jit_unused_properties__ = ["num_branches", "widths", "leaves_branches_unused"]
 
     def __init__(self, in_channels: int, out_channels: int, widths: Sequence[int], *,
                  kernel_size: Union[int, Tuple[int, int], None] = None, stride: Union[int, Tuple[int, int]] = 1,
@@ -307,14 +358,27 @@ class DCLModule(nn.Module):
         return (first, second) if first < second else (second, first)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.mode == "stochastic" and self.training:
-            self.last_active = self.draw_pair()
-            return dcl_fuse(self.responses(x, self.last_active), self.fusion_eps(2))
-        self.last_active = tuple(range(self.num_branches))
-        responses = self.responses(x)
+        if torch.jit.is_scripting():
+            return self._fuse_all(x)
+        else:
+            if self.mode == "stochastic" and self.training:
+                self.last_active = self.draw_pair()
+                return dcl_fuse(self.responses(x, self.last_active), self.fusion_eps(2))
+            self.last_active = tuple(range(self.num_branches))
+            return self._fuse_all(x)
+
+    def _fuse_all(self, x: Tensor) -> Tensor:
+        """Every branch: the deterministic fusion, or the stochastic mode's test-time mean over all pairs."""
+        outputs: List[Tensor] = []
+        for branch in self.branches:
+            outputs.append(branch(x))
+        responses = torch.stack(outputs)
+        eps = self.eps
         if self.mode == "stochastic":
-            return dcl_fuse_pairs(responses, self.fusion_eps(2))
-        return dcl_fuse(responses, self.fusion_eps(self.num_branches))
+            return _fuse_pairs(responses, default_eps(2) if eps is None else eps)
+        num = len(outputs)
+        factors = responses
+        return _root_of_product(factors, default_eps(num) if eps is None else eps).to(factors.dtype)
 
     def extra_repr(self) -> str:
         kind = "linear" if self.kernel_size is None else f"conv {self.kernel_size}"
@@ -382,6 +446,7 @@ class DCLModel(BackboneWrapper):
     """
 
     head_names = ("main",)
+    __jit_unused_properties__ = BackboneWrapper.__jit_unused_properties__ + ["dcl_module", "leaves_parameters_unused"]
 
     def __init__(self, backbone: nn.Module, layer: str, branches: int = 2,
                  width: Union[int, Sequence[int], None] = None, width_ratio: Optional[float] = None,
@@ -430,6 +495,30 @@ class DCLModel(BackboneWrapper):
         name = self.get_classifier(name_only=True)
         return (name,) if name else ()
 
+    def _dcl_modules(self) -> List[Tuple[str, "DCLModule"]]:
+        return [(name, m) for name, m in self.named_modules() if isinstance(m, DCLModule)]
+
+    @contextlib.contextmanager
+    def deterministic_mode(self):
+        """Fuse every branch in each training step (the paper's "D" counterpart of an "S" model)."""
+        modes = [(m, m.mode) for _, m in self._dcl_modules()]
+        try:
+            for module, _ in modes:
+                module.mode = "deterministic"
+            yield
+        finally:
+            for module, mode in modes:
+                module.mode = mode
+
+    def parameters_left_unused(self) -> Set[str]:
+        """The branches the last forward did not run (a stochastic step's undrawn ones)."""
+        unused: Set[str] = set()
+        for name, module in self._dcl_modules():
+            for index, branch in enumerate(module.branches):
+                if index not in module.last_active:
+                    unused |= {f"{name}.branches.{index}.{p}" for p, _ in branch.named_parameters()}
+        return unused
+
     # -- the contract -------------------------------------------------------------------------------------
     def forward_heads(self, x: Tensor) -> Heads:
         return (self.backbone(x),)
@@ -472,13 +561,15 @@ def lenet_variant(variant: str) -> Dict[str, Any]:
 # --- registration --------------------------------------------------------------------------------------------
 
 default_cfgs = zoo_default_cfgs({
-    "dcl_lenet": mnist_cfg("backbone.features.conv1", "backbone.fc", num_classes=100, fixed_input_size=True),
-    "dcl_lenet_cifar": cifar_cfg("backbone.features.conv1", "backbone.fc", fixed_input_size=True),
+    # pool_size: the backbone's unpooled features at the default input size, timm's meaning
+    "dcl_lenet": mnist_cfg("backbone.features.conv1", "backbone.fc", num_classes=100, fixed_input_size=True,
+                           pool_size=(4, 4)),
+    "dcl_lenet_cifar": cifar_cfg("backbone.features.conv1", "backbone.fc", fixed_input_size=True, pool_size=(4, 4)),
     "dcl_bignet": base_cfg("backbone.features.conv1_1", "backbone.fc", num_classes=10, input_size=(3, 24, 24),
-                           mean=CIFAR10_MEAN, std=CIFAR10_STD, crop_pct=0.75),
-    "dcl_wrn16": cifar_cfg("backbone.stem", "backbone.fc"),
+                           mean=CIFAR10_MEAN, std=CIFAR10_STD, crop_pct=0.75, pool_size=(3, 3)),
+    "dcl_wrn16": cifar_cfg("backbone.stem", "backbone.fc", pool_size=(8, 8)),
     "dcl_alexnet": base_cfg("backbone.features.conv1", "backbone.fc8", input_size=(3, 227, 227),
-                            crop_pct=227 / 256, fixed_input_size=True),
+                            crop_pct=227 / 256, fixed_input_size=True, pool_size=(6, 6)),
 })
 
 _DCL_OPTIONS = ("layer", "branches", "width", "width_ratio", "mode", "eps", "branch_act", "bias")
@@ -545,6 +636,12 @@ def dcl_wrn16(pretrained: bool = False, **kwargs) -> DCLModel:
 def dcl_alexnet(pretrained: bool = False, **kwargs) -> DCLModel:
     """Caffe AlexNet (ungrouped) with fc6 replaced by 2 DCL branches of 1024 filters (51,898,728 parameters)."""
     return _build("dcl_alexnet", "alexnet_caffe", pretrained, dict(layer="fc6", branches=2, width=1024), **kwargs)
+
+
+# Each variant is its baseline with one layer replaced, so it shares the baseline's written conformance exemptions.
+for _variant, _baseline in (("dcl_lenet", "lenet"), ("dcl_lenet_cifar", "lenet_cifar"), ("dcl_bignet", "bignet"),
+                            ("dcl_wrn16", "wrn16_4"), ("dcl_alexnet", "alexnet_caffe")):
+    inherit_conformance_exemptions(_variant, _baseline)
 
 
 # --- sizes and FLOPs ---------------------------------------------------------------------------------------

@@ -20,26 +20,32 @@ variants use the released code's exact layout. ``aux="simple"`` (pool + FC) is t
 Registered: ImageNet ``dks_resnet18/50/152`` (timm ResNets, heads after layer2 and layer3), CIFAR
 ``dks_resnet20/32/110``, ``dks_wrn28_4/10``, ``dks_densenet40_k12/100_k12``, ``dks_mobilenet``, and ``dks``,
 which puts DKS on any timm ResNet-family model: ``create_model("dks", backbone="resnet50d")``.
-"""
-from __future__ import annotations
 
+timm's training hooks: ``group_matcher`` is the backbone's (stem, stages), the auxiliary heads grouped with the
+classifier, so layer-wise decay never gives them a larger learning rate than the main classifier;
+``set_grad_checkpointing`` checkpoints the stages and the heads of a training forward.
+"""
 import copy
 import math
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
 import torch.nn.functional as F
 from timm.layers import SelectAdaptivePool2d
+from timm.models import checkpoint, checkpoint_seq
 from torch import Tensor, nn
 
 from ..backbones.staged import StagedNet
 from ..builder import build_zoo_model
-from ..contract import BackboneWrapper, Heads, LossParts
+from ..convert import (add_hub_arguments, as_state_dict, check_state_dict_keys, finish_hub_folder,
+                       read_torch_checkpoint, register_converter, strip_prefix)
+from ..contract import BackboneWrapper, Heads, LossParts, inherit_conformance_exemptions, is_tracing
 from ..errors import IncompatibleConfigError
 from ..registry import base_cfg, cifar_cfg, zoo_default_cfgs, zoo_model
 
-__all__ = ["DKSModel", "AuxHead", "dks_loss", "pair_mask", "PAIR_SETS", "default_head_layout"]
+__all__ = ["DKSModel", "AuxHead", "dks_loss", "pair_mask", "PAIR_SETS", "default_head_layout", "convert_dks"]
 
 PAIR_SETS = ("bidirectional", "top_down", "bottom_up", "none")
 DIVERGENCES = ("cross_entropy", "kl")
@@ -314,15 +320,21 @@ class DKSModel(BackboneWrapper):
         return super().prune_intermediate_layers(indices, prune_norm=prune_norm, prune_head=prune_head)
 
     # -- the contract -------------------------------------------------------------------------------------
+    def _run(self, module: nn.Module, x: Tensor) -> Tensor:
+        """A stage or head, checkpointed block by block when grad checkpointing is on."""
+        if self.grad_checkpointing and torch.is_grad_enabled() and not is_tracing():
+            return checkpoint_seq(module, x) if isinstance(module, nn.Sequential) else checkpoint(module, x)
+        return module(x)
+
     def forward_heads(self, x: Tensor) -> Heads:
         view = self._view
         x = view.stem(x)
         aux_logits: List[Tensor] = []
         heads_by_stage = dict(zip(self.attach, self.aux_heads))
         for i, stage in enumerate(view.stages()):
-            x = stage(x)
+            x = self._run(stage, x)
             if i in heads_by_stage:
-                aux_logits.append(heads_by_stage[i](x))
+                aux_logits.append(self._run(heads_by_stage[i], x))
         main = self.backbone.forward_head(view.final(x))
         return (*aux_logits, main)
 
@@ -356,12 +368,14 @@ class DKSModel(BackboneWrapper):
 
 # --- registration ------------------------------------------------------------------------------------------------
 
+# pool_size: the backbone's unpooled feature map at the default input (timm's meaning): 7x7 for the ImageNet
+# ResNets at 224, 8x8 for the CIFAR networks at 32 (stride 4), 2x2 for the CIFAR MobileNet (stride 16).
 def _imagenet_cfg() -> Dict[str, Any]:
-    return base_cfg("backbone.conv1", "backbone.fc")
+    return base_cfg("backbone.conv1", "backbone.fc", pool_size=(7, 7))
 
 
-def _cifar_cfg(first_conv: str = "backbone.stem.0") -> Dict[str, Any]:
-    return cifar_cfg(first_conv, "backbone.fc")
+def _cifar_cfg(first_conv: str = "backbone.stem.0", pool_size=(8, 8)) -> Dict[str, Any]:
+    return cifar_cfg(first_conv, "backbone.fc", pool_size=pool_size)
 
 
 default_cfgs = zoo_default_cfgs({
@@ -376,7 +390,7 @@ default_cfgs = zoo_default_cfgs({
     "dks_wrn28_10": _cifar_cfg("backbone.stem"),
     "dks_densenet40_k12": _cifar_cfg("backbone.stem"),
     "dks_densenet100_k12": _cifar_cfg("backbone.stem"),
-    "dks_mobilenet": _cifar_cfg(),
+    "dks_mobilenet": _cifar_cfg(pool_size=(2, 2)),
 })
 
 _DKS_ARGS = ("attach", "head_blocks", "head_widths", "aux", "pairs", "temperature", "alpha", "beta", "divergence")
@@ -487,3 +501,49 @@ def dks_densenet100_k12(pretrained: bool = False, **kwargs) -> DKSModel:
 def dks_mobilenet(pretrained: bool = False, **kwargs) -> DKSModel:
     """The deep-mutual-learning CIFAR MobileNet with DKS heads after its 8x8 and 4x4 stages."""
     return _build("dks_mobilenet", "mobilenet_cifar", pretrained, dks_defaults=dict(attach=(2, 3)), **kwargs)
+
+
+# Each variant runs its backbone's forward at inference, so it shares the backbone's written conformance exemptions.
+for _variant, _backbone in (("dks_resnet18", "resnet18"), ("dks_resnet50", "resnet50"), ("dks_resnet152", "resnet152"),
+                            ("dks_resnet20", "cifar_resnet20"), ("dks_resnet32", "cifar_resnet32"),
+                            ("dks_resnet110", "cifar_resnet110"), ("dks_wrn28_4", "wrn28_4"), ("dks_wrn28_10", "wrn28_10"),
+                            ("dks_densenet40_k12", "densenet40_k12"), ("dks_densenet100_k12", "densenet100_k12"),
+                            ("dks_mobilenet", "mobilenet_cifar"), ("dks", "resnet50")):
+    inherit_conformance_exemptions(_variant, _backbone)
+
+
+# --- the authors' released ImageNet weights ----------------------------------------------------------------------
+
+def convert_dks(arch: str, src: Path, out: Path, push: Optional[str] = None, hub_config: Optional[Path] = None,
+                num_classes: int = 1000) -> Dict[str, Any]:
+    """The DKS authors' ImageNet file (bare state_dict, torchvision names, ``module.`` prefix, read only with
+    PyTorch's weights-only unpickler) -> Hub folder of ``dks_<arch>`` holding the backbone only (the heads were
+    not released)."""
+    from ..factory import create_model
+    from ..registry import get_hub_config
+
+    variant = f"dks_{arch}"
+    state_dict = strip_prefix(as_state_dict(read_torch_checkpoint(src), src))
+    reference = timm.create_model(arch, pretrained=False, num_classes=num_classes).state_dict()
+    check_state_dict_keys(state_dict, reference, f"The checkpoint is not a timm/torchvision '{arch}' state_dict")
+    tag_name = f"{variant}.in1k"
+    model = create_model(tag_name, num_classes=num_classes)
+    model.backbone.load_state_dict(state_dict, strict=True)
+    config = get_hub_config(tag_name)
+    metrics = None
+    if config is not None:
+        dks = config.reported_metrics.get("dks", {})
+        metrics = {f"paper_{k}": v for k, v in dks.items()}
+    description = (f"ResNet backbone trained with Deeply-supervised Knowledge Synergy by the paper's authors "
+                   f"(converted from {Path(src).name}); auxiliary heads are not included.")
+    return finish_hub_folder(out, model, tag_name, push, hub_config, description, metrics)
+
+
+def _converter_arguments(parser) -> None:
+    parser.add_argument("--arch", required=True, choices=["resnet18", "resnet50", "resnet152"])
+    parser.add_argument("--src", required=True, type=Path, help="the downloaded .pth file")
+    add_hub_arguments(parser)
+
+
+register_converter("dks", "the DKS authors' ImageNet ResNets", _converter_arguments,
+                   lambda args: convert_dks(args.arch, args.src, args.out, args.push_to_hub, args.write_hub_config))
