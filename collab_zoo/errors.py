@@ -44,3 +44,12 @@ class IncompatibleConfigError(CollabZooError, ValueError):
 class TrainOutputNotATensorError(CollabZooError, TypeError, AttributeError):
     """A collaborative model's train-mode output (every head's logits) reached code that wants one tensor, e.g. a
     plain cross-entropy; the message says to use the model's own objective."""
+
+
+class InvalidModelConfigError(CollabZooError, ValueError):
+    """A model folder's or Hub repo's config.json is malformed or names something it may not (message says which
+    field and what to do)."""
+
+
+class InvalidHubIdError(CollabZooError, ValueError):
+    """A Hub repo id (``owner/name[@revision]``) or a file name inside a repo is malformed."""

@@ -9,22 +9,31 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 import torch
 from timm.models import PretrainedCfg
 from torch import nn
 
-from .weights import DEFAULT_WEIGHTS_NAME, sha256_of
+from .weights import DEFAULT_WEIGHTS_NAME, names_weight_source, sha256_of
 
-__all__ = ["save_for_hub", "push_to_hub", "hub_config_json", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["save_for_hub", "push_to_hub", "PushedCommit", "hub_config_json", "atomic_write_bytes",
+           "atomic_write_text"]
+
+_logger = logging.getLogger(__name__)
 
 _PRETRAINED_FIELDS = {f.name for f in dataclasses.fields(PretrainedCfg)}
 # Where the weights came from at load time says nothing about where the saved copy lives.
 _SOURCE_FIELDS = {"url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source"}
+# Factory arguments, not constructor arguments: a config.json never carries them.
+_CALLER_ARGS = {"pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "checkpoint_path",
+                "features_only", "out_indices", "feature_cls", "feature_cfg", "scriptable", "exportable", "no_jit",
+                "device", "dtype", "pretrained_model_args"}
 
 _PAPER_TAGS = {
     "cldl": ("arxiv:1607.05440", "Collaborative Layer-wise Discriminative Learning in Deep Neural Networks"),
@@ -87,6 +96,15 @@ def _method_of(architecture: str) -> Optional[str]:
     return prefix if prefix in _PAPER_TAGS else None
 
 
+def _package_version() -> Optional[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("collab-zoo")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return None
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_jsonable(v) for v in value]
@@ -112,8 +130,16 @@ def hub_config_json(model: nn.Module, keep_training_heads: bool = False,
     pretrained_cfg["num_classes"] = num_classes
     pretrained_cfg.pop("architecture", None)
     args = dict(getattr(model, "_model_args", {}) or {})
-    args.update(model_args or {})
-    args.pop("pretrained_cfg_overlay", None)
+    # Arguments that fetched the initial weights (a file, a tag, True for "the default weights") describe where
+    # training started, not the architecture: the saved file holds the weights, and a loader refuses a
+    # config.json whose model_args name a weight source.
+    for key in [k for k, v in args.items() if k in _CALLER_ARGS or names_weight_source(k, v)]:
+        args.pop(key)
+    for key, value in (model_args or {}).items():
+        if key in _CALLER_ARGS or names_weight_source(key, value):
+            raise ValueError(f"model_args['{key}'] names weights or a file; config.json describes the architecture "
+                             "only (the folder's model.safetensors holds the weights). Leave it out.")
+        args[key] = value
     args["num_classes"] = num_classes
     for key, value in args.items():
         try:
@@ -122,6 +148,7 @@ def hub_config_json(model: nn.Module, keep_training_heads: bool = False,
             raise ValueError(f"model argument {key}={value!r} cannot be written to config.json; pass "
                              f"model_args={{'{key}': <json value>}} to save_for_hub.") from e
     zoo = {
+        "version": _package_version(),
         "method": _method_of(architecture),
         "head_names": list(getattr(model, "head_names", ("main",))),
         "training_heads_included": bool(keep_training_heads) or not getattr(model, "training_only_prefixes", ()),
@@ -137,8 +164,61 @@ def hub_config_json(model: nn.Module, keep_training_heads: bool = False,
     }
 
 
+# Hub dataset ids of data sets a zoo model is commonly trained on; other names are written as given.
+_HUB_DATASETS = {
+    "imagenet-1k": ("ILSVRC/imagenet-1k", "ImageNet-1k"),
+    "imagenet": ("ILSVRC/imagenet-1k", "ImageNet-1k"),
+    "cifar10": ("uoft-cs/cifar10", "CIFAR-10"),
+    "cifar-10": ("uoft-cs/cifar10", "CIFAR-10"),
+    "cifar100": ("uoft-cs/cifar100", "CIFAR-100"),
+    "cifar-100": ("uoft-cs/cifar100", "CIFAR-100"),
+    "mnist": ("ylecun/mnist", "MNIST"),
+    "svhn": ("ufldl-stanford/svhn", "SVHN"),
+}
+# metric key -> (model-index metric type, display name). Accuracies are in percent, as timm reports them.
+_METRICS = {
+    "top1": ("accuracy", "Top-1 accuracy (%)"),
+    "top5": ("accuracy", "Top-5 accuracy (%)"),
+    "loss": ("loss", "Loss"),
+}
+PROJECT_LICENSE = "apache-2.0"
+_LICENSE_ID = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
+
+
+def _hub_dataset(name: str) -> Tuple[str, str]:
+    return _HUB_DATASETS.get(name.lower().removeprefix("torch/").removeprefix("hfds/"), (name, name))
+
+
+def _hub_repo_of(base_model: Optional[str]) -> Optional[str]:
+    """The Hub repo id in a base-model reference ('org/repo', 'hf-hub:org/repo@rev'); None for a local path."""
+    if not base_model:
+        return None
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    repo = base_model.removeprefix("hf-hub:").split("@", 1)[0]
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        return None
+    return repo if "/" in repo else None
+
+
+def _license_fields(license_: Optional[str]) -> Dict[str, Optional[str]]:
+    """Card metadata for a licence: a Hub licence id as is; free text as 'other' with a name."""
+    if not license_:
+        return {"license": PROJECT_LICENSE}
+    if _LICENSE_ID.match(license_):
+        return {"license": license_}
+    slug = re.sub(r"[^a-z0-9]+", "-", license_.lower()).strip("-")[:60] or "custom"
+    return {"license": "other", "license_name": slug}
+
+
 def _model_card(config: Dict[str, Any], metrics: Optional[Dict[str, float]], datasets: Iterable[str],
-                description: Optional[str], base_model: Optional[str] = None) -> str:
+                description: Optional[str], base_model: Optional[str] = None, repo_id: Optional[str] = None,
+                license_: Optional[str] = None) -> str:
+    """README.md with Hub metadata (ModelCardData: licence, library, tags, Hub dataset ids, base_model and a
+    model-index of the measured metrics) and a usage section that names the repo."""
     from huggingface_hub import ModelCard, ModelCardData
     from huggingface_hub.repocard_data import EvalResult
 
@@ -148,33 +228,42 @@ def _model_card(config: Dict[str, Any], metrics: Optional[Dict[str, float]], dat
     tags = ["image-classification", "timm", "collab_zoo"] + ([method] if method else [])
     if paper_tag:
         tags.append(paper_tag)
-    datasets = list(datasets)
+    hub_datasets = [_hub_dataset(name) for name in datasets]
     eval_results = None
-    if metrics and datasets:
-        eval_results = [EvalResult(task_type="image-classification", dataset_type=datasets[0],
-                                   dataset_name=datasets[0], metric_type=name, metric_value=float(value))
-                        for name, value in metrics.items()]
-    license_ = config["pretrained_cfg"].get("license")
+    numeric = {k: float(v) for k, v in (metrics or {}).items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if numeric and hub_datasets:
+        dataset_id, dataset_name = hub_datasets[0]
+        eval_results = [EvalResult(task_type="image-classification", task_name="Image Classification",
+                                   dataset_type=dataset_id, dataset_name=dataset_name,
+                                   metric_type=_METRICS.get(key, (key, key))[0],
+                                   metric_name=_METRICS.get(key, (key, key))[1], metric_value=value)
+                        for key, value in numeric.items()]
+    licence = license_ or config["pretrained_cfg"].get("license")
+    hub_base = _hub_repo_of(base_model)
     data = ModelCardData(
         library_name="timm",
-        license=license_ if license_ and " " not in license_ else None,
         tags=tags,
-        datasets=datasets or None,
-        metrics=sorted(metrics) if metrics else None,
-        model_name=architecture,
+        datasets=[d for d, _ in hub_datasets] or None,
+        metrics=sorted({_METRICS.get(k, (k, k))[0] for k in numeric}) or None,
+        model_name=repo_id or architecture,
         eval_results=eval_results,
         pipeline_tag="image-classification",
-        base_model=base_model,
+        base_model=hub_base,
+        **_license_fields(licence),
     )
+    name = f"hf-hub:{repo_id}" if repo_id else "local-dir:/path/to/this/folder"
     heads = ", ".join(config["collab_zoo"]["head_names"])
     lines = [
         "---", data.to_yaml(), "---", "",
-        f"# {architecture}", "",
+        f"# {repo_id or architecture}", "",
         description or f"A `{architecture}` model from collab_zoo.", "",
-        f"- Paper: {paper_title}" + (f" ({paper_tag})" if paper_tag else "") if paper_title else "",
+        f"- Architecture: `{architecture}` (collab_zoo)",
+        f"- Paper: {paper_title}" + (f" ({paper_tag})" if paper_tag else "") if paper_title else None,
         f"- Classes: {config['num_classes']}; heads: {heads}",
         f"- Training-only heads included: {config['collab_zoo']['training_heads_included']}",
         f"- Fine-tuned from: `{base_model}`" if base_model else None,
+        f"- Licence: {licence or PROJECT_LICENSE + ' (collab_zoo default; no other licence was recorded)'}",
         "",
     ]
     if metrics:
@@ -183,9 +272,17 @@ def _model_card(config: Dict[str, Any], metrics: Optional[Dict[str, float]], dat
                   for k, v in metrics.items()]
         lines.append("")
     lines += [
-        "## Use", "", "```python", "import collab_zoo  # registers the zoo's architectures with timm",
-        'model = collab_zoo.create_model("hf-hub:<this repo>", pretrained=True).eval()', "```", "",
-        "Weights are safetensors; `config.json` is timm's format.", "",
+        "## Use", "",
+        "```python",
+        "import collab_zoo  # registers the zoo's architectures with timm",
+        f'model = collab_zoo.create_model("{name}", pretrained=True).eval()',
+        "```", "",
+        f"Plain timm users: `import collab_zoo` first (`pip install collab-zoo`), then "
+        f'`timm.create_model("{name}", pretrained=True)` works as usual; without that import timm does not '
+        f"know `{architecture}` and reports `Unknown model`.",
+        "",
+        "Weights are safetensors; `config.json` is timm's format (plus a `collab_zoo` section with the weights' "
+        "sha256).", "",
     ]
     return ModelCard("\n".join(line for line in lines if line is not None)).content
 
@@ -193,13 +290,16 @@ def _model_card(config: Dict[str, Any], metrics: Optional[Dict[str, float]], dat
 def save_for_hub(model: nn.Module, save_directory: os.PathLike, *, keep_training_heads: bool = False,
                  model_args: Optional[Dict[str, Any]] = None, metrics: Optional[Dict[str, float]] = None,
                  datasets: Iterable[str] = (), description: Optional[str] = None,
-                 extra_config: Optional[Dict[str, Any]] = None, base_model: Optional[str] = None) -> Path:
+                 extra_config: Optional[Dict[str, Any]] = None, base_model: Optional[str] = None,
+                 repo_id: Optional[str] = None, license: Optional[str] = None) -> Path:
     """Write a Hub folder for ``model``: model.safetensors, config.json, README.md. Returns the folder.
 
     A model with training-only heads (DKS) stores only what inference needs unless ``keep_training_heads``.
-    ``metrics`` (name -> value) and ``datasets`` go into the model card's metadata. ``base_model`` names the
-    checkpoint a fine-tune started from (a Hub repo id such as ``org/repo``); the card's metadata and
-    config.json's ``collab_zoo`` section carry it.
+    ``metrics`` (name -> value; top1/top5 in percent) and ``datasets`` (names such as ``imagenet-1k``, written
+    as Hub dataset ids where known) go into the model card's metadata and model-index. ``base_model`` names the
+    checkpoint a fine-tune started from (``org/repo``; a local path is kept in config.json and the card's text
+    only). ``repo_id`` is the repo the folder is for (the card's usage snippet names it). ``license``: a Hub
+    licence id; default the licence the weights' pretrained_cfg records, else the project's (apache-2.0).
     """
     save_directory = Path(save_directory)
     save_directory.mkdir(parents=True, exist_ok=True)
@@ -215,26 +315,57 @@ def save_for_hub(model: nn.Module, save_directory: os.PathLike, *, keep_training
     _save_safetensors(tensors, save_directory / DEFAULT_WEIGHTS_NAME, metadata={"format": "pt"})
     config["collab_zoo"]["sha256"] = sha256_of(save_directory / DEFAULT_WEIGHTS_NAME)
     atomic_write_text(save_directory / "config.json", json.dumps(config, indent=2) + "\n")
-    atomic_write_text(save_directory / "README.md", _model_card(config, metrics, datasets, description, base_model))
+    atomic_write_text(save_directory / "README.md",
+                      _model_card(config, metrics, datasets, description, base_model, repo_id, license))
     return save_directory
+
+
+class PushedCommit(str):
+    """The commit id of a push (a str: ``f"hf-hub:{repo}@{commit}"`` pins it), with its URLs as attributes.
+
+    ``.oid`` is the id again, for code written against huggingface_hub's CommitInfo.
+    """
+
+    repo_id: str
+    commit_url: str
+    repo_url: str
+
+    def __new__(cls, oid: str, repo_id: str, commit_url: str, repo_url: str):
+        commit = super().__new__(cls, oid)
+        commit.repo_id, commit.commit_url, commit.repo_url = repo_id, commit_url, repo_url
+        return commit
+
+    @property
+    def oid(self) -> str:
+        return str(self)
 
 
 def push_to_hub(model: nn.Module, repo_id: str, *, revision: Optional[str] = None, private: Optional[bool] = None,
                 token: Optional[str] = None, commit_message: Optional[str] = None, keep_training_heads: bool = False,
                 metrics: Optional[Dict[str, float]] = None, datasets: Iterable[str] = (),
                 description: Optional[str] = None, model_args: Optional[Dict[str, Any]] = None,
-                base_model: Optional[str] = None):
-    """save_for_hub into a temporary folder and upload it as one commit. Returns huggingface_hub's CommitInfo.
+                base_model: Optional[str] = None, license: Optional[str] = None, quiet: bool = False) -> PushedCommit:
+    """save_for_hub into a temporary folder and upload it as one commit. Returns the commit id.
 
-    The commit id (``info.oid``) and the file's sha256 (``config.json`` -> ``collab_zoo.sha256``) are what a
-    hub config pins.
+    The id is what a hub config pins (with the file's sha256, ``config.json`` -> ``collab_zoo.sha256``), and
+    ``create_model(f"hf-hub:{repo_id}@{commit}")`` loads exactly this upload. The repo URL, the commit and the
+    pinned name are logged and, unless ``quiet``, printed.
     """
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory() as tmp:
         save_for_hub(model, tmp, keep_training_heads=keep_training_heads, metrics=metrics, datasets=datasets,
-                     description=description, model_args=model_args, base_model=base_model)
+                     description=description, model_args=model_args, base_model=base_model, repo_id=repo_id,
+                     license=license)
         api.create_repo(repo_id, private=private, exist_ok=True)
-        return api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision,
+        info = api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision,
                                  commit_message=commit_message or f"Upload {repo_id} from collab_zoo")
+    repo_url = str(getattr(info, "repo_url", "") or f"{api.endpoint}/{repo_id}")
+    commit = PushedCommit(info.oid, repo_id, info.commit_url, repo_url)
+    message = (f"Pushed {repo_id} at commit {commit}\n  {commit.commit_url}\n"
+               f"  load exactly this upload: collab_zoo.create_model(\"hf-hub:{repo_id}@{commit}\", pretrained=True)")
+    _logger.info(message)
+    if not quiet:
+        print(message, flush=True)
+    return commit

@@ -44,12 +44,12 @@ def _config_for(repo: str, revision: str, sha256: str, tag: str, num_classes: in
 
 
 def _publish(model, repo: str, tag: str, tmp_path: Path):
-    info = collab_zoo.push_to_hub(model, repo)
+    commit = collab_zoo.push_to_hub(model, repo, quiet=True)
     folder = collab_zoo.save_for_hub(model, tmp_path / f"local-{tag}")
     sha = json.loads((folder / "config.json").read_text())["collab_zoo"]["sha256"]
-    config = _config_for(repo, info.oid, sha, tag)
+    config = _config_for(repo, commit, sha, tag)
     collab_zoo.register_hub_config(config)
-    return info.oid, sha, config
+    return commit, sha, config
 
 
 def test_save_for_hub_writes_weights_timm_config_and_model_card(tmp_path):
@@ -64,11 +64,39 @@ def test_save_for_hub_writes_weights_timm_config_and_model_card(tmp_path):
     card = (folder / "README.md").read_text()
     meta = yaml.safe_load(card.split("---")[1])
     assert meta["library_name"] == "timm" and "dks" in meta["tags"] and "arxiv:1906.00675" in meta["tags"]
-    assert meta["datasets"] == ["digits"] and meta["metrics"] == ["top1"]
+    assert meta["datasets"] == ["digits"] and meta["metrics"] == ["accuracy"]
     assert meta["model-index"][0]["results"][0]["metrics"][0]["value"] == 97.5
     from safetensors.torch import load_file
     keys = load_file(folder / "model.safetensors").keys()
     assert keys and not any(k.startswith("aux_heads") for k in keys), "inference needs no auxiliary heads"
+
+
+def test_the_model_card_passes_huggingface_hub_validation_with_full_metadata(hub, tmp_path):
+    from huggingface_hub import ModelCard
+
+    repo = _unique_repo()
+    folder = collab_zoo.save_for_hub(_model(), tmp_path / "card", metrics={"top1": 91.25, "top5": 99.5},
+                                     datasets=["cifar100"], base_model="hf-hub:tester/parent@main", repo_id=repo)
+    card = ModelCard.load(folder / "README.md")
+    card.validate()  # the Hub's (here the loopback Hub's) own check of the metadata
+    data = card.data
+    assert data.license == "apache-2.0" and data.library_name == "timm" and data.base_model == "tester/parent"
+    assert data.datasets == ["uoft-cs/cifar100"] and "collab_zoo" in data.tags and "dks" in data.tags
+    results = {r.metric_name: r for r in data.eval_results}
+    top1 = results["Top-1 accuracy (%)"]
+    assert (top1.task_type, top1.dataset_type, top1.dataset_name, top1.metric_type, top1.metric_value) == (
+        "image-classification", "uoft-cs/cifar100", "CIFAR-100", "accuracy", 91.25)
+    assert results["Top-5 accuracy (%)"].metric_value == 99.5
+    assert f'create_model("hf-hub:{repo}", pretrained=True)' in card.text and "import collab_zoo" in card.text
+    assert "Plain timm users" in card.text and "Unknown model" in card.text
+
+
+def test_a_free_text_licence_is_other_with_a_name(tmp_path):
+    from huggingface_hub import ModelCard
+
+    folder = collab_zoo.save_for_hub(_model(), tmp_path / "m", license="unspecified (no LICENSE upstream)")
+    data = ModelCard.load(folder / "README.md").data
+    assert data.license == "other" and data.license_name == "unspecified-no-license-upstream"
 
 
 def test_a_fine_tune_names_its_base_model_in_card_and_config(tmp_path):
@@ -194,8 +222,8 @@ def test_unpinned_download_is_checked_against_the_hub_etag(hub, hf_cache, tmp_pa
 
 def test_sha256_mismatch_with_the_hub_config(hub, tmp_path):
     repo = _unique_repo()
-    info = collab_zoo.push_to_hub(_model(seed=7), repo)
-    collab_zoo.register_hub_config(_config_for(repo, info.oid, "0" * 64, "badsha"))
+    commit = collab_zoo.push_to_hub(_model(seed=7), repo, quiet=True)
+    collab_zoo.register_hub_config(_config_for(repo, commit, "0" * 64, "badsha"))
     with pytest.raises(ChecksumMismatchError, match="does not match the pinned"):
         collab_zoo.create_model(f"{ARCH}.badsha", pretrained=True)
 
@@ -304,14 +332,54 @@ def test_the_loopback_hub_answers_every_call_this_client_generation_makes(hub, t
     api = HfApi()
     repo = _unique_repo()
     unrouted_before = len(hub.unrouted)
-    first = collab_zoo.push_to_hub(_model(seed=9), repo)
+    first = collab_zoo.push_to_hub(_model(seed=9), repo, quiet=True)
     api.upload_file(path_or_fileobj=b"notes", path_in_repo="docs/notes.txt", repo_id=repo)
     info = api.model_info(repo)
-    assert info.sha != first.oid and {s.rfilename for s in info.siblings} == {
+    assert info.sha != first and {s.rfilename for s in info.siblings} == {
         "README.md", "config.json", "model.safetensors", "docs/notes.txt"}
-    assert api.model_info(repo, revision=first.oid).sha == first.oid
+    assert api.model_info(repo, revision=first).sha == first
     assert sorted(api.list_repo_files(repo)) == ["README.md", "config.json", "docs/notes.txt", "model.safetensors"]
-    assert sorted(api.list_repo_files(repo, revision=first.oid)) == ["README.md", "config.json", "model.safetensors"]
-    local = hf_hub_download(repo, "config.json", revision=first.oid, cache_dir=tmp_path / "cache")
+    assert sorted(api.list_repo_files(repo, revision=first)) == ["README.md", "config.json", "model.safetensors"]
+    local = hf_hub_download(repo, "config.json", revision=first, cache_dir=tmp_path / "cache")
     assert json.loads(Path(local).read_text())["architecture"] == ARCH
     assert hub.unrouted[unrouted_before:] == []
+
+
+def test_push_returns_and_prints_the_commit_and_a_pinned_download_is_byte_identical(hub, tmp_path, capsys):
+    import re
+    from huggingface_hub import hf_hub_download
+
+    repo = _unique_repo()
+    first = _model(seed=10)
+    commit = collab_zoo.push_to_hub(first, repo)
+    assert isinstance(commit, str) and re.fullmatch(r"[0-9a-f]{40}", commit)
+    printed = capsys.readouterr().out
+    assert commit in printed and commit.commit_url in printed and f"hf-hub:{repo}@{commit}" in printed
+    collab_zoo.push_to_hub(_model(seed=11), repo, quiet=True)  # main moves on
+    assert capsys.readouterr().out == ""
+    local = collab_zoo.save_for_hub(first, tmp_path / "local")
+    pulled = hf_hub_download(repo, "model.safetensors", revision=commit, cache_dir=tmp_path / "cache")
+    assert Path(pulled).read_bytes() == (local / "model.safetensors").read_bytes()
+    x = _inputs()
+    assert torch.equal(collab_zoo.create_model(f"hf-hub:{repo}@{commit}", pretrained=True).eval()(x), first(x))
+
+
+def test_plain_timm_loads_a_zoo_repo_once_collab_zoo_is_imported(hub):
+    repo = _unique_repo()
+    model = _model(seed=12)
+    collab_zoo.push_to_hub(model, repo, quiet=True)
+    code = f"""
+import timm
+try:
+    timm.create_model("hf-hub:{repo}", pretrained=True)
+except RuntimeError as e:
+    print("WITHOUT", e)
+import collab_zoo
+model = timm.create_model("hf-hub:{repo}", pretrained=True)
+print("WITH", model.pretrained_cfg["architecture"], model.pretrained_load_report.source)
+"""
+    out = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "WITHOUT Unknown model" in out.stdout
+    assert f"WITH {ARCH} hf-hub" in out.stdout

@@ -1,0 +1,280 @@
+"""The trust boundary and damaged inputs: weights come only as safetensors from inside the repo or folder named,
+and every bad file or name is an error that says what is wrong (tests match the messages' own words)."""
+import json
+import pickle
+import socket
+import struct
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+
+import collab_zoo
+from collab_zoo.errors import (ChecksumMismatchError, CorruptWeightsError, HubUnreachableError,
+                               IncompatibleConfigError, InvalidHubIdError, InvalidModelConfigError,
+                               NoPretrainedWeightsError)
+from collab_zoo.weights import load_safetensors_file
+
+from conftest import subprocess_env
+
+ZOO_ARCH = "dks_resnet20"   # the smallest zoo model with training-only heads
+TIMM_ARCH = "test_resnet"   # one of timm's own architectures, small
+
+
+def _zoo(seed: int):
+    torch.manual_seed(seed)
+    return collab_zoo.create_model(ZOO_ARCH, num_classes=10).eval()
+
+
+def _timm(seed: int):
+    torch.manual_seed(seed)
+    return timm.create_model(TIMM_ARCH, num_classes=10).eval()
+
+
+def _x():
+    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def _edit_config(folder: Path, edit) -> None:
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    edit(config)
+    path.write_text(json.dumps(config))
+
+
+# --- safetensors files ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("header, words", [
+    ([1, 2], "not an object"),
+    ({"w": [0, 4]}, "not an object"),
+    ({"w": {"dtype": "F32", "shape": [1]}}, "data_offsets"),
+    ({"w": {"dtype": "F32", "shape": "one", "data_offsets": [0, 4]}}, "shape"),
+    ({"w": {"shape": [1], "data_offsets": [0, 4]}}, "dtype"),
+    ({"w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}, "data_offsets"),
+    ({"__metadata__": {"format": 1}}, "__metadata__"),
+])
+def test_a_safetensors_header_of_the_wrong_shape_is_a_clear_error(tmp_path, header, words):
+    raw = json.dumps(header).encode()
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 4)
+    with pytest.raises(CorruptWeightsError, match="header is JSON but not a tensor table") as e:
+        load_safetensors_file(path)
+    assert words in str(e.value)
+    with pytest.raises(CorruptWeightsError, match="not a tensor table"):
+        collab_zoo.create_model(ZOO_ARCH, pretrained=True, num_classes=10,
+                                pretrained_cfg_overlay=dict(file=str(path)))
+
+
+# --- a folder's config.json ------------------------------------------------------------------------------------
+
+def _set(path, value):
+    def edit(config):
+        target = config
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+    return edit
+
+
+def _drop(key):
+    return lambda config: config.pop(key)
+
+
+@pytest.mark.parametrize("edit, words", [
+    (_drop("architecture"), "architecture"),
+    (_set(["architecture"], "../elsewhere"), "architecture"),
+    (_set(["model_args"], [1, 2]), "model_args"),
+    (_set(["model_args", "first_member_weights"], "/somewhere/else.safetensors"), "weight source"),
+    (_set(["model_args", "pretrained"], True), "caller's to set"),
+    (_set(["pretrained_cfg"], "resnet"), "pretrained_cfg"),
+    (_set(["num_classes"], "ten"), "num_classes"),
+    (_set(["pretrained_cfg", "input_size"], [32, 32]), "input_size"),
+    (_set(["pretrained_cfg", "mean"], "grey"), "mean"),
+    (_set(["pretrained_cfg", "hf_hub_filename"], "../outside/model.safetensors"), "refused"),
+    (_set(["pretrained_cfg", "hf_hub_filename"], "/abs/model.safetensors"), "refused"),
+    (_set(["pretrained_cfg", "hf_hub_filename"], "pytorch_model.bin"), "only .safetensors"),
+])
+def test_a_broken_config_json_names_the_field(tmp_path, edit, words):
+    folder = collab_zoo.save_for_hub(_zoo(0), tmp_path / "m")
+    _edit_config(folder, edit)
+    with pytest.raises(InvalidModelConfigError, match="config.json is written by") as e:
+        collab_zoo.create_model(f"local-dir:{folder}", pretrained=True)
+    assert words in str(e.value)
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"\xff\xfe{\x00}", "not UTF-8"),
+    (b'{"architecture": "dks_resnet20",', "not valid JSON"),
+    (b"[1, 2, 3]", "must be a JSON object"),
+])
+def test_a_config_json_that_is_not_a_json_object_is_a_clear_error(tmp_path, content, words):
+    folder = collab_zoo.save_for_hub(_zoo(0), tmp_path / "m")
+    (folder / "config.json").write_bytes(content)
+    with pytest.raises(InvalidModelConfigError, match=words):
+        collab_zoo.create_model(f"local-dir:{folder}", pretrained=True)
+
+
+def test_save_for_hub_leaves_weight_sources_out_of_model_args(tmp_path):
+    model = _zoo(0)
+    model._model_args = dict(getattr(model, "_model_args", {}), first_member_weights="/data/start.safetensors")
+    folder = collab_zoo.save_for_hub(model, tmp_path / "m")
+    assert "first_member_weights" not in json.loads((folder / "config.json").read_text())["model_args"]
+    with pytest.raises(ValueError, match="names weights or a file"):
+        collab_zoo.save_for_hub(model, tmp_path / "n", model_args={"checkpoint_path": "/x.safetensors"})
+
+
+# --- the trust boundary ------------------------------------------------------------------------------------------
+
+def _point_elsewhere(other_weights: Path):
+    def edit(config):
+        config["pretrained_cfg"].update(file=str(other_weights), url="https://example.invalid/w.safetensors",
+                                        hf_hub_id="tester/elsewhere", state_dict={"backbone.fc.bias": [0.0]})
+    return edit
+
+
+def test_config_fields_naming_other_weights_are_ignored_in_a_folder(tmp_path, caplog):
+    own, other = _zoo(1), _zoo(2)
+    folder = collab_zoo.save_for_hub(own, tmp_path / "own")
+    elsewhere = collab_zoo.save_for_hub(other, tmp_path / "other") / "model.safetensors"
+    _edit_config(folder, _point_elsewhere(elsewhere))
+    x = _x()
+    with caplog.at_level("WARNING"):
+        for create in (collab_zoo.create_model, timm.create_model):
+            loaded = create(f"local-dir:{folder}", pretrained=True).eval()
+            assert torch.equal(loaded(x), own(x)), create
+    assert "ignoring" in caplog.text
+
+
+def test_config_fields_naming_other_weights_are_ignored_in_a_hub_repo(hub, tmp_path):
+    from huggingface_hub import HfApi
+
+    own, other = _zoo(3), _zoo(4)
+    repo, other_repo = f"tester/own-{uuid.uuid4().hex[:8]}", f"tester/other-{uuid.uuid4().hex[:8]}"
+    collab_zoo.push_to_hub(other, other_repo)
+    folder = collab_zoo.save_for_hub(own, tmp_path / "own")
+    elsewhere = collab_zoo.save_for_hub(other, tmp_path / "other") / "model.safetensors"
+
+    def edit(config):
+        _point_elsewhere(elsewhere)(config)
+        config["pretrained_cfg"]["hf_hub_id"] = other_repo
+
+    _edit_config(folder, edit)
+    HfApi().create_repo(repo)
+    HfApi().upload_folder(repo_id=repo, folder_path=str(folder))
+    x = _x()
+    for create in (collab_zoo.create_model, timm.create_model):
+        loaded = create(f"hf-hub:{repo}", pretrained=True).eval()
+        assert torch.equal(loaded(x), own(x)), create
+
+
+def test_a_hub_config_json_cannot_name_a_file_outside_its_repo(hub, tmp_path):
+    from huggingface_hub import HfApi
+
+    repo = f"tester/escape-{uuid.uuid4().hex[:8]}"
+    folder = collab_zoo.save_for_hub(_zoo(5), tmp_path / "m")
+    _edit_config(folder, _set(["pretrained_cfg", "hf_hub_filename"], "../../other/model.safetensors"))
+    HfApi().create_repo(repo)
+    HfApi().upload_folder(repo_id=repo, folder_path=str(folder))
+    with pytest.raises(InvalidModelConfigError, match="refused"):
+        collab_zoo.create_model(f"hf-hub:{repo}", pretrained=True)
+
+
+class _Trap:
+    """Unpickling this creates a file: proof that a pickle was (or was not) loaded."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+@pytest.mark.parametrize("make", [_timm, _zoo], ids=["timm-architecture", "zoo-architecture"])
+def test_a_folder_pickle_is_never_unpickled(tmp_path, make):
+    folder = collab_zoo.save_for_hub(make(0), tmp_path / "m")
+    (folder / "model.safetensors").unlink()
+    marker = tmp_path / "unpickled"
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_Trap(marker)))
+    with pytest.raises(NoPretrainedWeightsError, match="never unpickles"):
+        collab_zoo.create_model(f"local-dir:{folder}", pretrained=True)
+    assert not marker.exists()
+
+
+def test_a_timm_architecture_from_a_folder_loads_through_the_checked_path(tmp_path):
+    model = _timm(6)
+    folder = collab_zoo.save_for_hub(model, tmp_path / "m")
+    loaded = collab_zoo.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    x = _x()
+    assert torch.equal(loaded(x), model(x))
+    assert loaded.pretrained_cfg["source"] == "local-dir" and loaded.pretrained_cfg.get("state_dict") is None
+    tuned = collab_zoo.create_model(f"local-dir:{folder}", pretrained=True, num_classes=3).eval()
+    assert tuned(x).shape == (2, 3)
+
+
+@pytest.mark.parametrize("make", [_timm, _zoo], ids=["timm-architecture", "zoo-architecture"])
+def test_a_replaced_weight_file_fails_the_sha256_its_config_records(tmp_path, make):
+    folder = collab_zoo.save_for_hub(make(7), tmp_path / "m")
+    swapped = {k: v + 1 if v.is_floating_point() else v for k, v in load_file(folder / "model.safetensors").items()}
+    save_file(swapped, folder / "model.safetensors")
+    with pytest.raises(ChecksumMismatchError, match="does not match the .* its config.json records"):
+        collab_zoo.create_model(f"local-dir:{folder}", pretrained=True)
+
+
+# --- names and the network ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["hf-hub:not a repo", "hf-hub:owner/repo/extra", "hf-hub:owner/x--y",
+                                  "hf-hub:owner/name@ main"])
+def test_a_malformed_repo_id_is_a_clear_error(name):
+    with pytest.raises(InvalidHubIdError, match="valid"):
+        collab_zoo.create_model(name, pretrained=True)
+
+
+def test_a_bad_hub_timeout_setting_is_a_clear_error(hub, monkeypatch):
+    monkeypatch.setenv("COLLAB_ZOO_HUB_TIMEOUT", "soon")
+    with pytest.raises(IncompatibleConfigError, match="not a number of seconds"):
+        collab_zoo.create_model(f"hf-hub:tester/timeout-{uuid.uuid4().hex[:8]}", pretrained=True)
+
+
+def test_a_silent_hub_is_reported_within_the_timeout_or_the_cache_is_used(hub, tmp_path):
+    """A server that accepts connections and never answers: the cached repo loads, an uncached one fails fast."""
+    repo = f"tester/silent-{uuid.uuid4().hex[:8]}"
+    model = _zoo(8)
+    collab_zoo.push_to_hub(model, repo)
+    collab_zoo.create_model(f"hf-hub:{repo}", pretrained=True)  # fills the cache
+    torch.save({"x": _x(), "y": model(_x())}, tmp_path / "expected.pt")
+    code = f"""
+import logging, torch, collab_zoo
+logging.basicConfig(level=logging.WARNING)
+expected = torch.load(r"{tmp_path / 'expected.pt'}")
+model = collab_zoo.create_model("hf-hub:{repo}", pretrained=True).eval()
+assert torch.equal(model(expected["x"]), expected["y"])
+print("CACHED-LOADED")
+try:
+    collab_zoo.create_model("hf-hub:tester/never-cached", pretrained=True)
+except collab_zoo.HubUnreachableError as e:
+    print("SILENT", e)
+"""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # the kernel completes the handshakes; nobody ever reads or answers
+        url = "http://127.0.0.1:%d" % silent.getsockname()[1]
+        env = subprocess_env(HF_ENDPOINT=url, COLLAB_ZOO_HUB_TIMEOUT="1")
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert "CACHED-LOADED" in out.stdout, out.stderr[-3000:]
+    assert "did not answer" in out.stderr and "using the cached copy" in out.stderr
+    silent_message = out.stdout[out.stdout.index("SILENT"):]
+    assert "no answer within 1 s" in silent_message and "COLLAB_ZOO_HUB_TIMEOUT" in silent_message
+    assert "HF_HUB_OFFLINE" in silent_message
+    assert issubclass(HubUnreachableError, OSError)
+
+
+def test_a_zoo_architecture_this_version_lacks_says_to_upgrade(tmp_path):
+    folder = collab_zoo.save_for_hub(_zoo(9), tmp_path / "m")
+    _edit_config(folder, _set(["architecture"], "dks_resnet9999"))
+    with pytest.raises(collab_zoo.UnknownModelError, match="does not register.*pip install -U collab-zoo"):
+        collab_zoo.create_model(f"local-dir:{folder}", pretrained=True)
