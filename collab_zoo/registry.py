@@ -33,7 +33,7 @@ import timm
 from timm.models import PretrainedCfg, generate_default_cfgs, register_model
 
 __all__ = [
-    "HubConfig", "HubConfigError", "hub_configs", "get_hub_config", "register_hub_config", "zoo_default_cfgs", "zoo_model",
+    "HubConfig", "HubConfigError", "HubConfigWarning", "hub_configs", "get_hub_config", "register_hub_config", "zoo_default_cfgs", "zoo_model",
     "list_models", "list_pretrained", "is_model", "is_zoo_model", "get_pretrained_cfg", "closest_model_names",
     "tags_of",
 ]
@@ -115,36 +115,82 @@ class HubConfig:
         return cfg
 
 
+_KINDS = {str: "a string", int: "a whole number", list: "a list", dict: "an object", (int, float): "a number"}
 _REQUIRED = {
     "model": str, "hf_hub_id": str, "filename": str, "num_classes": int, "label_names_source": str,
     "input_size": list, "interpolation": str, "crop_pct": (int, float), "crop_mode": str, "mean": list,
     "std": list, "license": str, "paper": dict, "reported_metrics": dict, "origin": dict,
 }
+_CROP_MODES = ("center", "squash", "border")
 
 
-def _parse_hub_config(path: str, data: Dict[str, Any]) -> HubConfig:
+def _is_kind(value: Any, kind) -> bool:
+    if isinstance(value, bool):  # JSON true/false is not a number here
+        return kind is bool
+    return isinstance(value, kind)
+
+
+def _is_number(value: Any) -> bool:
+    return _is_kind(value, (int, float))
+
+
+def _parse_hub_config(path: str, data: Any) -> HubConfig:
+    from .weights import check_hub_id, check_repo_filename
+
+    def fail(message: str):
+        raise HubConfigError(f"{path}: {message}")
+
+    if not isinstance(data, dict):
+        fail(f"must be a JSON object, not a {type(data).__name__}.")
     for key, kind in _REQUIRED.items():
         if key not in data:
-            raise HubConfigError(f"{path}: missing required field '{key}'.")
-        if not isinstance(data[key], kind):
-            raise HubConfigError(f"{path}: field '{key}' should be {kind}, got {type(data[key]).__name__}.")
+            fail(f"missing required field '{key}'.")
+        if not _is_kind(data[key], kind):
+            fail(f"field '{key}' should be {_KINDS[kind]}, got {json.dumps(data[key])[:60]}.")
     for key in ("revision", "sha256"):
         if key not in data:
-            raise HubConfigError(f"{path}: missing field '{key}' (write null while the upload is pending).")
+            fail(f"missing field '{key}' (write null while the upload is pending).")
+        if data[key] is not None and not isinstance(data[key], str):
+            fail(f"field '{key}' should be a string or null, got {json.dumps(data[key])[:60]}.")
     name = data["model"]
     if "." not in name:
-        raise HubConfigError(f"{path}: 'model' must be 'architecture.tag', got '{name}'.")
+        fail(f"field 'model' must be 'architecture.tag', got '{name}'.")
     if Path(path).name != f"{name}.json":
-        raise HubConfigError(f"{path}: file name must be '{name}.json' to match its 'model' field.")
+        fail(f"file name must be '{name}.json' to match its 'model' field.")
     revision, sha256 = data["revision"], data["sha256"]
     if revision is not None and not _HEX40.match(revision):
-        raise HubConfigError(f"{path}: 'revision' must be a 40-hex commit id (a branch name is not a pin).")
+        fail("field 'revision' must be a 40-hex commit id (a branch name is not a pin).")
     if sha256 is not None and not _HEX64.match(sha256):
-        raise HubConfigError(f"{path}: 'sha256' must be 64 lowercase hex digits.")
+        fail("field 'sha256' must be 64 lowercase hex digits.")
+    try:
+        check_hub_id(data["hf_hub_id"])
+    except ValueError as e:
+        fail(f"field 'hf_hub_id': {e}")
+    try:
+        check_repo_filename(data["filename"], "field 'filename'")
+    except ValueError as e:
+        fail(str(e))
     if not data["filename"].endswith(".safetensors"):
-        raise HubConfigError(f"{path}: 'filename' must be a .safetensors file; pickles are never loaded.")
-    if len(data["input_size"]) != 3:
-        raise HubConfigError(f"{path}: 'input_size' must be [channels, height, width].")
+        fail("field 'filename' must be a .safetensors file; pickles are never loaded.")
+    if data["num_classes"] < 1:
+        fail("field 'num_classes' must be 1 or more.")
+    size = data["input_size"]
+    if len(size) != 3 or not all(_is_kind(v, int) and v > 0 for v in size):
+        fail("field 'input_size' must be [channels, height, width] (three whole numbers above 0).")
+    for key in ("mean", "std"):
+        if len(data[key]) != size[0] or not all(_is_number(v) for v in data[key]):
+            fail(f"field '{key}' must be {size[0]} numbers, one per input channel.")
+    if not all(v > 0 for v in data["std"]):
+        fail("field 'std' must be above 0 for every channel.")
+    if not data["crop_pct"] > 0:
+        fail("field 'crop_pct' must be above 0.")
+    if data["crop_mode"] not in _CROP_MODES:
+        fail(f"field 'crop_mode' must be one of {', '.join(_CROP_MODES)}, got '{data['crop_mode']}'.")
+    notes = data.get("notes", [])
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+        fail("field 'notes' must be a list of strings.")
+    if not isinstance(data.get("dataset", ""), str):
+        fail("field 'dataset' must be a string.")
     return HubConfig(
         name=name,
         hf_hub_id=data["hf_hub_id"],
@@ -153,7 +199,7 @@ def _parse_hub_config(path: str, data: Dict[str, Any]) -> HubConfig:
         sha256=sha256,
         num_classes=data["num_classes"],
         label_names_source=data["label_names_source"],
-        input_size=tuple(data["input_size"]),
+        input_size=tuple(size),
         interpolation=data["interpolation"],
         crop_pct=float(data["crop_pct"]),
         crop_mode=data["crop_mode"],
@@ -164,42 +210,70 @@ def _parse_hub_config(path: str, data: Dict[str, Any]) -> HubConfig:
         reported_metrics=dict(data["reported_metrics"]),
         origin=dict(data["origin"]),
         dataset=data.get("dataset", "imagenet-1k"),
-        notes=tuple(data.get("notes", ())),
+        notes=tuple(notes),
     )
+
+
+def _parse_hub_config_bytes(path: str, raw: bytes) -> HubConfig:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise HubConfigError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8 JSON.") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise HubConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}).") from None
+    return _parse_hub_config(path, data)
 
 
 EXTRA_CONFIGS_ENV = "COLLAB_ZOO_HUB_CONFIGS"
 
 
-def _hub_config_files() -> List[Tuple[str, str]]:
-    """(display path, text) of every hub config: the package's own, then any in $COLLAB_ZOO_HUB_CONFIGS."""
-    files: List[Tuple[str, str]] = []
+class HubConfigWarning(UserWarning):
+    """A hub config file was skipped (the message names the file and the field)."""
+
+
+def _hub_config_files() -> List[Tuple[str, bytes]]:
+    """(display path, bytes) of every hub config: the package's own, then any in $COLLAB_ZOO_HUB_CONFIGS."""
+    files: List[Tuple[str, bytes]] = []
     packaged = resources.files("collab_zoo").joinpath("hub_configs")
     if packaged.is_dir():
         entries = [p for p in packaged.iterdir() if p.name.endswith(".json")]
-        files += sorted((f"hub_configs/{p.name}", p.read_text(encoding="utf-8")) for p in entries)
+        files += sorted((f"hub_configs/{p.name}", p.read_bytes()) for p in entries)
     else:
         # Source checkout (editable install or running from the repository): hub_configs/ is a sibling.
         source_dir = Path(__file__).resolve().parent.parent / "hub_configs"
         if source_dir.is_dir():
-            files += sorted((f"hub_configs/{p.name}", p.read_text(encoding="utf-8"))
-                            for p in source_dir.glob("*.json"))
+            files += sorted((f"hub_configs/{p.name}", p.read_bytes()) for p in source_dir.glob("*.json"))
     # A private zoo's own configs (one folder or several, os.pathsep-separated), for weights of your own.
     for folder in filter(None, os.environ.get(EXTRA_CONFIGS_ENV, "").split(os.pathsep)):
-        files += sorted((str(p), p.read_text(encoding="utf-8")) for p in Path(folder).glob("*.json"))
+        if not Path(folder).is_dir():
+            warnings.warn(f"{EXTRA_CONFIGS_ENV} names {folder}, which is not a folder; it is skipped.",
+                          HubConfigWarning, stacklevel=2)
+            continue
+        for p in sorted(Path(folder).glob("*.json")):
+            try:
+                files.append((str(p), p.read_bytes()))
+            except OSError as e:
+                warnings.warn(f"{p}: cannot be read ({e.strerror}); this tag is skipped.", HubConfigWarning,
+                              stacklevel=2)
     return files
 
 
 @lru_cache(maxsize=None)
 def hub_configs() -> Dict[str, HubConfig]:
-    """All hub configs, keyed by 'arch.tag'."""
+    """All valid hub configs, keyed by 'arch.tag'.
+
+    A malformed file never breaks ``import collab_zoo``: it is skipped with one HubConfigWarning that names
+    the file and the field.
+    """
     configs = {}
-    for path, text in _hub_config_files():
+    for path, raw in _hub_config_files():
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise HubConfigError(f"{path}: not valid JSON ({e}).") from e
-        config = _parse_hub_config(path, data)
+            config = _parse_hub_config_bytes(path, raw)
+        except HubConfigError as e:
+            warnings.warn(f"{e} This tag is skipped until the file is fixed.", HubConfigWarning, stacklevel=2)
+            continue
         configs[config.name] = config
     return configs
 
@@ -251,7 +325,11 @@ def register_hub_config(config: Union[HubConfig, Dict[str, Any], os.PathLike]) -
     """
     if isinstance(config, (str, os.PathLike)):
         path = Path(config)
-        config = _parse_hub_config(str(path), json.loads(path.read_text(encoding="utf-8")))
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            raise HubConfigError(f"{path}: cannot be read ({e.strerror}).") from None
+        config = _parse_hub_config_bytes(str(path), raw)
     elif isinstance(config, dict):
         config = _parse_hub_config(f"{config.get('model')}.json", config)
     arch = config.architecture

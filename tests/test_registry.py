@@ -135,3 +135,62 @@ def test_hub_configs_ship_in_a_non_editable_wheel(tmp_path):
     location, tags = json.loads(out.stdout.strip().splitlines()[-1])
     assert location.startswith(str(site)), location
     assert "dks_resnet50.in1k" in tags
+
+
+def _write_extra_configs(folder):
+    """One valid hub config and three broken ones, as a private zoo's COLLAB_ZOO_HUB_CONFIGS folder might hold."""
+    folder.mkdir()
+    good = _valid_config(model="dks_resnet20.extra")
+    (folder / "dks_resnet20.extra.json").write_text(json.dumps(good))
+    latin1 = dict(good, model="dks_resnet20.latin1", label_names_source="chiffres 0-9, \u00e9crits \u00e0 la main")
+    (folder / "dks_resnet20.latin1.json").write_bytes(json.dumps(latin1, ensure_ascii=False).encode("latin-1"))
+    (folder / "dks_resnet20.truncated.json").write_text(json.dumps(good)[:-20])
+    (folder / "dks_resnet20.badtype.json").write_text(json.dumps(dict(good, model="dks_resnet20.badtype",
+                                                                      num_classes="ten")))
+
+
+def test_broken_hub_config_files_warn_once_each_and_never_break_import(tmp_path):
+    folder = tmp_path / "configs"
+    _write_extra_configs(folder)
+    code = """
+import json, warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import collab_zoo
+    from collab_zoo.registry import HubConfigWarning
+    tags = collab_zoo.list_pretrained(include_pending=True)
+print(json.dumps([tags, [str(w.message) for w in caught if issubclass(w.category, HubConfigWarning)]]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], env=subprocess_env(COLLAB_ZOO_HUB_CONFIGS=str(folder)),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    tags, messages = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "dks_resnet20.extra" in tags and "dks_resnet50.in1k" in tags
+    assert not any(t.startswith(("dks_resnet20.latin1", "dks_resnet20.truncated", "dks_resnet20.badtype"))
+                   for t in tags)
+    assert len(messages) == 3 and all("is skipped" in m for m in messages)
+    assert sum("not UTF-8" in m for m in messages) == 1
+    assert sum("not valid JSON" in m for m in messages) == 1
+    assert sum("field 'num_classes'" in m and "whole number" in m for m in messages) == 1
+
+
+def test_registering_a_broken_hub_config_file_is_a_clear_error(tmp_path):
+    folder = tmp_path / "configs"
+    _write_extra_configs(folder)
+    with pytest.raises(HubConfigError, match="not valid JSON"):
+        collab_zoo.register_hub_config(folder / "dks_resnet20.truncated.json")
+    with pytest.raises(HubConfigError, match="not UTF-8"):
+        collab_zoo.register_hub_config(folder / "dks_resnet20.latin1.json")
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"revision": 123}, "string or null"),
+    ({"num_classes": True}, "whole number"),
+    ({"mean": [0.5]}, "one per input channel"),
+    ({"crop_mode": "zoom"}, "crop_mode"),
+    ({"hf_hub_id": "not a repo"}, "hf_hub_id"),
+    ({"filename": "../model.safetensors"}, "plain file name"),
+])
+def test_hub_config_fields_of_the_wrong_kind_are_named(changes, message):
+    with pytest.raises(HubConfigError, match=message):
+        _parse_hub_config("dks_resnet18.in1k.json", _valid_config(**changes))
