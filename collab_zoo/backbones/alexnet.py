@@ -12,9 +12,7 @@ interface: ``forward_features`` (the convolutional trunk, 256 x 6 x 6 at 224 px)
 ``get_classifier``/``reset_classifier`` (``classifier.6``), ``feature_info`` and ``forward_intermediates``
 (after each convolution's ReLU).
 """
-from __future__ import annotations
-
-from typing import List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torchvision
@@ -22,8 +20,11 @@ from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from ..builder import build_zoo_model
+from ..contract import exempt_from_conformance
 from ..errors import IncompatibleConfigError
 from ..registry import base_cfg, zoo_default_cfgs, zoo_model
+from .common import (TrainingHooks, checkpoint_layers, run_layers, run_segments, sequential_group_matcher,
+                     split_at)
 
 __all__ = ["AlexNet"]
 
@@ -31,8 +32,14 @@ __all__ = ["AlexNet"]
 _CONV_OUTPUTS: Tuple[Tuple[int, int, int], ...] = ((1, 64, 4), (4, 192, 8), (7, 384, 16), (9, 256, 16), (11, 256, 16))
 
 
-class AlexNet(torchvision.models.AlexNet):
-    """torchvision's AlexNet with timm's interface. ``drop_rate`` is the dropout before fc6 and fc7."""
+class AlexNet(TrainingHooks, torchvision.models.AlexNet):
+    """torchvision's AlexNet with timm's interface. ``drop_rate`` is the dropout before fc6 and fc7.
+
+    Like timm's VGG, the fully connected layers read a fixed 6 x 6 map, so ``reset_classifier(0, '')`` keeps
+    them and the model still returns vectors. ``set_grad_checkpointing`` recomputes the trunk convolution by
+    convolution in the backward pass. Layer decay: ``features.0`` is the stem, each later convolution a block,
+    the fully connected layers the head (timm's grouping of VGG).
+    """
 
     def __init__(self, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.5,
                  global_pool: Optional[str] = None):
@@ -46,6 +53,7 @@ class AlexNet(torchvision.models.AlexNet):
             self.features[0] = nn.Conv2d(in_chans, first.out_channels, first.kernel_size, first.stride, first.padding)
         self.num_classes = num_classes
         self.drop_rate = drop_rate
+        self.grad_checkpointing = False
         self.num_features = _CONV_OUTPUTS[-1][1]
         self.head_hidden_size = self.classifier[4].out_features
         self.feature_info = [dict(num_chs=c, reduction=r, module=f"features.{i}") for i, c, r in _CONV_OUTPUTS]
@@ -62,12 +70,23 @@ class AlexNet(torchvision.models.AlexNet):
         self.num_classes = num_classes
         self.classifier[6] = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
+    def _level_ends(self) -> List[str]:
+        return [str(position) for position, _, _ in _CONV_OUTPUTS[:len(self.feature_info)]]
+
+    def group_matcher(self, coarse: bool = False) -> Dict[str, object]:
+        return sequential_group_matcher("features", self.features, self._level_ends(), coarse)
+
     def forward_features(self, x: Tensor) -> Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            # Each run starts at a pooling or a convolution, so recomputing it reads what it first read.
+            return run_segments(split_at(self.features, self._level_ends()), x)
         return self.features(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = torch.flatten(self.avgpool(x), 1)
-        x = self.classifier[:6](x)
+        # classifier[:6] one layer at a time: a slice is a new Sequential, which TorchScript and FX cannot follow.
+        x = self.classifier[2](self.classifier[1](self.classifier[0](x)))  # dropout, fc6, ReLU
+        x = self.classifier[5](self.classifier[4](self.classifier[3](x)))  # dropout, fc7, ReLU
         return x if pre_logits else self.classifier[6](x)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -78,16 +97,14 @@ class AlexNet(torchvision.models.AlexNet):
         """The output of each convolution (after its ReLU), feature_info order; then the trunk's output."""
         if output_fmt != "NCHW":
             raise IncompatibleConfigError("AlexNet intermediates are NCHW only.")
-        take, max_index = feature_take_indices(len(_CONV_OUTPUTS), indices)
-        positions = {_CONV_OUTPUTS[i][0]: i for i in take}
-        last_layer = _CONV_OUTPUTS[max_index][0] if stop_early else len(self.features) - 1
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
         intermediates = []
-        for position, layer in enumerate(self.features):
-            if position > last_layer:
-                break
-            x = layer(x)
-            if position in positions:
+        for level, run in enumerate(split_at(self.features, self._level_ends())):
+            x = checkpoint_layers(run, x) if self.grad_checkpointing else run_layers(run, x)
+            if level in take:
                 intermediates.append(x)
+            if stop_early and level == max_index:
+                break
         if intermediates_only:
             return intermediates
         return x, intermediates
@@ -105,7 +122,7 @@ class AlexNet(torchvision.models.AlexNet):
 
 
 default_cfgs = zoo_default_cfgs({
-    "alexnet": base_cfg("features.0", "classifier.6"),
+    "alexnet": base_cfg("features.0", "classifier.6", pool_size=(6, 6)),
 })
 
 
@@ -113,3 +130,10 @@ default_cfgs = zoo_default_cfgs({
 def alexnet(pretrained: bool = False, **kwargs) -> AlexNet:
     """torchvision's AlexNet (61.1M parameters); the complementary-networks paper's ImageNet AlexNet."""
     return build_zoo_model(AlexNet, "alexnet", pretrained, **kwargs)
+
+
+exempt_from_conformance(
+    "alexnet", "default_cfg:unpooled",
+    "fc6 reads the trunk's map pooled to a fixed 6 x 6 (9216 inputs), not a global pool, so there is no pooling "
+    "to switch off and the forward after reset_classifier(0, '') still ends in vectors; timm skips this check "
+    "for the same kind of head (EARLY_POOL_MODELS, e.g. VGG)")

@@ -14,8 +14,6 @@ Layer names are Caffe's (``features.conv1`` ... ``fc6``, ``fc7``, ``fc8``) and w
 fc6 and fc7, zero elsewhere. The rule goes by the top-level layer name, so a layer that replaces fc6 (a
 DCL module) is initialised like fc6. ``drop_rate`` is the D0.5 after fc6 and fc7.
 """
-from __future__ import annotations
-
 from collections import OrderedDict
 from typing import Sequence, Union
 
@@ -23,9 +21,10 @@ import torch
 from torch import Tensor, nn
 
 from ..builder import build_zoo_model
+from ..contract import exempt_from_conformance
 from ..errors import IncompatibleConfigError
 from ..registry import base_cfg, zoo_default_cfgs, zoo_model
-from .lenet import ConvFcNet, as_pair, pooled_size
+from .lenet import FC_READS_WHOLE_MAP, ConvFcNet, as_pair, pooled_size
 
 __all__ = ["AlexNetCaffe"]
 
@@ -111,7 +110,7 @@ class AlexNetCaffe(ConvFcNet):
 
 default_cfgs = zoo_default_cfgs({
     "alexnet_caffe": base_cfg("features.conv1", "fc8", input_size=(3, 227, 227), crop_pct=227 / 256,
-                              fixed_input_size=True),
+                              fixed_input_size=True, pool_size=(6, 6)),
 })
 
 
@@ -119,3 +118,6 @@ default_cfgs = zoo_default_cfgs({
 def alexnet_caffe(pretrained: bool = False, **kwargs) -> AlexNetCaffe:
     """Caffe's AlexNet, ungrouped (62,378,344 parameters with 1000 classes); ``grouped=True`` for Caffe's groups."""
     return build_zoo_model(AlexNetCaffe, "alexnet_caffe", pretrained, **kwargs)
+
+
+exempt_from_conformance("alexnet_caffe", "default_cfg:unpooled", FC_READS_WHOLE_MAP)

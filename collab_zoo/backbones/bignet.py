@@ -15,16 +15,15 @@ the map after ``fc2`` is averaged before the classifier, which is the same netwo
 accepts larger ones (a 32x32 image gives a 2x2 map). Weights start from Torch7's defaults, which are
 PyTorch's (uniform in +-1/sqrt(fan_in) for weights and biases).
 """
-from __future__ import annotations
-
 from collections import OrderedDict
 from typing import List, Tuple
 
 from torch import Tensor, nn
 
 from ..builder import build_zoo_model
+from ..contract import exempt_from_conformance
 from ..registry import base_cfg, zoo_default_cfgs, zoo_model
-from .lenet import ConvFcNet
+from .lenet import FC_READS_WHOLE_MAP, ConvFcNet
 
 __all__ = ["BigNet", "CIFAR10_MEAN", "CIFAR10_STD"]
 
@@ -74,7 +73,7 @@ class BigNet(ConvFcNet):
 
 default_cfgs = zoo_default_cfgs({
     "bignet": base_cfg("features.conv1_1", "fc", num_classes=10, input_size=(3, 24, 24), mean=CIFAR10_MEAN,
-                       std=CIFAR10_STD, crop_pct=0.75),
+                       std=CIFAR10_STD, crop_pct=0.75, pool_size=(3, 3)),
 })
 
 
@@ -82,3 +81,7 @@ default_cfgs = zoo_default_cfgs({
 def bignet(pretrained: bool = False, **kwargs) -> BigNet:
     """nagadomi's very deep CIFAR-10 network on 24x24 crops (5.74M parameters with 10 classes)."""
     return build_zoo_model(BigNet, "bignet", pretrained, **kwargs)
+
+
+# fc1 is a 3x3 convolution over the whole 3x3 map (a fully connected layer), pooled only after fc2.
+exempt_from_conformance("bignet", "default_cfg:unpooled", FC_READS_WHOLE_MAP)

@@ -2,8 +2,6 @@
 16/32/64 channels. Shortcuts across a stride follow the paper's option A (subsample, zero-pad channels) by
 default; ``shortcut="conv"`` gives option B (1x1 projection + BN), as in the complementary-networks code.
 """
-from __future__ import annotations
-
 from typing import List, Tuple
 
 import torch.nn.functional as F
@@ -88,7 +86,7 @@ class CifarResNet(StagedNet):
 
 
 def _cfg(**kwargs):
-    return cifar_cfg("stem.0", "fc", **kwargs)
+    return cifar_cfg("stem.0", "fc", pool_size=(8, 8), **kwargs)
 
 
 default_cfgs = zoo_default_cfgs({

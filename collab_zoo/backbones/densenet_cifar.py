@@ -9,8 +9,6 @@ layout DKS attaches its heads to. The DKS paper's DenseNet-40-12 / 100-12 baseli
 CIFAR-100) sit where the original DenseNets do (24.42 / 20.20 in Huang et al.), not DenseNet-BC-100-12
 (22.27), so the plain names are the original design and ``densenet_bc100_k12`` the BC one.
 """
-from __future__ import annotations
-
 from typing import List, Tuple
 
 import torch
@@ -92,9 +90,9 @@ class CifarDenseNet(StagedNet):
 
 
 default_cfgs = zoo_default_cfgs({
-    "densenet40_k12": cifar_cfg("stem", "fc"),
-    "densenet100_k12": cifar_cfg("stem", "fc"),
-    "densenet_bc100_k12": cifar_cfg("stem", "fc"),
+    "densenet40_k12": cifar_cfg("stem", "fc", pool_size=(8, 8)),
+    "densenet100_k12": cifar_cfg("stem", "fc", pool_size=(8, 8)),
+    "densenet_bc100_k12": cifar_cfg("stem", "fc", pool_size=(8, 8)),
 })
 
 

@@ -19,12 +19,10 @@ of each inception block is a 3x3 convolution (a long-standing torchvision quirk,
 torchvision's ImageNet weights expect ``transform_input=True`` (inputs normalised with the ImageNet mean and
 std are re-normalised the way the ported weights were trained); models trained from scratch leave it off.
 """
-from __future__ import annotations
-
 from typing import Dict, List, Optional, Tuple, Union
 
+import torch
 import torchvision
-from timm.layers import SelectAdaptivePool2d
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 from torchvision.models.googlenet import BasicConv2d
@@ -32,6 +30,7 @@ from torchvision.models.googlenet import BasicConv2d
 from ..builder import build_zoo_model
 from ..errors import IncompatibleConfigError
 from ..registry import base_cfg, zoo_default_cfgs, zoo_model
+from .common import TrainingHooks, check_pooling_fits, checkpoint_layers, global_pool_layer, run_segments
 
 __all__ = ["GoogLeNet", "TRUNK", "AUX_TAPS"]
 
@@ -55,8 +54,13 @@ def _init_like_torchvision(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class GoogLeNet(torchvision.models.GoogLeNet):
-    """torchvision's GoogLeNet with timm's interface; ``aux_logits`` keeps the two auxiliary classifiers."""
+class GoogLeNet(TrainingHooks, torchvision.models.GoogLeNet):
+    """torchvision's GoogLeNet with timm's interface; ``aux_logits`` keeps the two auxiliary classifiers.
+
+    ``set_grad_checkpointing`` recomputes each trunk module (convolution, pooling, inception block) in the
+    backward pass. Layer decay: conv1-3 are the stem, each inception block a block (``coarse``: inception 3,
+    4 and 5), an auxiliary classifier shares the group of the block it reads, ``fc`` is the head.
+    """
 
     def __init__(self, num_classes: int = 1000, in_chans: int = 3, aux_logits: bool = False,
                  transform_input: bool = False, drop_rate: float = 0.2, aux_drop_rate: float = 0.7,
@@ -71,7 +75,8 @@ class GoogLeNet(torchvision.models.GoogLeNet):
             _init_like_torchvision(self.conv1)
         self.num_features = self.head_hidden_size = self.fc.in_features
         self.num_classes = num_classes
-        self.avgpool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.grad_checkpointing = False
+        self.avgpool = global_pool_layer(global_pool, num_classes)
         if num_classes == 0:
             self._reset_linear_classifiers(0)
         self.feature_info = [
@@ -100,9 +105,11 @@ class GoogLeNet(torchvision.models.GoogLeNet):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """A new class count for the main classifier and, where present, both auxiliary ones."""
-        self.num_classes = num_classes
         if global_pool is not None:
-            self.avgpool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+            self.avgpool = global_pool_layer(global_pool, num_classes)
+        else:
+            check_pooling_fits(self.avgpool.pool_type, num_classes)
+        self.num_classes = num_classes
         self._reset_linear_classifiers(num_classes)
 
     def classifier_names(self) -> Tuple[str, ...]:
@@ -113,11 +120,23 @@ class GoogLeNet(torchvision.models.GoogLeNet):
         """(name, module) of the main path in execution order, input transform excluded."""
         return [(name, getattr(self, name)) for name in TRUNK]
 
+    def group_matcher(self, coarse: bool = False) -> Dict[str, object]:
+        blocks = [name for name in TRUNK if name.startswith("inception")]
+        group_of = {name: (int(name[len("inception")]) if coarse else i) for i, name in enumerate(blocks)}
+        group_of.update({aux: group_of[tap] for aux, tap in AUX_TAPS})
+        return dict(stem=r"^conv[123]\.", blocks=[(rf"^{name}\.", (group,)) for name, group in group_of.items()])
+
     def forward_features(self, x: Tensor) -> Tensor:
         x = self._transform_input(x)
-        for _, module in self.trunk():
-            x = module(x)
-        return x
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return run_segments([[module] for _, module in self.trunk()], x)
+        # TRUNK, spelled out: TorchScript cannot look modules up by name.
+        x = self.maxpool1(self.conv1(x))
+        x = self.maxpool2(self.conv3(self.conv2(x)))
+        x = self.maxpool3(self.inception3b(self.inception3a(x)))
+        x = self.inception4c(self.inception4b(self.inception4a(x)))
+        x = self.maxpool4(self.inception4e(self.inception4d(x)))
+        return self.inception5b(self.inception5a(x))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.dropout(self.avgpool(x))
@@ -136,7 +155,7 @@ class GoogLeNet(torchvision.models.GoogLeNet):
         intermediates = []
         x = self._transform_input(x)
         for name, module in self.trunk():
-            x = module(x)
+            x = checkpoint_layers([module], x) if self.grad_checkpointing else module(x)
             if name in tap_names:
                 position = tap_names.index(name)
                 if position in take:
@@ -147,6 +166,20 @@ class GoogLeNet(torchvision.models.GoogLeNet):
             return intermediates
         return x, intermediates
 
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Trunk modules after the deepest level asked for become identities, and the classifiers go (their
+        inputs are gone) -- what features_only keeps."""
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        last = TRUNK.index(str(self.feature_info[max_index]["module"]))
+        for name in TRUNK[last + 1:]:
+            setattr(self, name, nn.Identity())
+        if prune_head:
+            for name, _ in AUX_TAPS:
+                setattr(self, name, None)
+            self.reset_classifier(0, "")
+        return take
+
     def remap_pretrained_keys(self, state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
         """torchvision's released file carries both auxiliary classifiers; a model without them drops those
         keys, as torchvision does when it builds its own aux-free GoogLeNet from that file."""
@@ -154,7 +187,7 @@ class GoogLeNet(torchvision.models.GoogLeNet):
         return {k: v for k, v in state_dict.items() if k.split(".", 1)[0] not in absent}
 
 
-default_cfgs = zoo_default_cfgs({"googlenet": base_cfg("conv1.conv", "fc")})
+default_cfgs = zoo_default_cfgs({"googlenet": base_cfg("conv1.conv", "fc", pool_size=(7, 7))})
 
 
 @zoo_model

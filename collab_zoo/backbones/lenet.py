@@ -19,8 +19,6 @@ filler (uniform in +-sqrt(3 / fan_in)) with zero biases, as in Caffe's LeNet. ``
 paper's D0.5 before the classifier. The FC layers read a fixed-size map, so the input size is fixed
 (``img_size`` sets it; the pretrained cfg says ``fixed_input_size``).
 """
-from __future__ import annotations
-
 import math
 from abc import ABCMeta, abstractmethod
 from collections import OrderedDict
@@ -31,10 +29,19 @@ from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from ..builder import build_zoo_model
+from ..contract import exempt_from_conformance
 from ..errors import IncompatibleConfigError
 from ..registry import cifar_cfg, mnist_cfg, zoo_default_cfgs, zoo_model
+from .common import (TrainingHooks, checkpoint_layers, run_layers, run_segments, sequential_group_matcher,
+                     split_at)
 
-__all__ = ["ConvFcNet", "LeNet", "pooled_size", "caffe_xavier_init"]
+__all__ = ["ConvFcNet", "LeNet", "pooled_size", "caffe_xavier_init", "FC_READS_WHOLE_MAP"]
+
+# Why a conv-then-fully-connected net is exempt from timm's unpooled forward (reset_classifier(0, '')).
+FC_READS_WHOLE_MAP = (
+    "its fully connected layers read the whole feature map, so there is no global pooling to switch off and "
+    "the forward after reset_classifier(0, '') still ends in vectors; timm skips this check for the same kind "
+    "of head (EARLY_POOL_MODELS, e.g. VGG)")
 
 
 def pooled_size(size: int, kernel: int, stride: int) -> int:
@@ -65,20 +72,28 @@ def caffe_xavier_init(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-class ConvFcNet(nn.Module, metaclass=ABCMeta):
+class ConvFcNet(TrainingHooks, nn.Module, metaclass=ABCMeta):
     """Convolutions in ``features`` (an ``nn.Sequential`` with named children), then fully connected layers.
 
     Subclasses build ``features``, name in ``feature_points`` the children whose outputs are the feature
     maps ``feature_info`` describes (the last is ``forward_features``' output), set ``head_hidden_size``
     (the width ``forward_head(pre_logits=True)`` returns) and implement ``forward_head``. The classifier is
     the attribute ``classifier_name``. This gives them timm's interface, ``features_only`` included.
+
+    Like timm's VGG, the fully connected layers read the whole feature map, so there is no global pooling to
+    switch off: ``reset_classifier(0, '')`` leaves them in place and the model still returns vectors.
+    ``set_grad_checkpointing`` recomputes ``features`` level by level (the runs ending at the feature points)
+    in the backward pass. Layer decay: the first layer is the stem, each later layer of ``features`` a block
+    (``coarse``: each feature level), and the fully connected layers form the head, as timm groups VGG.
     """
 
     classifier_name: str = "fc"
-    features: nn.Sequential
-    feature_points: Tuple[str, ...]
     # Attributes that make up the fully connected head before the classifier (dropped by prune_head).
     head_layers: Tuple[str, ...] = ()
+
+    def __init__(self):
+        super().__init__()
+        self.grad_checkpointing = False
 
     def _init_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
@@ -100,7 +115,17 @@ class ConvFcNet(nn.Module, metaclass=ABCMeta):
                 f"map); call reset_classifier(num_classes) without global_pool, not with {global_pool!r}.")
         self._init_classifier(num_classes)
 
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return sequential_group_matcher("features", self.features, self.feature_points, coarse)
+
+    def _level_runs(self) -> List[List[nn.Module]]:
+        """``features`` in runs, one per feature level. Each starts at a convolution or a pooling, never at an
+        in-place activation, so each can be a checkpointed segment."""
+        return split_at(self.features, self.feature_points)
+
     def forward_features(self, x: Tensor) -> Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return run_segments(self._level_runs(), x)
         return self.features(x)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -112,13 +137,9 @@ class ConvFcNet(nn.Module, metaclass=ABCMeta):
         if output_fmt != "NCHW":
             raise IncompatibleConfigError(f"{type(self).__name__} intermediates are NCHW only, not {output_fmt!r}.")
         take, max_index = feature_take_indices(len(self.feature_points), indices)
-        point_index = {name: i for i, name in enumerate(self.feature_points)}
         intermediates = []
-        for name, layer in self.features.named_children():
-            x = layer(x)
-            i = point_index.get(name)
-            if i is None:
-                continue
+        for i, run in enumerate(self._level_runs()):
+            x = checkpoint_layers(run, x) if self.grad_checkpointing else run_layers(run, x)
             if i in take:
                 intermediates.append(x)
             if stop_early and i == max_index:
@@ -143,7 +164,14 @@ class ConvFcNet(nn.Module, metaclass=ABCMeta):
 
 
 class LeNet(ConvFcNet):
-    """Conv(k, pad)-[ReLU]-MaxPool stages, then FC-ReLU-Dropout and the classifier."""
+    """Conv(k, pad)-[ReLU]-MaxPool stages, then FC-ReLU-Dropout and the classifier.
+
+    Feature levels (``feature_info``): every pooling's output. A LeNet with fewer than three poolings (the
+    MNIST one) also gives the first convolution's full-resolution output (after its ReLU if any) as its first
+    level, the way timm's nets give their stem's, so it too has the three levels timm expects of a network
+    with three resolutions: ``lenet`` 24x24, 12x12 and 4x4 on 28x28 digits. (Nets with three poolings keep
+    their levels, and their ``out_indices``, as they were.)
+    """
 
     head_layers = ("fc1", "act1", "drop1")
 
@@ -155,13 +183,16 @@ class LeNet(ConvFcNet):
         self.channels, self.conv_act, self.drop_rate = tuple(channels), conv_act, drop_rate
         height, width = as_pair(img_size)
         layers: List[Tuple[str, nn.Module]] = []
-        self.feature_info: List[Dict[str, Any]] = []
+        self.feature_info = []
         points = []
         prev, reduction = in_chans, 1
         for i, ch in enumerate(self.channels, start=1):
             layers.append((f"conv{i}", nn.Conv2d(prev, ch, kernel_size, 1, conv_padding)))
             if conv_act:
                 layers.append((f"act{i}", nn.ReLU(inplace=True)))
+            if i == 1 and len(self.channels) < 3:
+                points.append(layers[-1][0])
+                self.feature_info.append(dict(num_chs=ch, reduction=1, module=f"features.{layers[-1][0]}"))
             layers.append((f"pool{i}", nn.MaxPool2d(pool_kernel, pool_stride, ceil_mode=True)))
             height = pooled_size(height + 2 * conv_padding - kernel_size + 1, pool_kernel, pool_stride)
             width = pooled_size(width + 2 * conv_padding - kernel_size + 1, pool_kernel, pool_stride)
@@ -199,8 +230,8 @@ class LeNet(ConvFcNet):
 
 
 default_cfgs = zoo_default_cfgs({
-    "lenet": mnist_cfg("features.conv1", "fc", num_classes=100, fixed_input_size=True),
-    "lenet_cifar": cifar_cfg("features.conv1", "fc", fixed_input_size=True),
+    "lenet": mnist_cfg("features.conv1", "fc", num_classes=100, fixed_input_size=True, pool_size=(4, 4)),
+    "lenet_cifar": cifar_cfg("features.conv1", "fc", fixed_input_size=True, pool_size=(4, 4)),
 })
 
 
@@ -211,6 +242,9 @@ def lenet(pretrained: bool = False, **kwargs) -> LeNet:
     return build_zoo_model(LeNet, "lenet", pretrained, **kwargs)
 
 
+exempt_from_conformance("lenet", "default_cfg:unpooled", FC_READS_WHOLE_MAP)
+
+
 @zoo_model
 def lenet_cifar(pretrained: bool = False, **kwargs) -> LeNet:
     """The DCL paper's SVHN/CIFAR LeNet, C5(P2)@32-MP3(S2)-C5(P2)@64-MP3(S2)-C5(P2)@128-MP3(S2)-FC512-D0.5-OUT."""
@@ -218,3 +252,6 @@ def lenet_cifar(pretrained: bool = False, **kwargs) -> LeNet:
                 pool_kernel=3, pool_stride=2, conv_act=True)
     args.update(kwargs)
     return build_zoo_model(LeNet, "lenet_cifar", pretrained, **args)
+
+
+exempt_from_conformance("lenet_cifar", "default_cfg:unpooled", FC_READS_WHOLE_MAP)

@@ -16,16 +16,18 @@ the complementary paper's released code (784-50-10, ReLU), a smaller net than th
 the paper's T = 1 figure repeats.
 ``img_size`` may be a pair (H, W) for non-square inputs.
 """
-from __future__ import annotations
-
-from typing import Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+from timm.layers import register_notrace_function
+from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from ..builder import build_zoo_model
+from ..contract import exempt_from_conformance
 from ..errors import IncompatibleConfigError
 from ..registry import mnist_cfg, zoo_default_cfgs, zoo_model
+from .common import TrainingHooks, checkpoint_layers, run_layers, run_segments
 
 __all__ = ["MLP", "ScaledTanh"]
 
@@ -48,8 +50,29 @@ def _pair(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
     return size
 
 
-class MLP(nn.Module):
-    """Fully connected layers on the flattened image, then a linear classifier ``fc``."""
+@register_notrace_function  # FX keeps this as one call (its branch on the input's size cannot be traced)
+def flatten_checked(x: Tensor, in_features: int, in_chans: int, height: int, width: int) -> Tensor:
+    """The images as vectors, refused with advice when their size is not the one the MLP was built for. The
+    vectors are the result, so the check stays on the data path of a traced graph."""
+    x = x.flatten(1)
+    if x.shape[1] != in_features:
+        raise IncompatibleConfigError(
+            f"this MLP takes {in_features} values per image (in_chans={in_chans}, img_size=({height}, {width})), "
+            f"got {x.shape[1]}; build it with the in_chans and img_size of your data.")
+    return x
+
+
+class MLP(TrainingHooks, nn.Module):
+    """Fully connected layers on the flattened image, then a linear classifier ``fc``.
+
+    No spatial stages: every hidden layer sees the whole image, so its output is a 1 x 1 feature map (the
+    view of a fully connected layer as a convolution the size of its input). ``forward_features`` gives the
+    last hidden layer's vector and ``forward_intermediates`` / ``features_only`` each hidden layer's 1 x 1
+    map, one level per hidden layer -- the one resolution there is, so never the three levels timm's nets
+    with spatial stages have. ``set_grad_checkpointing`` recomputes each hidden layer in the backward pass.
+    Layer decay: the first layer (the one reading pixels) is the stem, each later hidden layer a block,
+    ``fc`` the head.
+    """
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, img_size: Union[int, Sequence[int]] = 28,
                  hidden: Union[int, Sequence[int]] = 300, act: str = "tanh", drop_rate: float = 0.0,
@@ -74,9 +97,12 @@ class MLP(nn.Module):
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = fan_in
         self.drop_rate = drop_rate
+        self.grad_checkpointing = False
         self.head_drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
         self.fc = nn.Linear(fan_in, num_classes) if num_classes > 0 else nn.Identity()
-        self.feature_info = [dict(num_chs=fan_in, reduction=1, module="hidden_layers")]
+        # One 1x1 level per hidden layer (after its activation), the whole image reduced to one position.
+        self.feature_info = [dict(num_chs=w, reduction=max(height, width), module=f"hidden_layers.{2 * i + 1}")
+                             for i, w in enumerate(widths)]
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -103,12 +129,21 @@ class MLP(nn.Module):
         else:
             self.fc = nn.Identity()
 
+    def group_matcher(self, coarse: bool = False) -> Dict[str, object]:
+        return dict(stem=r"^hidden_layers\.0\.", blocks=r"^hidden_layers\.(\d+)\.")
+
+    def _hidden_layers(self) -> List[List[nn.Module]]:
+        """(linear, activation) of each hidden layer; each starts at its linear layer, so it can be recomputed."""
+        layers = list(self.hidden_layers)
+        return [layers[i:i + 2] for i in range(0, len(layers), 2)]
+
+    def _flat_input(self, x: Tensor) -> Tensor:
+        return flatten_checked(x, self.in_features, self.in_chans, self.img_size[0], self.img_size[1])
+
     def forward_features(self, x: Tensor) -> Tensor:
-        x = x.flatten(1)
-        if x.shape[1] != self.in_features:
-            raise IncompatibleConfigError(
-                f"this MLP takes {self.in_features} values per image (in_chans={self.in_chans}, "
-                f"img_size={self.img_size}), got {x.shape[1]}; build it with the in_chans and img_size of your data.")
+        x = self._flat_input(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return run_segments(self._hidden_layers(), x)
         return self.hidden_layers(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
@@ -118,9 +153,38 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def forward_intermediates(self, x: Tensor, indices: Optional[Union[int, List[int]]] = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """Each hidden layer's output as a 1 x 1 map (feature_info order); the final output is
+        ``forward_features``' vector."""
+        if output_fmt != "NCHW":
+            raise IncompatibleConfigError(f"MLP intermediates are NCHW (1 x 1 maps) only, not {output_fmt!r}.")
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        x = self._flat_input(x)
+        intermediates = []
+        for i, layer in enumerate(self._hidden_layers()):
+            x = checkpoint_layers(layer, x) if self.grad_checkpointing else run_layers(layer, x)
+            if i in take:
+                intermediates.append(x[:, :, None, None])
+            if stop_early and i == max_index:
+                break
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        self.hidden_layers = self.hidden_layers[:2 * (max_index + 1)]
+        self.feature_info = self.feature_info[:max_index + 1]
+        self.num_features = self.head_hidden_size = int(self.feature_info[-1]["num_chs"])
+        if prune_head:
+            self.reset_classifier(0)
+        return take
+
 
 default_cfgs = zoo_default_cfgs({
-    "mlp_mnist": mnist_cfg("hidden_layers.0", "fc"),
+    "mlp_mnist": mnist_cfg("hidden_layers.0", "fc", pool_size=None),
 })
 
 
@@ -128,3 +192,14 @@ default_cfgs = zoo_default_cfgs({
 def mlp_mnist(pretrained: bool = False, **kwargs) -> MLP:
     """LeCun et al. 1998's 784-300-10 MNIST net (4.7 % error there); the complementary paper's "MLP [19]"."""
     return build_zoo_model(MLP, "mlp_mnist", pretrained, **kwargs)
+
+
+exempt_from_conformance(
+    "mlp_mnist", "default_cfg:spatial",
+    "no spatial stages: forward_features gives a vector, so there is no pool_size or unpooled map; timm runs its "
+    "non-spatial default-cfg check on MLP-type models (NON_STD_FILTERS: MLP-Mixer, gMLP, ResMLP) instead")
+exempt_from_conformance(
+    "mlp_mnist", "features_fx",
+    "graph-based feature extraction returns what the hidden layers compute, [B, C] vectors rather than feature "
+    "maps; timm keeps its MLP-type models (NON_STD_FILTERS) out of its feature-extraction tests "
+    "(EXCLUDE_FEAT_FILTERS). features_only (the default getter) gives each hidden layer as a 1 x 1 map")

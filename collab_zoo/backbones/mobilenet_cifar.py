@@ -4,8 +4,6 @@ MobileNet-v1's thirteen depthwise-separable blocks (64, 128/2, 128, 256/2, 256, 
 1024) after a stride-1 3x3 stem of 32 channels, so a 32x32 image ends at 2x2. Stages split at each
 down-sampling: [64] [128, 128] [256, 256] [512 x 6] [1024, 1024].
 """
-from __future__ import annotations
-
 from typing import List, Sequence, Tuple
 
 from torch import nn
@@ -59,7 +57,7 @@ class CifarMobileNet(StagedNet):
         return stage, channels
 
 
-default_cfgs = zoo_default_cfgs({"mobilenet_cifar": cifar_cfg("stem.0", "fc")})
+default_cfgs = zoo_default_cfgs({"mobilenet_cifar": cifar_cfg("stem.0", "fc", pool_size=(2, 2))})
 
 
 @zoo_model

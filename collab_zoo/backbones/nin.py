@@ -20,18 +20,18 @@ Module names follow Caffe's (``features.conv1``, ``features.cccp1``, ..., ``cccp
 pooled ``cccp5`` features: NIN classifies per position before pooling, so that vector is an embedding of the
 image rather than the classifier's literal input.
 """
-from __future__ import annotations
-
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from timm.layers import SelectAdaptivePool2d
+import torch
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from ..builder import build_zoo_model
 from ..errors import IncompatibleConfigError
 from ..registry import cifar_cfg, mnist_cfg, zoo_default_cfgs, zoo_model
+from .common import (TrainingHooks, check_pooling_fits, checkpoint_layers, global_pool_layer, run_layers,
+                     run_segments, sequential_group_matcher, split_at)
 
 __all__ = ["NetworkInNetwork", "NIN_LAYOUTS"]
 
@@ -55,8 +55,12 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class NetworkInNetwork(nn.Module):
-    """NIN with timm's interface. ``layout`` is ``"cifar"`` or ``"mnist"`` (see the module docstring)."""
+class NetworkInNetwork(TrainingHooks, nn.Module):
+    """NIN with timm's interface. ``layout`` is ``"cifar"`` or ``"mnist"`` (see the module docstring).
+
+    ``set_grad_checkpointing`` recomputes each mlpconv block in the backward pass. Layer decay: ``conv1`` is
+    the stem, each later weight layer of ``features`` a block (``coarse``: each mlpconv block), ``cccp6`` the head.
+    """
 
     def __init__(self, num_classes: int = 100, in_chans: int = 3, layout: str = "cifar", drop_rate: float = 0.5,
                  second_pool: str = "max", global_pool: str = "avg"):
@@ -67,8 +71,8 @@ class NetworkInNetwork(nn.Module):
             raise IncompatibleConfigError(f"second_pool must be 'max' or 'avg' (Caffe CIFAR-10), got {second_pool!r}.")
         self.layout, self.drop_rate, self.second_pool = layout, drop_rate, second_pool
         spec = NIN_LAYOUTS[layout]
-        layers: "OrderedDict[str, nn.Module]" = OrderedDict()
-        self.feature_info: List[Dict[str, object]] = []
+        layers = OrderedDict()
+        self.feature_info = []
         channels, reduction = in_chans, 1
         for block, ((kernel, padding, widths), names) in enumerate(zip(spec, _WEIGHT_NAMES), start=1):
             for index, (name, width) in enumerate(zip(names, widths)):
@@ -88,7 +92,8 @@ class NetworkInNetwork(nn.Module):
         self.features = nn.Sequential(layers)
         self.num_features = self.head_hidden_size = channels
         self.num_classes = num_classes
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.grad_checkpointing = False
+        self.global_pool = global_pool_layer(global_pool, num_classes)
         self.cccp6 = self._classifier(num_classes)
         self.head_act = nn.ReLU(inplace=True)
         _init_weights(self)
@@ -101,13 +106,24 @@ class NetworkInNetwork(nn.Module):
         return "cccp6" if name_only else self.cccp6
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
         if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+            self.global_pool = global_pool_layer(global_pool, num_classes)
+        else:
+            check_pooling_fits(self.global_pool.pool_type, num_classes)
+        self.num_classes = num_classes
         self.cccp6 = self._classifier(num_classes)
         _init_weights(self.cccp6)
 
+    def _block_ends(self) -> List[str]:
+        return [str(info["module"]).split(".", 1)[1] for info in self.feature_info]
+
+    def group_matcher(self, coarse: bool = False) -> Dict[str, object]:
+        return sequential_group_matcher("features", self.features, self._block_ends(), coarse)
+
     def forward_features(self, x: Tensor) -> Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            # Each block starts at its spatial convolution, so recomputing it reads what it first read.
+            return run_segments(split_at(self.features, self._block_ends()), x)
         return self.features(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
@@ -124,19 +140,29 @@ class NetworkInNetwork(nn.Module):
         if output_fmt != "NCHW":
             raise ValueError("NIN intermediates are NCHW only.")
         take, max_index = feature_take_indices(len(self.feature_info), indices)
-        tap_names = [str(info["module"]).split(".", 1)[1] for info in self.feature_info]
         intermediates = []
-        for name, layer in self.features.named_children():
-            x = layer(x)
-            if name in tap_names:
-                position = tap_names.index(name)
-                if position in take:
-                    intermediates.append(x)
-                if stop_early and position == max_index:
-                    break
+        for position, block in enumerate(split_at(self.features, self._block_ends())):
+            x = checkpoint_layers(block, x) if self.grad_checkpointing else run_layers(block, x)
+            if position in take:
+                intermediates.append(x)
+            if stop_early and position == max_index:
+                break
         if intermediates_only:
             return intermediates
         return x, intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop the blocks after the deepest level asked for (and the classifier) -- what features_only keeps."""
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        last = self._block_ends()[max_index]
+        names = [name for name, _ in self.features.named_children()]
+        kept = names[:names.index(last) + 1]
+        self.features = nn.Sequential(OrderedDict((name, getattr(self.features, name)) for name in kept))
+        self.feature_info = self.feature_info[:max_index + 1]
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
 
     def weight_layers(self) -> Sequence[nn.Conv2d]:
         """The nine convolutions in execution order, the classifier last."""
@@ -145,8 +171,8 @@ class NetworkInNetwork(nn.Module):
 
 
 default_cfgs = zoo_default_cfgs({
-    "nin": cifar_cfg("features.conv1", "cccp6"),
-    "nin_mnist": mnist_cfg("features.conv1", "cccp6"),
+    "nin": cifar_cfg("features.conv1", "cccp6", pool_size=(8, 8)),
+    "nin_mnist": mnist_cfg("features.conv1", "cccp6", pool_size=(7, 7)),
 })
 
 

@@ -6,14 +6,14 @@ and one thing timm models lack: ``make_stage(index, in_channels, blocks, width_m
 its stages with another depth or width. DKS builds its auxiliary heads from those copies, so every head is
 made of the backbone's own block type.
 """
-from __future__ import annotations
-
 from abc import ABCMeta, abstractmethod
 from typing import Dict, List, Optional, Tuple, Union
 
-from timm.layers import SelectAdaptivePool2d
+import torch
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
+
+from .common import TrainingHooks, check_pooling_fits, checkpoint_stage, global_pool_layer
 
 __all__ = ["StagedNet", "init_conv_bn"]
 
@@ -34,19 +34,24 @@ def init_conv_bn(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-class StagedNet(nn.Module, metaclass=ABCMeta):
-    """Subclasses set ``stem``, ``stages`` (ModuleList), ``final_norm`` and call ``_init_head``."""
+class StagedNet(TrainingHooks, nn.Module, metaclass=ABCMeta):
+    """Subclasses set ``stem``, ``stages`` (ModuleList), ``final_norm`` and call ``_init_head``. (No class-level
+    annotations of these submodules: TorchScript takes an annotated submodule for a module interface.)
 
-    stem: nn.Module
-    stages: nn.ModuleList
-    final_norm: nn.Module
+    ``set_grad_checkpointing`` recomputes every block of every stage in the backward pass (timm's ResNets do
+    the same); layer decay gives the stem, each block and the head (with the final norm) a depth of their own.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.grad_checkpointing = False
 
     def _init_head(self, num_features: int, num_classes: int, drop_rate: float = 0.0,
                    global_pool: str = "avg") -> None:
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = num_features
         self.drop_rate = drop_rate
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.global_pool = global_pool_layer(global_pool, num_classes)
         self.head_drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
         self.fc = nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -73,9 +78,11 @@ class StagedNet(nn.Module, metaclass=ABCMeta):
         return "fc" if name_only else self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
         if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+            self.global_pool = global_pool_layer(global_pool, num_classes)
+        else:
+            check_pooling_fits(self.global_pool.pool_type, num_classes)
+        self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_stem(self, x: Tensor) -> Tensor:
@@ -84,7 +91,10 @@ class StagedNet(nn.Module, metaclass=ABCMeta):
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.stem(x)
         for stage in self.stages:
-            x = stage(x)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint_stage(stage, x)
+            else:
+                x = stage(x)
         return self.final_norm(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
@@ -107,7 +117,7 @@ class StagedNet(nn.Module, metaclass=ABCMeta):
         last = len(self.stages)
         stages = self.stages[:max_index] if stop_early else self.stages
         for i, stage in enumerate(stages, start=1):
-            x = stage(x)
+            x = checkpoint_stage(stage, x) if self.grad_checkpointing else stage(x)
             if i in take:
                 intermediates.append(self.final_norm(x) if (norm and i == last) else x)
         if intermediates_only:

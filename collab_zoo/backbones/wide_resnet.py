@@ -2,8 +2,6 @@
 blocks per stage at 16k / 32k / 64k channels, a 1x1 projection where the shape changes, optional dropout
 between the two convolutions, and a final BN-ReLU before pooling.
 """
-from __future__ import annotations
-
 from typing import List, Tuple
 
 from torch import Tensor, nn
@@ -74,10 +72,10 @@ class WideResNet(StagedNet):
 
 
 default_cfgs = zoo_default_cfgs({
-    "wrn16_4": cifar_cfg("stem", "fc"),
-    "wrn16_8": cifar_cfg("stem", "fc"),
-    "wrn28_4": cifar_cfg("stem", "fc"),
-    "wrn28_10": cifar_cfg("stem", "fc"),
+    "wrn16_4": cifar_cfg("stem", "fc", pool_size=(8, 8)),
+    "wrn16_8": cifar_cfg("stem", "fc", pool_size=(8, 8)),
+    "wrn28_4": cifar_cfg("stem", "fc", pool_size=(8, 8)),
+    "wrn28_10": cifar_cfg("stem", "fc", pool_size=(8, 8)),
 })
 
 
