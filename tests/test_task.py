@@ -254,3 +254,66 @@ def test_two_process_ddp_through_the_task_keeps_ranks_identical(tmp_path):
         assert len(result["digests"]) == 2 and result["digests"][0] == result["digests"][1], kind
         # DCL's stochastic branches leave parameters unused in a step: DDP was told to look for them.
         assert result["find_unused"] is (kind == "dcl"), kind
+
+
+# The README's two loops ("Using the zoo from timm's scripts and your own loop"), run as written.
+PLAIN_LOOP = '''
+import torch, collab_zoo
+model = collab_zoo.create_model("dks_resnet20", num_classes=10)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+for images, labels in loader:
+    model.train()
+    heads = model(images)                           # every head's logits in training, main head last
+    loss, parts = model.collab_loss(heads, labels)  # the method's objective and its named parts
+    optimizer.zero_grad(); loss.backward(); optimizer.step()
+model.eval()
+scores = model(images)                              # [B, 10]: the method's inference rule
+'''
+
+TASK_LOOP = '''
+import torch, collab_zoo
+from timm.optim import create_optimizer_v2
+model = collab_zoo.create_model("cldl_nin", num_classes=10)
+task = collab_zoo.CollabTask(model, smoothing=0.1)  # a timm.task.TrainingTask
+task.setup_ema(decay=0.999)
+optimizer = create_optimizer_v2(task.get_trainable_module(), opt="sgd", lr=0.05)
+for step, (images, labels) in enumerate(loader, 1):
+    task.get_trainable_module().train()
+    out = task(images, labels)                       # {"loss", "output": [B, C] scores, and every loss part}
+    out["loss"].backward(); optimizer.step(); optimizer.zero_grad()
+    task.update_ema(step=step)
+evaluator = task.create_evaluator()
+with torch.no_grad():
+    for images, labels in loader:
+        evaluator.update(task.get_eval_model(ema=True).eval()(images), labels)
+print(evaluator.compute())                           # loss, top1, top5
+'''
+
+BOOSTING_LOOP = '''
+import torch, collab_zoo
+model = collab_zoo.create_model("complementary", member="cifar_resnet20", tau=2, num_classes=10)
+for r in range(model.num_rounds):                    # one task, and one optimizer, per round
+    task = collab_zoo.CollabTask(model, round_index=r)
+    optimizer = torch.optim.SGD(task.get_trainable_module().parameters(), lr=0.05)
+    for images, labels in loader:
+        task.get_trainable_module().train()
+        task(images, labels)["loss"].backward(); optimizer.step(); optimizer.zero_grad()
+    task.complete_round(heldout_loader)              # the member's per-class errors weight the next round
+scores = model.eval()(images)                        # the weighted ensemble (Eq. 9)
+'''
+
+
+def _batches(shape, n_batches=2, batch=8, seed=5):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch, *shape, generator=g), torch.arange(batch) % 10) for _ in range(n_batches)]
+
+
+@pytest.mark.parametrize("snippet, shape", [(PLAIN_LOOP, (3, 32, 32)), (TASK_LOOP, (3, 32, 32)),
+                                            (BOOSTING_LOOP, (3, 32, 32))], ids=["plain", "task", "boosting"])
+def test_readme_loops_run_as_written(snippet, shape, capsys):
+    scope = dict(loader=_batches(shape), heldout_loader=_batches(shape, seed=6))
+    exec(compile(snippet, "README snippet", "exec"), scope)
+    if "scores" in scope:
+        assert scope["scores"].shape == (8, 10)
+    if "evaluator" in scope:
+        assert "top1" in capsys.readouterr().out

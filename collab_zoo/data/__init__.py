@@ -1,35 +1,68 @@
-"""Data for train.py and validate.py: the built-in sets (no download) and ImageFolder trees.
+"""Data for train.py and validate.py: timm's datasets and transforms, and the built-in sets as image sources.
 
-``build_data(spec)`` returns a ``DataBundle``: train and evaluation datasets, class names, and the data config
-(input size, mean/std, interpolation, crop) a model trained on it should record in its pretrained_cfg.
+Every source hands out (PIL image, class index) pairs, as an image folder does: a folder or ``.tar`` split read
+through timm's readers (``timm.data.create_dataset``), any other map-style set ``create_dataset`` makes
+(``torch/...``, ``hfds/...``), or a built-in set (``digits``, ``multidigit-II``, ``multidigit-III``; no download).
+``ImageSamples`` views a source through its own transform (timm's ``create_transform``; ``create_loader`` sets
+it), optionally a subset of it (a process's shard, a held-out part), and can draw each sample's random
+augmentation from (seed, epoch, index) alone, so the order of loading, the worker processes and an interrupted
+epoch cannot change what a sample looks like.
+
+``build_data(spec)`` opens the data and returns a ``DataBundle``: the training and evaluation views, class
+names, and, once known, the data config (input size, mean/std, interpolation, crop) the transforms follow and a
+model trained on it records. Built-in sets know their own config; for other data it comes from the model's
+pretrained_cfg and the command line (``timm.data.resolve_data_config``), applied with ``apply_data_config``.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset, IterableDataset
 
 from ..errors import IncompatibleConfigError
-from .builtin import TensorImageDataset, channel_stats, digits_split, make_multidigit, upsample
+from .builtin import BuiltinImages, channel_stats, digits_split, make_multidigit, to_uint8, upsample
 
-__all__ = ["DataSpec", "DataBundle", "build_data", "BUILTIN", "heldout_split", "DataError"]
+__all__ = ["DataSpec", "DataBundle", "ImageSamples", "build_data", "BUILTIN", "FOLDER_NAMES", "heldout_split",
+           "DataError", "resolve_dataset_name", "TIMM_TRAIN_AUGMENTATION", "BUILTIN_TRAIN_AUGMENTATION",
+           "seed_all", "preserved_rng", "sample_key"]
 
 BUILTIN = ("digits", "multidigit-II", "multidigit-III")
+FOLDER_NAMES = ("", "folder", "imagefolder")
+_TRAIN_NAMES = ("train", "training")
+_EVAL_NAMES = ("validation", "val", "valid", "eval", "evaluation", "test")
+
+# Training augmentation when no flag says otherwise: timm's train.py defaults for image data; for the built-in
+# digits no flips, colour jitter or zoom (a mirrored 2 is not a 2; the numbers fill their frame), only their own
+# small shift (digits) or nothing (multi-digit: the layouts already jitter).
+TIMM_TRAIN_AUGMENTATION: Dict[str, Any] = dict(scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5, vflip=0.0,
+                                               color_jitter=0.4, train_interpolation="random")
+BUILTIN_TRAIN_AUGMENTATION: Dict[str, Any] = dict(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0, vflip=0.0,
+                                                  color_jitter=None, train_interpolation=None)
 
 
 class DataError(IncompatibleConfigError):
     """The data a command was pointed at is missing, empty, unreadable or does not fit the model."""
 
 
+def resolve_dataset_name(dataset: Optional[str], data_dir: Optional[str]) -> str:
+    """No --dataset: a folder dataset when --data-dir is given (as timm), else the built-in digits."""
+    if dataset is None:
+        return "" if data_dir else "digits"
+    return "" if dataset in FOLDER_NAMES else dataset
+
+
 @dataclass
 class DataSpec:
-    dataset: str = "digits"
+    dataset: Optional[str] = "digits"       # built-in name, '' / 'folder' / 'imagefolder', or timm's 'torch/...'
     data_dir: Optional[str] = None
-    input_size: Optional[int] = None         # built-in sets: square side; folders: from the model's cfg if None
+    input_size: Union[int, Sequence[int], None] = None   # built-ins: the side they are made at (C H W allowed)
     in_chans: Optional[int] = None
     md_level: int = 1
     md_train_size: int = 10_000
@@ -37,171 +70,472 @@ class DataSpec:
     seed: int = 0
     augment: bool = True
     train_split: str = "train"
-    val_split: str = "val"
+    val_split: str = "validation"
     skip_bad_images: bool = False
-    model_data_config: Dict[str, Any] = field(default_factory=dict)  # the model's resolved data config
+    model_data_config: Dict[str, Any] = field(default_factory=dict)  # a resolved data config to apply at once
+    class_map: str = ""
+    input_img_mode: Optional[str] = None
+    download: bool = False
+    train_num_samples: Optional[int] = None
+    val_num_samples: Optional[int] = None
+    input_key: Optional[str] = None
+    target_key: Optional[str] = None
 
+
+# --- sampling each sample's augmentation from (seed, epoch, index) ----------------------------------------------
+
+def seed_all(key: int) -> None:
+    """Seed Python's, numpy's and torch's CPU generators from one key."""
+    random.seed(key)
+    np.random.seed(key % (2 ** 32))
+    torch.random.default_generator.manual_seed(key)
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Python's, numpy's and torch's CPU generator states restored after the block, whatever it drew."""
+    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.random.set_rng_state(torch_state)
+
+
+def sample_key(seed: int, epoch: int, index: int) -> int:
+    return ((int(seed) * 1_000_003 + int(epoch)) * 2_147_483_647 + int(index)) % (2 ** 63)
+
+
+# --- sources -----------------------------------------------------------------------------------------------------
+
+class _ReaderSource:
+    """Image files through timm's reader (a folder of class folders, or a tar): (PIL image, class index).
+
+    timm's ImageDataset replaces an unreadable file by the next one with a warning; here it is an error that
+    names the file (or, with --skip-bad-images, it is dropped up front and counted), so a broken data set is
+    never trained on silently.
+    """
+
+    def __init__(self, reader, mode: str = "RGB"):
+        self.reader = reader
+        self.mode = mode
+        by_index = sorted(self.class_to_idx.items(), key=lambda kv: kv[1])
+        self.class_names = [str(name) for name, _ in by_index]
+
+    @property
+    def class_to_idx(self) -> Dict[str, int]:
+        # timm's folder reader calls it class_to_idx, its tar reader class_name_to_idx.
+        mapping = getattr(self.reader, "class_to_idx", None)
+        return dict(mapping if mapping is not None else self.reader.class_name_to_idx)
+
+    @property
+    def targets(self) -> List[int]:
+        targets = getattr(self.reader, "targets", None)
+        if targets is not None:
+            return [int(t) for t in targets]
+        return [int(t) for _, t in self.reader.samples]
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def describe(self, index: int) -> str:
+        try:
+            return str(self.reader.filename(index, absolute=True))
+        except Exception:
+            return f"sample {index}"
+
+    def _open(self, index: int):
+        from PIL import Image
+
+        handle, target = self.reader[index]
+        with contextlib.closing(handle) if hasattr(handle, "close") else contextlib.nullcontext(handle) as f:
+            image = Image.open(f)
+            image = image.convert(self.mode)  # decodes the pixels while the file is open
+        return image, int(target)
+
+    def __getitem__(self, index: int):
+        try:
+            return self._open(index)
+        except Exception as e:
+            raise DataError(f"Cannot read image {self.describe(index)}: {type(e).__name__}: {e}. Fix or remove the "
+                            "file, or pass --skip-bad-images to drop unreadable files (they are counted and "
+                            "reported).") from e
+
+    def readable(self, index: int) -> bool:
+        try:
+            self._open(index)
+            return True
+        except Exception:
+            return False
+
+
+class _DatasetSource:
+    """Any other map-style data set from timm's create_dataset (``torch/...``, ``hfds/...``), read without its
+    own transform."""
+
+    def __init__(self, dataset, mode: str = "RGB"):
+        self.dataset = dataset
+        if hasattr(dataset, "transform"):
+            dataset.transform = None
+        self.mode = mode
+        classes = getattr(dataset, "classes", None)
+        reader = getattr(dataset, "reader", None)
+        if classes is None and reader is not None and getattr(reader, "class_to_idx", None):
+            classes = [n for n, _ in sorted(reader.class_to_idx.items(), key=lambda kv: kv[1])]
+        self.class_names = [str(c) for c in classes] if classes is not None else None
+
+    @property
+    def targets(self) -> List[int]:
+        targets = getattr(self.dataset, "targets", None)
+        if targets is not None:
+            return [int(t) for t in targets]
+        return [int(self.dataset[i][1]) for i in range(len(self.dataset))]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def describe(self, index: int) -> str:
+        return f"sample {index} of {type(self.dataset).__name__}"
+
+    def __getitem__(self, index: int):
+        item = self.dataset[index]
+        image, target = item[0], item[1]
+        if hasattr(image, "convert"):
+            image = image.convert(self.mode)
+        return image, int(target)
+
+    def readable(self, index: int) -> bool:
+        try:
+            self[index]
+            return True
+        except Exception:
+            return False
+
+
+class ImageSamples(Dataset):
+    """A view of an image source through this view's own ``transform`` (and, for training, ``augment`` before it):
+    ``view[i]`` -> (transformed image, class index). ``indices`` selects a subset (a shard, a held-out part).
+
+    After ``set_epoch(epoch, seed)`` each sample's random draws are seeded from (seed, epoch, source index), so
+    they are the same whichever worker loads the sample, in whatever order, and after a resume mid-epoch.
+    """
+
+    def __init__(self, source, indices: Optional[Sequence[int]] = None, transform=None, augment=None,
+                 class_names: Optional[List[str]] = None):
+        self.source = source
+        self.indices = list(range(len(source))) if indices is None else [int(i) for i in indices]
+        self.transform = transform
+        self.augment = augment
+        self.class_names = class_names if class_names is not None else getattr(source, "class_names", None)
+        self.seed: Optional[int] = None
+        self.epoch = 0
+        # Whether the caller restores the random generators around each batch (a training loader does, once per
+        # batch: saving numpy's state costs more than loading a small image, so not once per sample).
+        self.rng_guarded = False
+
+    def view(self, indices: Optional[Sequence[int]] = None, transform: Any = "same", augment: Any = "same"
+             ) -> "ImageSamples":
+        """Another view of the same source: a subset of this view's samples, another transform."""
+        chosen = self.indices if indices is None else [self.indices[i] for i in indices]
+        out = ImageSamples(self.source, chosen, self.transform if transform == "same" else transform,
+                           self.augment if augment == "same" else augment, self.class_names)
+        out.seed, out.epoch, out.rng_guarded = self.seed, self.epoch, self.rng_guarded
+        return out
+
+    def set_epoch(self, epoch: int, seed: Optional[int] = None) -> None:
+        self.epoch = int(epoch)
+        if seed is not None:
+            self.seed = int(seed)
+
+    @property
+    def targets(self) -> List[int]:
+        all_targets = self.source.targets
+        return [all_targets[i] for i in self.indices]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return torch.as_tensor(self.targets)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _apply(self, image):
+        if self.augment is not None:
+            image = self.augment(image)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image
+
+    def __getitem__(self, i: int):
+        index = self.indices[i]
+        image, target = self.source[index]
+        if self.seed is None:
+            return self._apply(image), target
+        if self.rng_guarded:
+            seed_all(sample_key(self.seed, self.epoch, index))
+            return self._apply(image), target
+        with preserved_rng():
+            seed_all(sample_key(self.seed, self.epoch, index))
+            return self._apply(image), target
+
+
+# --- the bundle --------------------------------------------------------------------------------------------------
 
 @dataclass
 class DataBundle:
-    train: Optional[Dataset]
-    eval: Dataset
+    train: Optional[Any]                 # ImageSamples, or timm's IterableImageDataset for streamed sets
+    eval: Any
     class_names: List[str]
     data_config: Dict[str, Any]
     skipped: int = 0
-    eval_transform: Any = None
+    builtin: bool = False
+    augment_defaults: Dict[str, Any] = field(default_factory=lambda: dict(TIMM_TRAIN_AUGMENTATION))
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def train_without_augmentation(self) -> Dataset:
+    @property
+    def map_style(self) -> bool:
+        return isinstance(self.eval, ImageSamples) and (self.train is None or isinstance(self.train, ImageSamples))
+
+    @property
+    def eval_transform(self):
+        return getattr(self.eval, "transform", None)
+
+    def apply_data_config(self, config: Dict[str, Any]) -> None:
+        """Use ``config`` (timm's data config) from now on: colour mode, and timm's default train / eval
+        transforms on the views (a loader built with create_loader replaces them with its own)."""
+        from timm.data import create_transform
+
+        config = dict(config)
+        channels = int(config["input_size"][0])
+        for key in ("mean", "std"):
+            values = tuple(float(v) for v in config[key])
+            if len(values) != channels:  # a 1-channel model's statistics for 3-channel input, or the reverse
+                values = (float(np.mean(values)),) * channels
+            config[key] = values
+        self.data_config = {**self.data_config, **config}
+        mode = "L" if channels == 1 else "RGB"
+        for view in (self.train, self.eval):
+            source = getattr(view, "source", None)
+            if source is not None:
+                source.mode = mode
+        args = {k: config[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+                if k in config}
+        if isinstance(self.eval, ImageSamples) or hasattr(self.eval, "transform"):
+            self.eval.transform = create_transform(**args, is_training=False)
+        if self.train is not None and hasattr(self.train, "transform"):
+            train_args = dict(args)
+            augment = self.augment_defaults
+            train_args.update(scale=augment["scale"], ratio=augment["ratio"], hflip=augment["hflip"],
+                              vflip=augment["vflip"], color_jitter=augment["color_jitter"])
+            if augment.get("train_interpolation"):
+                train_args["interpolation"] = augment["train_interpolation"]
+            train_args.pop("crop_pct", None)
+            train_args.pop("crop_mode", None)
+            self.train.transform = create_transform(**train_args, is_training=True)
+
+    def train_without_augmentation(self) -> ImageSamples:
         """The training images as evaluation sees them (for predictions on a held-out part of them)."""
-        if isinstance(self.train, TensorImageDataset):
-            plain = copy.copy(self.train)
-            plain.shift = 0
-            return plain
-        plain = copy.copy(self.train)
-        plain.inner = copy.copy(self.train.inner)
-        plain.inner.transform = self.eval_transform
-        return plain
+        if not isinstance(self.train, ImageSamples):
+            raise DataError("This data set is streamed (an iterable data set): a held-out part of it cannot be set "
+                            "aside. Use a folder or another map-style data set for methods that hold images out.")
+        return self.train.view(transform=self.eval_transform, augment=None)
+
+
+# --- built-in sets -----------------------------------------------------------------------------------------------
+
+def _square_side(input_size) -> Optional[int]:
+    if input_size is None:
+        return None
+    if isinstance(input_size, int):
+        return input_size
+    size = tuple(input_size)
+    if len(size) == 1:
+        return int(size[0])
+    if len(size) == 3 and size[1] != size[2]:
+        raise DataError(f"The built-in sets are square: --input-size {size} has {size[1]}x{size[2]}; use equal "
+                        "height and width.")
+    return int(size[-1])
 
 
 def _builtin(spec: DataSpec, need_train: bool) -> DataBundle:
-    if spec.dataset == "digits":
-        size = spec.input_size or 32
+    from torchvision.transforms import RandomCrop
+
+    name = spec.dataset
+    side = _square_side(spec.input_size)
+    if name == "digits":
+        size = side or 32
         train_raw, test_raw = digits_split("train"), digits_split("test")
         train_images, train_labels = upsample(train_raw.images, size), train_raw.labels
         test_images, test_labels = upsample(test_raw.images, size), test_raw.labels
         class_names = [str(i) for i in range(10)]
         shift = max(1, size // 16)
     else:
-        num_digits = 2 if spec.dataset == "multidigit-II" else 3
-        size = spec.input_size or 28
+        num_digits = 2 if name == "multidigit-II" else 3
+        size = side or 28
         train_images, train_labels = make_multidigit(num_digits, spec.md_level, "train", spec.md_train_size,
                                                      spec.seed, size)
         test_images, test_labels = make_multidigit(num_digits, spec.md_level, "test", spec.md_test_size,
                                                    spec.seed + 1, size)
         class_names = [str(i).zfill(num_digits) for i in range(10 ** num_digits)]
         shift = 0  # the layouts already jitter; shifting would move digits out of the number's box
-    mean, std = channel_stats(train_images)
-    channels = spec.in_chans or 1
+    channels = spec.in_chans
+    if channels is None and spec.input_size is not None and not isinstance(spec.input_size, int) \
+            and len(tuple(spec.input_size)) == 3:
+        channels = int(tuple(spec.input_size)[0])
+    channels = channels or 1
     if channels not in (1, 3):
-        raise DataError(f"{spec.dataset} is grayscale: in_chans must be 1 (or 3 to replicate it), got {channels}.")
+        raise DataError(f"{name} is grayscale: in_chans must be 1 (or 3 to replicate it), got {channels}.")
+    train_u8, test_u8 = to_uint8(train_images), to_uint8(test_images)
+    mean, std = channel_stats(torch.from_numpy(train_u8).float()[:, None] / 255.0)
     mean, std = mean * channels, std * channels
-    train = TensorImageDataset(train_images, train_labels, mean, std, shift=shift if spec.augment else 0,
-                               channels=channels, class_names=class_names) if need_train else None
-    test = TensorImageDataset(test_images, test_labels, mean, std, channels=channels, class_names=class_names)
+    test = ImageSamples(BuiltinImages(test_u8, test_labels, class_names))
+    train = None
+    if need_train:
+        # The digits' own augmentation: pad by `shift` pixels and crop back (a small translation), before timm's.
+        augment = RandomCrop(size, padding=shift) if shift and spec.augment else None
+        train = ImageSamples(BuiltinImages(train_u8, train_labels, class_names), augment=augment)
     config = dict(input_size=(channels, size, size), mean=mean, std=std, interpolation="bilinear", crop_pct=1.0,
                   crop_mode="center", label_names=tuple(class_names))
-    return DataBundle(train, test, class_names, config)
+    bundle = DataBundle(train, test, class_names, {}, builtin=True,
+                        augment_defaults=dict(BUILTIN_TRAIN_AUGMENTATION))
+    bundle.apply_data_config(config)
+    return bundle
 
 
-def _check_folder(root: Path, split: str) -> Path:
-    folder = root / split
-    if not root.exists():
-        raise DataError(f"--data-dir {root} does not exist. Give a folder holding '{split}/<class>/<image>' trees, "
-                        "or use a built-in set: --dataset digits.")
-    if not folder.is_dir():
-        raise DataError(f"{root} has no '{split}' folder. Expected {root}/{split}/<class name>/<images> "
-                        f"(and {root}/val/... for evaluation); --train-split/--val-split name other folders.")
+# --- folders, tars and timm's other sources ----------------------------------------------------------------------
+
+def _split_root(root: Path, split: str) -> Path:
+    """The folder (or .tar) holding one split: ``root/split``, or one of timm's synonyms for it."""
+    names = [split]
+    if split in _TRAIN_NAMES:
+        names += [n for n in _TRAIN_NAMES if n != split]
+    elif split in _EVAL_NAMES:
+        names += [n for n in _EVAL_NAMES if n != split]
+    for name in names:
+        for candidate in (root / name, root / f"{name}.tar"):
+            if candidate.exists():
+                return candidate
+    tried = ", ".join(f"{n}/" for n in names)
+    raise DataError(f"{root} has no '{split}' split (looked for {tried} and .tar files of those names). Expected "
+                    f"{root}/{split}/<class name>/<images>; --train-split / --val-split name other folders.")
+
+
+def _check_split_folder(folder: Path) -> None:
+    if folder.suffix == ".tar":
+        return
     classes = [d for d in folder.iterdir() if d.is_dir()]
     if not classes:
         raise DataError(f"{folder} has no class folders: put each class's images in {folder}/<class name>/.")
-    if not any(any(f.is_file() for f in d.iterdir()) for d in classes):
+    if not any(any(f.is_file() for f in d.rglob("*")) for d in classes):
         raise DataError(f"{folder} has class folders but no images in them.")
-    return folder
 
 
-def _readable(path: str) -> bool:
-    from PIL import Image
+def _open_reader_split(spec: DataSpec, split: str, class_map) -> _ReaderSource:
+    from timm.data import create_dataset
 
-    try:
-        with Image.open(path) as img:
-            img.verify()
-        return True
-    except Exception:
-        return False
-
-
-class _ReportingImageFolder(Dataset):
-    """torchvision's ImageFolder, but an unreadable file fails with its name (or was dropped up front)."""
-
-    def __init__(self, folder: Path, transform, skip_bad: bool, class_names: Optional[List[str]] = None):
-        from torchvision.datasets import ImageFolder
-
-        self.inner = ImageFolder(str(folder), transform=transform)
-        if class_names is not None and self.inner.classes != class_names:
-            raise DataError(f"{folder} has classes {self.inner.classes[:10]}..., the training split "
-                            f"{class_names[:10]}...: the splits must hold the same class folders.")
-        self.skipped = 0
-        if skip_bad:
-            good = [(p, c) for p, c in self.inner.samples if _readable(p)]
-            self.skipped = len(self.inner.samples) - len(good)
-            self.inner.samples = self.inner.imgs = good
-            self.inner.targets = [c for _, c in good]
-        self.class_names = list(self.inner.classes)
-
-    @property
-    def targets(self) -> List[int]:
-        return self.inner.targets
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def __getitem__(self, index: int):
-        path = self.inner.samples[index][0]
-        try:
-            return self.inner[index]
-        except Exception as e:
-            raise DataError(f"Cannot read image {path}: {type(e).__name__}: {e}. Fix or remove the file, or pass "
-                            "--skip-bad-images to drop unreadable files (they are counted and reported).") from e
-
-
-def _image_folder(spec: DataSpec, need_train: bool) -> DataBundle:
-    from timm.data import create_transform
-
-    if not spec.data_dir:
-        raise DataError("--dataset imagefolder needs --data-dir.")
     root = Path(spec.data_dir)
-    config = dict(spec.model_data_config)
-    if spec.input_size:
-        config["input_size"] = (config.get("input_size", (3,))[0], spec.input_size, spec.input_size)
-    if spec.in_chans:
-        config["input_size"] = (spec.in_chans, *config["input_size"][1:])
-    eval_tf = create_transform(**_transform_args(config), is_training=False)
+    folder = _split_root(root, split)
+    _check_split_folder(folder)
+    # A tar's index is never cached: timm keeps that cache (for tars over 10 GB) as a pickle next to the data.
+    extra = dict(cache_tarinfo=False) if folder.suffix == ".tar" else dict(input_key=spec.input_key)
+    try:
+        dataset = create_dataset("", root=str(folder), split=split, search_split=False, class_map=class_map,
+                                 input_img_mode=spec.input_img_mode or "RGB", **extra)
+    except RuntimeError as e:  # timm's reader: "Found 0 images in subfolders of ..."
+        raise DataError(f"{folder}: {e}") from None
+    return _ReaderSource(dataset.reader, spec.input_img_mode or "RGB")
+
+
+def _drop_unreadable(view: ImageSamples) -> int:
+    keep = [i for i in view.indices if view.source.readable(i)]
+    skipped = len(view.indices) - len(keep)
+    view.indices = keep
+    return skipped
+
+
+def _folder(spec: DataSpec, need_train: bool) -> DataBundle:
+    if not spec.data_dir:
+        raise DataError("A folder data set needs --data-dir: a folder holding train/ and validation/ (or val/) "
+                        "class folders. Without --data-dir, --dataset digits (built in) needs no files.")
+    root = Path(spec.data_dir)
+    if not root.exists():
+        raise DataError(f"--data-dir {root} does not exist. Give a folder holding 'train/<class>/<image>' and "
+                        "'val/<class>/<image>' trees, or use a built-in set: --dataset digits.")
+    if root.is_file():
+        raise DataError(f"--data-dir {root} is a file. Give the folder that holds the splits (train/ and val/, "
+                        "each a folder of class folders or a .tar of them), so training and evaluation images "
+                        "stay apart.")
+    class_map = spec.class_map or None
     train = None
-    class_names = None
     skipped = 0
     if need_train:
-        train_folder = _check_folder(root, spec.train_split)
-        train_tf = create_transform(**_transform_args(config), is_training=spec.augment)
-        train = _ReportingImageFolder(train_folder, train_tf, spec.skip_bad_images)
-        class_names, skipped = train.class_names, train.skipped
-    eval_folder = _check_folder(root, spec.val_split)
-    evaluation = _ReportingImageFolder(eval_folder, eval_tf, spec.skip_bad_images, class_names)
-    skipped += evaluation.skipped
+        train = ImageSamples(_open_reader_split(spec, spec.train_split, class_map))
+        class_map = class_map or train.source.class_to_idx
+    evaluation = ImageSamples(_open_reader_split(spec, spec.val_split, class_map))
+    if train is not None and evaluation.source.class_names != train.class_names:
+        missing = sorted(set(evaluation.source.class_names) - set(train.class_names))
+        raise DataError(f"The evaluation split has classes the training split lacks ({missing[:10]}): the splits "
+                        "must hold the same class folders.")
+    if spec.skip_bad_images:
+        skipped = (_drop_unreadable(train) if train is not None else 0) + _drop_unreadable(evaluation)
     if (train is not None and len(train) == 0) or len(evaluation) == 0:
         raise DataError(f"No readable images under {root} ({skipped} unreadable files were skipped).")
-    config["label_names"] = tuple(evaluation.class_names)
-    return DataBundle(train, evaluation, evaluation.class_names, config, skipped, eval_tf)
+    class_names = (train or evaluation).class_names
+    bundle = DataBundle(train, evaluation, class_names, {"label_names": tuple(class_names)}, skipped)
+    if spec.model_data_config:
+        bundle.apply_data_config(spec.model_data_config)
+    return bundle
 
 
-def _transform_args(config: Dict[str, Any]) -> Dict[str, Any]:
-    keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
-    return {k: config[k] for k in keys if k in config}
+def _timm_dataset(spec: DataSpec, need_train: bool) -> DataBundle:
+    """``torch/...``, ``hfds/...``, ``hfids/...``, ``tfds/...``, ``wds/...``: timm's create_dataset as is."""
+    from timm.data import create_dataset
+
+    def make(split: str, training: bool, num_samples):
+        try:
+            return create_dataset(spec.dataset, root=spec.data_dir, split=split, is_training=training,
+                                  class_map=spec.class_map or None, download=spec.download, seed=spec.seed,
+                                  input_img_mode=spec.input_img_mode or "RGB", input_key=spec.input_key,
+                                  target_key=spec.target_key, num_samples=num_samples)
+        except (AssertionError, RuntimeError, OSError, ValueError, ImportError) as e:
+            raise DataError(f"--dataset {spec.dataset} (split {split}, --data-dir {spec.data_dir}): "
+                            f"{type(e).__name__}: {e}") from None
+
+    def wrap(dataset):
+        if isinstance(dataset, IterableDataset):
+            return dataset
+        return ImageSamples(_DatasetSource(dataset, spec.input_img_mode or "RGB"))
+
+    train = wrap(make(spec.train_split, True, spec.train_num_samples)) if need_train else None
+    evaluation = wrap(make(spec.val_split, False, spec.val_num_samples))
+    class_names = getattr(evaluation, "class_names", None) or getattr(train, "class_names", None) or []
+    bundle = DataBundle(train, evaluation, list(class_names), {"label_names": tuple(class_names)})
+    if spec.model_data_config:
+        bundle.apply_data_config(spec.model_data_config)
+    return bundle
 
 
 def build_data(spec: DataSpec, need_train: bool = True) -> DataBundle:
+    spec = copy.copy(spec)
+    spec.dataset = resolve_dataset_name(spec.dataset, spec.data_dir)
     if spec.dataset in BUILTIN:
+        if spec.data_dir:
+            raise DataError(f"--dataset {spec.dataset} is built in and reads no files, but --data-dir "
+                            f"{spec.data_dir} was given: drop --dataset to train on the folder, or drop --data-dir.")
         return _builtin(spec, need_train)
-    if spec.dataset in ("imagefolder", "folder", ""):
-        return _image_folder(spec, need_train)
-    raise DataError(f"Unknown --dataset {spec.dataset!r}: use one of {', '.join(BUILTIN)} or 'imagefolder' "
-                    "with --data-dir.")
+    if spec.dataset == "":
+        return _folder(spec, need_train)
+    if "/" in spec.dataset:
+        return _timm_dataset(spec, need_train)
+    raise DataError(f"Unknown --dataset {spec.dataset!r}: use a built-in set ({', '.join(BUILTIN)}), a folder "
+                    "(--data-dir DIR, no --dataset), or one of timm's sources (torch/NAME, hfds/NAME, wds/NAME...).")
 
 
-def heldout_split(bundle: DataBundle, fraction: float, seed: int) -> Tuple[Subset, Subset]:
+def heldout_split(bundle: DataBundle, fraction: float, seed: int) -> Tuple[ImageSamples, ImageSamples]:
     """Stratified (train, held-out) split of the training set, fixed by the seed; the held-out part is seen
     without augmentation.
 
@@ -210,6 +544,7 @@ def heldout_split(bundle: DataBundle, fraction: float, seed: int) -> Tuple[Subse
     """
     if not 0 < fraction < 1:
         raise DataError(f"--heldout-frac must be between 0 and 1, got {fraction}.")
+    plain = bundle.train_without_augmentation()
     targets = torch.as_tensor(bundle.train.targets)
     generator = torch.Generator().manual_seed(seed)
     held: List[int] = []
@@ -220,7 +555,5 @@ def heldout_split(bundle: DataBundle, fraction: float, seed: int) -> Tuple[Subse
         held.extend(idx[:count].tolist())
     held_set = set(held)
     kept = [i for i in range(len(targets)) if i not in held_set]
-    train, heldout = Subset(bundle.train, kept), Subset(bundle.train_without_augmentation(), sorted(held))
-    train.targets = targets[kept].tolist()
-    heldout.targets = targets[sorted(held)].tolist()
-    return train, heldout
+    return bundle.train.view(kept), plain.view(sorted(held))
+

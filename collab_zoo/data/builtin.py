@@ -10,20 +10,22 @@ per-level layout (spacing, so possible overlap; scale; rotation; flips; position
 box of the whole number rescaled to the output size. The paper shows its 5 two-digit and 10 three-digit layouts
 only as pictures; ours are a ladder of the same ingredients where a larger level is harder (``LEVELS``). Every
 image is a function of (level, split, seed, index), so a run is reproducible from its seed.
+
+Both are handed out as 8-bit grey images (``BuiltinImages``), as an image folder's files are, so timm's
+transforms and loaders treat them like any other image data.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import Dataset
 
-__all__ = ["DigitsData", "digits_split", "MultiDigitLayout", "LEVELS", "make_multidigit", "TensorImageDataset",
+__all__ = ["DigitsData", "digits_split", "MultiDigitLayout", "LEVELS", "make_multidigit", "BuiltinImages", "to_uint8",
            "upsample", "channel_stats"]
 
 _SPLIT_SEED = 0
@@ -69,31 +71,23 @@ def channel_stats(images: Tensor) -> Tuple[Tuple[float, ...], Tuple[float, ...]]
     return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
 
 
-class TensorImageDataset(Dataset):
-    """In-memory images [N, C, H, W] in [0, 1] with labels; normalised, optionally shifted at random.
+def to_uint8(images: Tensor) -> np.ndarray:
+    """[N, 1, H, W] floats in [0, 1] -> [N, H, W] uint8 grey levels, the form image transforms take."""
+    return (images[:, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
-    The random shift (pad by ``shift`` pixels, crop back) is the built-in sets' augmentation. It is a function of
-    (seed, epoch, index) and draws nothing from the global RNG, so loading order, prefetching and workers cannot
-    change it, and a run resumed mid-epoch sees the same images as one that never stopped.
+
+class BuiltinImages:
+    """A built-in set as an image source: ``source[i]`` -> (PIL image, label), like an image folder's files.
+
+    The images are kept as uint8 grey levels in memory; ``mode`` ('L' or 'RGB') is the colour mode they are
+    handed out in (RGB replicates the grey level), so timm's transforms treat them as they treat image files.
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, mean: Sequence[float], std: Sequence[float],
-                 shift: int = 0, channels: Optional[int] = None, class_names: Optional[List[str]] = None):
-        if channels is not None and channels != images.shape[1]:
-            images = images.expand(-1, channels, -1, -1) if images.shape[1] == 1 else images
-        self.images = images.contiguous()
+    def __init__(self, images: np.ndarray, labels: Tensor, class_names: List[str]):
+        self.images = images
         self.labels = labels
-        self.mean = torch.tensor(mean[:1] * self.images.shape[1] if len(mean) == 1 else mean).view(-1, 1, 1)
-        self.std = torch.tensor(std[:1] * self.images.shape[1] if len(std) == 1 else std).view(-1, 1, 1)
-        self.shift = shift
-        self.class_names = class_names or [str(i) for i in range(int(labels.max()) + 1)]
-        self.seed = 0
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int, seed: Optional[int] = None) -> None:
-        self.epoch = epoch
-        if seed is not None:
-            self.seed = seed
+        self.class_names = class_names
+        self.mode = "L"
 
     @property
     def targets(self) -> List[int]:
@@ -102,14 +96,14 @@ class TensorImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> Tuple[Tensor, int]:
-        image = self.images[index]
-        if self.shift:
-            padded = F.pad(image, (self.shift,) * 4)
-            draw = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 2_147_483 + index)
-            dy, dx = torch.randint(0, 2 * self.shift + 1, (2,), generator=draw).tolist()
-            image = padded[:, dy:dy + image.shape[1], dx:dx + image.shape[2]]
-        return (image - self.mean) / self.std, int(self.labels[index])
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        image = Image.fromarray(self.images[index], mode="L")
+        return (image if self.mode == "L" else image.convert(self.mode)), int(self.labels[index])
+
+    def describe(self, index: int) -> str:
+        return f"built-in image {index}"
 
 
 # --- multi-digit numbers ---------------------------------------------------------------------------------------

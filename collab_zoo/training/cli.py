@@ -1,47 +1,64 @@
-"""train.py and validate.py, as importable functions (the scripts at the repository root only call these)."""
+"""train.py and validate.py, as importable functions (the scripts at the repository root only call these).
+
+Bad input ends with one ``error: ...`` line and exit code 2, Ctrl-C with one line and exit code 130; neither
+prints a traceback.
+"""
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
+import io
 import json
 import logging
+import math
+import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+from torch import nn
 
 from ..errors import CollabZooError
-from .args import MAIN_JOB, parse_args
+from .args import MAIN_JOB, ConfigFileError, parse_args, parse_validate_args
 
-__all__ = ["train_main", "validate_main", "build_validate_parser", "validate_models"]
+__all__ = ["train_main", "validate_main", "validate_models", "adapt_first_conv"]
 
 _logger = logging.getLogger("collab_zoo.train")
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
 
 
 def _setup_logging(main_process: bool) -> None:
     logging.basicConfig(level=logging.INFO if main_process else logging.WARNING, format="%(message)s", force=True)
-    for noisy in ("httpx", "httpx2", "timm", "huggingface_hub"):
+    for noisy in ("httpx", "httpx2", "timm", "huggingface_hub", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _is_main_process() -> bool:
-    import os
-
     return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) in ("0", "")
 
 
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
 def train_main(argv: List[str]) -> int:
-    """Train, and with --baseline train the baseline the same way; print the comparison. Exit code 2 on bad input."""
-    from .engine import run_training
+    """Train, and with --baseline train the baseline the same way; print the comparison. Exit code 2 on bad input,
+    130 when interrupted (checkpoints/last then holds where it stopped)."""
+    from .engine import TrainingInterrupted, run_training
     from .report import comparison_table
 
     main_job = not argv
     if main_job:
         argv = list(MAIN_JOB)
-    args = parse_args(argv)
     _setup_logging(_is_main_process())
+    try:
+        args = parse_args(argv)
+    except ConfigFileError as e:
+        return _error(str(e))
     if main_job:
         _logger.info("No arguments: the built-in main job (%s).", " ".join(MAIN_JOB))
     try:
@@ -51,9 +68,14 @@ def train_main(argv: List[str]) -> int:
             baseline.model, baseline.model_kwargs = args.baseline, {}
             baseline.experiment = f"{args.experiment}-baseline-{args.baseline}"
             results.append(run_training(baseline))
+    except TrainingInterrupted as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("interrupted before training started (or at a second Ctrl-C): nothing more was saved.", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (CollabZooError, FileNotFoundError, FloatingPointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _error(str(e))
     if _is_main_process():
         print()
         print(comparison_table(results))
@@ -69,153 +91,222 @@ def train_main(argv: List[str]) -> int:
 
 # --- validate.py ---------------------------------------------------------------------------------------------------
 
-def build_validate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="validate.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description="Evaluate one or more models: top-1, top-5, each head's top-1, per-class.")
-    p.add_argument("--model", nargs="+", required=True,
-                   help="architecture(s), arch.tag, hf-hub:org/repo or local-dir:DIR; several are evaluated in turn")
-    p.add_argument("--pretrained", action="store_true", help="load the model's published weights")
-    p.add_argument("--checkpoint", default=None,
-                   help="weights to evaluate: a safetensors file, a checkpoint folder, or a train.py run folder")
-    p.add_argument("--num-classes", type=int, default=None)
-    p.add_argument("--in-chans", type=int, default=None)
-    p.add_argument("--model-kwargs", nargs="*", default={}, action=_kwargs_action())
-    p.add_argument("--dataset", default="digits", help="digits, multidigit-II, multidigit-III, or imagefolder")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--split", default="val", help="the ImageFolder split to evaluate")
-    p.add_argument("--input-size", type=int, default=None)
-    p.add_argument("--md-level", type=int, default=1)
-    p.add_argument("--md-test-size", type=int, default=2_000)
-    p.add_argument("--seed", type=int, default=42, help="the multi-digit sets are generated from it")
-    p.add_argument("-b", "--batch-size", type=int, default=128)
-    p.add_argument("-j", "--workers", type=int, default=0)
-    p.add_argument("--skip-bad-images", action="store_true")
-    p.add_argument("--amp", action="store_true")
-    p.add_argument("--results-file", default=None, help="write results here: .json or .csv")
-    p.add_argument("--cpu", action="store_true")
-    return p
+def adapt_first_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """A first convolution's weights for ``in_chans`` input channels, by timm's rule (``adapt_input_conv``):
+    to one channel, the filters are summed; to more, they are repeated across the new channels and scaled so that
+    an image whose channels are all equal gives the same response. timm's function converts only from three
+    channels; this one from any count (a model trained on 1-channel digits, used on RGB input)."""
+    from timm.models import adapt_input_conv
+
+    have = weight.shape[1]
+    if in_chans == 1 or have == 3:
+        return adapt_input_conv(in_chans, weight)
+    repeat = int(math.ceil(in_chans / have))
+    adapted = weight.float().repeat(1, repeat, 1, 1)[:, :in_chans] * (have / float(in_chans))
+    return adapted.to(weight.dtype)
 
 
-def _kwargs_action():
-    from .args import ParseKwargs
-
-    return ParseKwargs
-
-
-def _checkpoint_weights(path: Path):
-    """(weights file, run settings or None) for a safetensors file, checkpoint folder or run folder."""
-    if path.is_file():
-        return path, None
-    for folder in (path, path / "checkpoints" / "best", path / "checkpoints" / "last"):
-        if (folder / "model.safetensors").is_file():
-            state = None
-            for candidate in (folder / "state.json", folder.parent / "last" / "state.json"):
-                if candidate.is_file():
-                    state = json.loads(candidate.read_text())
-                    break
-            return folder / "model.safetensors", state
-    raise FileNotFoundError(f"--checkpoint {path}: no model.safetensors there (nor in checkpoints/best or last).")
+def _first_conv_key(model: nn.Module) -> Optional[str]:
+    first = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
+    if isinstance(first, (list, tuple)):
+        first = first[0] if first else None
+    return f"{first}.weight" if first else None
 
 
-def _build_for_validation(name: str, args, data_classes: Optional[int]):
+def _load_checkpoint_weights(model: nn.Module, weights: Path, name: str) -> List[str]:
+    """Load a checkpoint strictly, adapting the first convolution to the model's input channels; returns notes."""
     from ..errors import IncompatibleConfigError
-    from ..factory import create_model
     from ..weights import load_safetensors_file
 
+    state = load_safetensors_file(weights)
+    own = model.state_dict()
+    notes = []
+    key = _first_conv_key(model)
+    if key and key in state and key in own and state[key].shape != own[key].shape \
+            and state[key].shape[0] == own[key].shape[0] and state[key].shape[2:] == own[key].shape[2:]:
+        notes.append(f"{key}: {state[key].shape[1]} -> {own[key].shape[1]} input channels")
+        state[key] = adapt_first_conv(state[key], own[key].shape[1])
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise IncompatibleConfigError(f"{weights} lacks {len(missing)} of {name}'s tensors (e.g. {missing[:3]}).")
+    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if state[k].shape != v.shape]
+    if shapes:
+        raise IncompatibleConfigError(f"{weights} does not fit {name}: {'; '.join(shapes[:5])}. Check --num-classes, "
+                                      "--in-chans and --model-kwargs against the run that wrote it.")
+    model.load_state_dict(state, strict=True)
+    return notes
+
+
+def _builtin_class_count(dataset: str) -> Optional[int]:
+    return {"digits": 10, "multidigit-II": 100, "multidigit-III": 1000}.get(dataset)
+
+
+def _build_for_validation(name: str, args, checkpoint: Optional[str], data_classes: Optional[int]
+                          ) -> Tuple[nn.Module, Optional[Dict[str, Any]], List[str]]:
+    from ..errors import IncompatibleConfigError
+    from ..factory import create_model
+    from .checkpoint import find_checkpoint_weights
+
     kwargs = dict(args.model_kwargs or {})
-    num_classes, in_chans = args.num_classes, args.in_chans
-    weights, state = (None, None)
-    if args.checkpoint:
-        weights, state = _checkpoint_weights(Path(args.checkpoint))
+    if args.gp is not None:
+        kwargs["global_pool"] = args.gp
+    num_classes = args.num_classes
+    in_chans = args.in_chans or (args.input_size[0] if args.input_size else None)
+    weights, state = None, None
+    if checkpoint:
+        weights, state = find_checkpoint_weights(Path(checkpoint), use_ema=args.use_ema)
         if state is not None:
             saved = state["args"]
             if name != saved["model"]:
-                raise IncompatibleConfigError(f"--checkpoint was trained as {saved['model']}, not {name}.")
+                raise IncompatibleConfigError(f"--checkpoint {checkpoint} was trained as {saved['model']}, not {name}.")
             kwargs = {**saved.get("model_kwargs", {}), **kwargs}
-            in_chans = in_chans or saved.get("in_chans")
-    if args.checkpoint and num_classes is None:
-        num_classes = data_classes
+            saved_chans = saved.get("in_chans") or (saved.get("input_size") or [None])[0]
+            if saved_chans is None and saved.get("dataset") in ("digits", "multidigit-II", "multidigit-III"):
+                saved_chans = 1
+            in_chans = in_chans or saved_chans
+        num_classes = num_classes or data_classes
+    elif args.use_ema:
+        raise IncompatibleConfigError("--use-ema picks the EMA weights of a --checkpoint; give one.")
     model = create_model(name, pretrained=args.pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    notes: List[str] = []
     if weights is not None:
-        state_dict = load_safetensors_file(weights)
-        own = model.state_dict()
-        missing = [k for k in own if k not in state_dict]
-        if missing:
-            raise IncompatibleConfigError(f"{weights} lacks {len(missing)} of {name}'s tensors (e.g. {missing[:3]}).")
-        model.load_state_dict(state_dict, strict=True)
-    return model
+        notes = _load_checkpoint_weights(model, weights, name)
+    return model, state, notes
+
+
+def _reported_heads(model: nn.Module) -> Tuple[List[str], List[int], List[str]]:
+    """Every head's name, the indices of those whose classifier came from the weights, and the names of the ones
+    left out: a Hub folder
+    of a DKS model carries only the main path, so its auxiliary heads are built fresh and mean nothing."""
+    from ..contract import head_names_of
+
+    names = list(head_names_of(model))
+    report = getattr(model, "pretrained_load_report", None)
+    fresh = set(report.initialised) if report is not None else set()
+    classifiers = list(model.classifier_names()) if hasattr(model, "classifier_names") else []
+    if not fresh or len(classifiers) != len(names):
+        return names, list(range(len(names))), []
+    kept = [i for i, c in enumerate(classifiers) if f"{c}.weight" not in fresh]
+    left_out = [names[i] for i in range(len(names)) if i not in kept]
+    return names, kept, left_out
+
+
+def _validation_data(args, name: str, model: nn.Module, state: Optional[Dict[str, Any]]):
+    """The data to evaluate ``model`` on, through timm's eval transform of the right data config."""
+    from timm.data import resolve_data_config
+
+    from ..data import DataSpec, build_data, resolve_dataset_name
+    from .engine import _input_channels
+
+    dataset = resolve_dataset_name(args.dataset, args.data_dir)
+    chans = _input_channels(model, args)
+    builtin = _builtin_class_count(dataset) is not None
+    saved = (state or {}).get("args", {})
+    size = args.input_size or args.img_size
+    if builtin and size is None:
+        size = saved.get("input_size") or saved.get("img_size") or model.pretrained_cfg.get("input_size", [None])[-1]
+    spec = DataSpec(dataset=dataset, data_dir=args.data_dir, input_size=size, in_chans=chans,
+                    md_level=args.md_level, md_test_size=args.md_test_size, seed=args.seed, val_split=args.split,
+                    skip_bad_images=args.skip_bad_images, class_map=args.class_map, input_img_mode=args.input_img_mode,
+                    download=args.dataset_download, val_num_samples=args.num_samples, input_key=args.input_key,
+                    target_key=args.target_key)
+    bundle = build_data(spec, need_train=False)
+    base = dict(bundle.data_config) if builtin else dict(model.pretrained_cfg)
+    overrides = dict(in_chans=chans, interpolation=args.interpolation or None, mean=args.mean, std=args.std,
+                     crop_pct=args.crop_pct, crop_mode=args.crop_mode)
+    if not builtin:
+        overrides.update(input_size=args.input_size, img_size=args.img_size)
+    config = resolve_data_config(overrides, pretrained_cfg=base)
+    config["input_size"] = (chans, *tuple(config["input_size"])[1:])
+    bundle.apply_data_config(config)
+    return bundle
+
+
+def _validate_one(name: str, checkpoint: Optional[str], args, device: torch.device, world: int, rank: int
+                  ) -> Dict[str, Any]:
+    from ..data import DataError, resolve_dataset_name
+    from .evaluate import evaluate, score_loss
+    from .loader import make_eval_loader
+
+    dataset = resolve_dataset_name(args.dataset, args.data_dir)
+    data_classes = _builtin_class_count(dataset)
+    if data_classes is None and checkpoint:
+        from ..data import DataSpec, build_data
+
+        data_classes = build_data(DataSpec(dataset=dataset, data_dir=args.data_dir, val_split=args.split,
+                                           class_map=args.class_map), need_train=False).num_classes or None
+    model, state, notes = _build_for_validation(name, args, checkpoint, data_classes)
+    bundle = _validation_data(args, name, model, state)
+    if bundle.num_classes and model.num_classes != bundle.num_classes:
+        raise DataError(f"{name} predicts {model.num_classes} classes, the data has {bundle.num_classes}: "
+                        "evaluate it on data with its classes, or fine-tune it first (train.py --num-classes).")
+    head_names, head_indices, left_out = _reported_heads(model)
+    if left_out and _is_main_process():
+        _logger.info("%s: heads %s are not in the weights (built fresh), so they are not reported.", name,
+                     ", ".join(left_out))
+    for note in notes:
+        _logger.info("%s: adapted %s.", name, note)
+    model = model.to(device).eval()
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loader = make_eval_loader(bundle.eval, args, bundle, device, world, rank, args.batch_size)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16 if args.amp_dtype == "bfloat16"
+                                       else torch.float16)) if args.amp else None
+    result = evaluate(model, loader, bundle.num_classes or model.num_classes, head_names, device=device,
+                      loss_fn=score_loss, head_indices=head_indices, channels_last=args.channels_last,
+                      **({"autocast": autocast} if autocast else {}))
+    class_names = bundle.class_names or [str(i) for i in range(model.num_classes)]
+    row: Dict[str, Any] = dict(model=name, dataset=dataset or args.data_dir, images=result.count, **result.as_dict(),
+                               per_class_top1=dict(zip(class_names, [round(v, 2) for v in result.per_class])),
+                               skipped_images=bundle.skipped)
+    if checkpoint:
+        row["checkpoint"] = str(checkpoint)
+        row["weights"] = "ema" if args.use_ema else "model"
+    if left_out:
+        row["heads_not_in_weights"] = left_out
+    if _is_main_process():
+        heads = ", ".join(f"{k[5:]} {v:.2f}" for k, v in row.items() if k.startswith("top1_"))
+        top5 = f" top-5 {row['top5']:.2f}%" if row.get("top5") is not None else ""
+        where = f" ({checkpoint}{', EMA' if args.use_ema else ''})" if checkpoint else ""
+        print(f"{name}{where}: top-1 {row['top1']:.2f}%{top5} loss {row['loss']:.4f} on {result.count} images"
+              + (f" (heads: {heads})" if heads else ""))
+    return row
 
 
 def validate_models(args) -> List[Dict[str, Any]]:
-    from accelerate import Accelerator
-    from timm.data import resolve_data_config
+    from accelerate import PartialState
 
-    from ..data import DataError, DataSpec, build_data
-    from .engine import _eval_loader
-    from .evaluate import evaluate
+    from .checkpoint import expand_checkpoint_pattern
 
-    accelerator = Accelerator(cpu=args.cpu or not torch.cuda.is_available(),
-                              mixed_precision="bf16" if args.amp else "no")
+    if args.device_modules:
+        import importlib
+
+        for module in args.device_modules:
+            importlib.import_module(module)
+    state = PartialState(cpu=args.cpu or not torch.cuda.is_available())
+    checkpoints = expand_checkpoint_pattern(args.checkpoint) if args.checkpoint else [None]
     results = []
     for name in args.model:
-        builtin = args.dataset != "imagefolder"
-        spec = DataSpec(dataset=args.dataset, data_dir=args.data_dir, input_size=args.input_size,
-                        in_chans=args.in_chans, md_level=args.md_level, md_test_size=args.md_test_size,
-                        seed=args.seed, val_split=args.split, skip_bad_images=args.skip_bad_images)
-        data_classes = None
-        if builtin:
-            bundle = build_data(spec, need_train=False)
-            data_classes = bundle.num_classes
-            model = _build_for_validation(name, _with(args, in_chans=args.in_chans or bundle.data_config["input_size"][0]),
-                                          data_classes)
-        else:
-            model = _build_for_validation(name, args, data_classes)
-            spec.model_data_config = resolve_data_config(model=model)
-            bundle = build_data(spec, need_train=False)
-            data_classes = bundle.num_classes
-        if model.num_classes != bundle.num_classes:
-            raise DataError(f"{name} predicts {model.num_classes} classes, the data has {bundle.num_classes}: "
-                            "evaluate it on data with its classes, or fine-tune it first (train.py --num-classes).")
-        model = model.to(accelerator.device).eval()
-        loader = _eval_loader(bundle.eval, argparse.Namespace(batch_size=args.batch_size, workers=args.workers),
-                              accelerator)
-        result = evaluate(model, loader, accelerator, bundle.num_classes)
-        row = dict(model=name, dataset=args.dataset, images=result.count, **result.as_dict(),
-                   per_class_top1=dict(zip(bundle.class_names, [round(v, 2) for v in result.per_class])),
-                   skipped_images=bundle.skipped)
-        results.append(row)
-        if accelerator.is_main_process:
-            heads = ", ".join(f"{k[5:]} {v:.2f}" for k, v in row.items() if k.startswith("top1_"))
-            top5 = f" top-5 {row['top5']:.2f}%" if row.get("top5") is not None else ""
-            print(f"{name}: top-1 {row['top1']:.2f}%{top5} on {result.count} images (heads: {heads})")
+        for checkpoint in checkpoints:
+            results.append(_validate_one(name, checkpoint, args, state.device, state.num_processes,
+                                         state.process_index))
     return results
 
 
-def _with(args, **changes):
-    updated = copy.copy(args)
-    for key, value in changes.items():
-        setattr(updated, key, value)
-    return updated
-
-
-def _write_results(path: Path, results: List[Dict[str, Any]]) -> None:
+def _write_results(path: Path, results: List[Dict[str, Any]], fmt: str) -> None:
     from ..hub import atomic_write_text
 
-    if path.suffix == ".json":
+    if fmt == "json":
         atomic_write_text(path, json.dumps(results, indent=2))
         return
-    if path.suffix != ".csv":
-        raise ValueError(f"--results-file must end in .json or .csv, got {path.name}.")
     columns: List[str] = []
     for r in results:
         columns += [k for k in r if k not in columns and k != "per_class_top1"]
     rows = []
     for r in results:
-        row = {k: r.get(k, "") for k in columns}
+        row = {k: (json.dumps(r[k]) if isinstance(r.get(k), (list, dict)) else r.get(k, "")) for k in columns}
         row["per_class_top1"] = json.dumps(r.get("per_class_top1", {}))
         rows.append(row)
-    import io
-
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns + ["per_class_top1"])
     writer.writeheader()
@@ -224,16 +315,21 @@ def _write_results(path: Path, results: List[Dict[str, Any]]) -> None:
 
 
 def validate_main(argv: List[str]) -> int:
-    args = build_validate_parser().parse_args(argv)
     _setup_logging(_is_main_process())
-    if args.results_file and Path(args.results_file).suffix not in (".json", ".csv"):
-        print(f"error: --results-file must end in .json or .csv, got {args.results_file}", file=sys.stderr)
-        return 2
+    args = parse_validate_args(argv)
+    fmt = None
+    if args.results_file:
+        fmt = args.results_format or Path(args.results_file).suffix.lstrip(".")
+        if fmt not in ("json", "csv"):
+            return _error(f"--results-file must end in .json or .csv (or give --results-format csv|json), got "
+                          f"{args.results_file}.")
     try:
         results = validate_models(args)
+    except KeyboardInterrupt:
+        print("interrupted: no results written.", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (CollabZooError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _error(str(e))
     if args.results_file and _is_main_process():
-        _write_results(Path(args.results_file), results)
+        _write_results(Path(args.results_file), results, fmt)
     return 0

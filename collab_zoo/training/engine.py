@@ -1,14 +1,16 @@
-"""The training loop behind train.py: any zoo or timm model, through the model contract, on accelerate.
+"""The training loop behind train.py: any zoo or timm model, one ``CollabTask`` per round, timm's loop shape.
 
-One loop serves every method. Training happens in rounds (one for most methods, tau for class-level boosting);
-each round names the module to optimise and its loss (``contract.training_round_of``), and a round that asks
-for it ends with predictions on a held-out part of the training set (``complete_round_of``). Nothing here
-knows which method it is training.
+Each round of training is a ``CollabTask`` (one round for most methods, tau for class-level boosting): the task
+names the module to optimise and returns the round's loss, the method's scores and the loss parts; the loop
+around it is timm's (``task(input, target)``, backward, optimizer step, EMA update, ``distribute_bn``, evaluation,
+``update_summary``, timm's optimizers and schedulers). A round that asks for it ends with the module's
+predictions on a held-out part of the training set (``task.complete_round``). Nothing here knows which method
+it is training.
 
-Processes: ``python train.py`` is one process; ``accelerate launch [--multi_gpu] train.py`` gives DDP across
-GPUs or, with the CPU forced, across CPU processes (gloo). Data is sharded with DistributedSampler; every
-shard and every augmentation is a function of (seed, epoch, index), so a run resumed from a checkpoint
-continues exactly as if it had never stopped.
+Processes: ``python train.py`` is one process; ``accelerate launch [--multi_gpu] train.py`` (or torchrun) gives
+DDP across GPUs or, with the CPU forced, across CPU processes (gloo); the task wraps its module in DDP. Data is
+sharded by (seed, epoch) and every sample's augmentation is a function of (seed, epoch, index), so a run
+resumed from a checkpoint, even mid-epoch, continues exactly as if it had never stopped.
 """
 from __future__ import annotations
 
@@ -17,115 +19,124 @@ import hashlib
 import json
 import logging
 import math
-import os
-import shutil
+import signal
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Subset
 
-from ..contract import (complete_round_of, head_names_of, heads_of, is_soft_target, num_rounds_of,
-                        training_round_of, write_figures_of)
-from ..data import DataBundle, DataError, DataSpec, build_data, heldout_split
+from ..contract import head_names_of, num_rounds_of, write_figures_of
+from ..data import DataBundle, DataError, DataSpec, build_data, heldout_split, resolve_dataset_name
 from ..errors import IncompatibleConfigError
 from ..factory import create_model
 from ..hub import atomic_write_text, push_to_hub, save_for_hub
-from .checkpoint import (CHECKPOINT_FORMAT, latest_checkpoint, load_tensors_and_json, publish_folder,
-                         restore_rng_state, rng_state, save_tensors_and_json)
-from .evaluate import EvalResult, evaluate, predict_all
+from .checkpoint import (CHECKPOINT_FORMAT, CheckpointHistory, find_checkpoint_weights, latest_checkpoint,
+                         load_tensors_and_json, restore_rng_state, rng_state, write_checkpoint, write_weights)
+from .evaluate import EvalResult, evaluate
+from .loader import guarded_batches, make_eval_loader, make_train_loader
 from .report import SummaryWriter, plot_training_curves
+from .task import CollabTask
 
 _logger = logging.getLogger("collab_zoo.train")
 
-__all__ = ["Progress", "make_accelerator", "run_training"]
+__all__ = ["Progress", "run_training", "TrainingInterrupted"]
 
 # Settings that change the computation: a resumed run must keep them as the checkpoint recorded them.
-_FIXED_ON_RESUME = ("model", "dataset", "data_dir", "num_classes", "in_chans", "input_size", "model_kwargs",
-                    "batch_size", "grad_accum_steps", "seed", "md_level", "md_train_size", "md_test_size",
-                    "heldout_frac", "opt", "lr", "weight_decay", "sched", "mixup", "cutmix", "smoothing")
+# (--epochs may change: it extends, or shortens, the run.)
+_FIXED_ON_RESUME = ("model", "dataset", "data_dir", "num_classes", "in_chans", "input_size", "img_size",
+                    "model_kwargs", "batch_size", "grad_accum_steps", "seed", "md_level", "md_train_size",
+                    "md_test_size", "heldout_frac", "opt", "lr", "lr_base", "weight_decay", "sched", "mixup",
+                    "cutmix", "smoothing", "aa", "reprob", "scale", "ratio", "hflip", "color_jitter", "drop",
+                    "drop_path", "pretrained", "pretrained_path", "initial_checkpoint")
+# Settings a resumed run takes from its own command line rather than from the checkpoint.
+_TAKEN_ON_RESUME = ("resume", "workers", "log_with", "log_wandb", "push_to_hub", "log_interval", "output", "cpu",
+                    "device", "recovery_interval", "no_resume_opt", "pin_mem", "explicit")
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C (SIGINT) stopped training; ``checkpoints/last`` holds where it stopped."""
 
 
 @dataclass
 class Progress:
-    round: int = 0          # round being trained
-    epoch: int = 0          # epoch (within the round) being trained
-    batch: int = 0          # batches of that epoch already done
-    step: int = 0           # optimizer steps in this round
-    global_step: int = 0    # optimizer steps in the whole run
-    best_top1: float = -1.0
+    round: int = 0           # round being trained
+    epoch: int = 0           # epoch (within the round) being trained
+    batch: int = 0           # batches of that epoch already done
+    step: int = 0            # optimizer steps in this round
+    global_step: int = 0     # optimizer steps in the whole run
+    best_metric: Optional[float] = None
     best_round: int = -1
     best_epoch: int = -1
+    train_seconds: float = 0.0        # time spent training, over every call of train.py that ran this run
+    images_seen: int = 0
+    rounds_log: List[Dict[str, Any]] = field(default_factory=list)
+    history: List[List[Any]] = field(default_factory=list)   # --checkpoint-hist: [metric, folder] best first
 
 
-def make_accelerator(args, find_unused_parameters: bool = False):
-    """The run's Accelerator: devices, DDP, mixed precision, trackers, torch.compile."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
+class _Interrupt:
+    """SIGINT sets a flag the loop reads after each optimizer step (a second one stops at once)."""
 
-    cpu = args.cpu or not torch.cuda.is_available()
-    precision = "no"
-    if args.amp:
-        precision = "bf16" if args.amp_dtype == "bfloat16" else "fp16"
-        if precision == "fp16" and cpu:
-            raise IncompatibleConfigError("--amp-dtype float16 needs a GPU; on the CPU use bfloat16 (the default).")
-    log_with = args.log_with
-    if log_with == "auto":
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        def handler(signum, frame):
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+
         try:
-            import tensorboard  # noqa: F401
-            log_with = "tensorboard"
-        except ImportError:
-            log_with = None
-    elif log_with in ("none", ""):
-        log_with = None
-    # accelerate keeps its settings (mixed precision above all) in a process-wide singleton and refuses to change
-    # them. One process may run several trainings in turn (tests, benchmarks, a notebook), so each run starts
-    # from fresh settings. PartialState, which holds the process group, is kept: DDP stays initialised.
-    from accelerate.state import AcceleratorState, GradientState
+            self._previous = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread: no handler, Ctrl-C behaves as Python's default
+            self._previous = None
+        return self
 
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
-    return Accelerator(
-        cpu=cpu,
-        mixed_precision=precision,
-        log_with=log_with,
-        project_dir=args.output,
-        dynamo_backend=args.torchcompile.upper() if args.torchcompile else None,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
-        rng_types=[],  # no hidden RNG broadcasts: every random draw is seeded explicitly (exact resume)
-    )
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
 
 
-# --- data loading --------------------------------------------------------------------------------------------------
+class _ProgressLines:
+    """A progress bar on a terminal; elsewhere (a log file, a pipe) one line every ``interval`` steps."""
 
-def _dataset_of(dataset):
-    return dataset.dataset if isinstance(dataset, Subset) else dataset
+    def __init__(self, enabled: bool, total: int, initial: int, desc: str, interval: int):
+        self.enabled, self.total, self.done, self.desc = enabled, total, initial, desc
+        self.interval = max(1, int(interval))
+        self.bar = None
+        self.started = time.perf_counter()
+        if enabled and sys.stdout.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
+
+    def update(self, loss: float, loss_avg: float, lr: float, images: int) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(1)
+            if self.done % self.interval == 0:
+                self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+            return
+        if self.done % self.interval == 0 or self.done == self.total:
+            rate = images / max(time.perf_counter() - self.started, 1e-9)
+            _logger.info("%s [%d/%d]  loss %.4g (%.4g)  lr %.3e  %.1f img/s", self.desc, self.done, self.total,
+                         loss, loss_avg, lr, rate)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
-def _train_loader(dataset, args, accelerator, epoch: int, skip_batches: int) -> Tuple[DataLoader, int]:
-    base = _dataset_of(dataset)
-    if hasattr(base, "set_epoch"):
-        base.set_epoch(epoch, args.seed)
-    sampler = DistributedSampler(dataset, num_replicas=accelerator.num_processes, rank=accelerator.process_index,
-                                 shuffle=True, seed=args.seed, drop_last=False)
-    sampler.set_epoch(epoch)
-    batches = list(BatchSampler(sampler, args.batch_size, drop_last=False))
-    loader = DataLoader(dataset, batch_sampler=batches[skip_batches:], num_workers=args.workers,
-                        pin_memory=accelerator.device.type == "cuda")
-    return loader, len(batches)
+def _explicit_flags(args) -> set:
+    return set(getattr(args, "explicit", None) or ())
 
-
-def _eval_loader(dataset, args, accelerator) -> DataLoader:
-    indices = list(range(accelerator.process_index, len(dataset), accelerator.num_processes))
-    return DataLoader(Subset(dataset, indices), batch_size=max(args.batch_size, 64), shuffle=False,
-                      num_workers=args.workers)
-
-
-# --- the run -----------------------------------------------------------------------------------------------------
 
 class _Run:
     """State of one training run (the method's, or the baseline's)."""
@@ -135,23 +146,36 @@ class _Run:
         from accelerate.utils import set_seed
 
         self.args = args
-        # Process facts first; the Accelerator itself waits for the model (DDP options depend on it).
+        if getattr(args, "device_modules", None):
+            import importlib
+
+            for module in args.device_modules:
+                importlib.import_module(module)
         self.processes = PartialState(cpu=args.cpu or not torch.cuda.is_available())
+        self.device = self.processes.device
+        self.world, self.rank = self.processes.num_processes, self.processes.process_index
+        self.is_main = self.processes.is_main_process
+        self.amp_dtype = torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16
+        if args.amp and self.amp_dtype == torch.float16 and self.device.type != "cuda":
+            raise IncompatibleConfigError("--amp-dtype float16 needs a GPU; on the CPU use bfloat16 (the default).")
         self.progress = Progress()
         self.partial: Dict[str, Any] = {}
         self.resume_dir: Optional[Path] = None
+        self.saved_epochs: Optional[int] = None
         if args.resume:
             self.resume_dir = latest_checkpoint(Path(args.resume))
             self._adopt_saved_args()
+        args.dataset = resolve_dataset_name(args.dataset, args.data_dir)
         set_seed(args.seed)
-        self.bundle = self._build_data()
-        self.model = self._build_model()
-        self.acc = make_accelerator(args, getattr(self.model, "leaves_parameters_unused", False))
+        self.bundle = self._open_data()
+        self.model, self.base_model = self._build_model()
+        self._configure_data()
+        self._check_input_fits(self.model)
         self.out = self._output_dir()
         self.ckpt_root = self.out / "checkpoints"
-        self.summary = SummaryWriter(self.out / "summary.csv") if self.acc.is_main_process else None
-        self.ema = None
-        self.train_seconds = 0.0
+        self.acc = self._trackers()
+        self.summary = SummaryWriter(self.out / "summary.csv", log_wandb=self._wandb_ready()) if self.is_main else None
+        self.interrupt = _Interrupt()
 
     # -- set-up ----------------------------------------------------------------------------------------------
     def _adopt_saved_args(self) -> None:
@@ -160,12 +184,10 @@ class _Run:
             raise IncompatibleConfigError(f"{self.resume_dir} was written by another checkpoint format "
                                           f"({state.get('format')}); this version reads format {CHECKPOINT_FORMAT}.")
         saved = state["args"]
-        from .args import build_parser
-
-        defaults = vars(build_parser().parse_args([]))
+        explicit = _explicit_flags(self.args)
         for key in _FIXED_ON_RESUME:
             mine = getattr(self.args, key, None)
-            if mine != defaults.get(key) and mine != saved.get(key):
+            if key in explicit and _comparable(mine) != _comparable(saved.get(key)):
                 raise IncompatibleConfigError(
                     f"--resume: --{key.replace('_', '-')} {mine!r} differs from the checkpoint's {saved.get(key)!r}. "
                     "A resumed run keeps the settings it was started with; start a new run to change them.")
@@ -173,38 +195,55 @@ class _Run:
             raise IncompatibleConfigError(
                 f"--resume: the checkpoint was written by {state.get('world_size')} process(es), this run has "
                 f"{self.processes.num_processes}. An exact resume needs the same number (each keeps its own RNG state).")
-        keep = {k: getattr(self.args, k) for k in ("resume", "workers", "log_with", "push_to_hub", "log_interval",
-                                                   "output", "cpu")}
+        keep = {k: getattr(self.args, k) for k in _TAKEN_ON_RESUME if hasattr(self.args, k)}
+        epochs = self.args.epochs if "epochs" in explicit else None
         for key, value in saved.items():
-            setattr(self.args, key, value)
+            setattr(self.args, key, tuple(value) if key == "input_size" and value is not None else value)
         for key, value in keep.items():
             setattr(self.args, key, value)
         self.args.experiment = state["experiment"]
         self.args.output = str(Path(state["run_dir"]).parent) if Path(state["run_dir"]).exists() else self.args.output
         self.progress = Progress(**state["progress"])
+        self.saved_epochs = int(saved["epochs"])
+        if epochs is not None and epochs != self.saved_epochs:
+            done = self.progress.epoch
+            if epochs < done:
+                raise IncompatibleConfigError(
+                    f"--resume with --epochs {epochs}: the run has already trained {done} epochs of this round.")
+            _logger.info("Extending the run from %d to %d epochs (per round): the learning-rate schedule is "
+                         "recomputed over %d epochs, as timm's train.py does on resume.", self.saved_epochs, epochs,
+                         epochs)
+            self.args.epochs = epochs
 
-    def _build_data(self) -> DataBundle:
+    def _data_spec(self) -> DataSpec:
         a = self.args
-        spec = DataSpec(dataset=a.dataset, data_dir=a.data_dir, input_size=a.input_size, in_chans=a.in_chans,
-                        md_level=a.md_level, md_train_size=a.md_train_size, md_test_size=a.md_test_size,
-                        seed=a.seed, augment=not a.no_aug, train_split=a.train_split, val_split=a.val_split,
-                        skip_bad_images=a.skip_bad_images)
-        if a.dataset not in ("imagefolder", "folder"):
-            return build_data(spec)
-        from timm.data import resolve_data_config
+        return DataSpec(dataset=a.dataset, data_dir=a.data_dir, input_size=a.input_size or a.img_size,
+                        in_chans=a.in_chans, md_level=a.md_level, md_train_size=a.md_train_size,
+                        md_test_size=a.md_test_size, seed=a.seed, augment=not a.no_aug, train_split=a.train_split,
+                        val_split=a.val_split, skip_bad_images=a.skip_bad_images, class_map=a.class_map,
+                        input_img_mode=a.input_img_mode, download=a.dataset_download,
+                        train_num_samples=a.train_num_samples, val_num_samples=a.val_num_samples,
+                        input_key=a.input_key, target_key=a.target_key)
 
-        cfg = resolve_data_config(pretrained_cfg=_pretrained_cfg_of(a.model))
-        spec.model_data_config = cfg
-        return build_data(spec)
+    def _open_data(self) -> DataBundle:
+        return build_data(self._data_spec())
 
-    def _build_model(self) -> nn.Module:
+    def _build_model(self) -> Tuple[nn.Module, Optional[str]]:
         a = self.args
-        data_classes = self.bundle.num_classes
-        if a.num_classes is not None and a.num_classes != data_classes:
-            raise DataError(f"--num-classes {a.num_classes} but the data has {data_classes} classes.")
-        overlay = dict(file=a.pretrained_file) if a.pretrained_file else None
+        data_classes = self.bundle.num_classes or a.num_classes
+        if not data_classes:
+            raise DataError(f"--dataset {a.dataset} does not say how many classes it has: pass --num-classes.")
+        if a.num_classes is not None and self.bundle.num_classes and a.num_classes != self.bundle.num_classes:
+            raise DataError(f"--num-classes {a.num_classes} but the data has {self.bundle.num_classes} classes.")
+        overlay = dict(file=a.pretrained_path) if a.pretrained_path else None
         kwargs = dict(a.model_kwargs or {})
-        in_chans = a.in_chans or self.bundle.data_config["input_size"][0]
+        flag_kwargs = dict(drop_rate=a.drop, drop_path_rate=a.drop_path, drop_block_rate=a.drop_block,
+                           global_pool=a.gp, bn_momentum=a.bn_momentum, bn_eps=a.bn_eps)
+        kwargs.update({k: v for k, v in flag_kwargs.items() if v is not None})
+        in_chans = a.in_chans or (a.input_size[0] if a.input_size else None)
+        if in_chans is None and self.bundle.builtin:
+            in_chans = self.bundle.data_config["input_size"][0]
+        pretrained = a.pretrained or bool(a.pretrained_path)
         try:
             if a.pretrained and a.num_classes is None:
                 model = create_model(a.model, pretrained=True, in_chans=in_chans, pretrained_cfg_overlay=overlay,
@@ -214,26 +253,92 @@ class _Run:
                         f"The pretrained {a.model} has {model.num_classes} classes, the data {data_classes}. "
                         f"Pass --num-classes {data_classes} to fine-tune (every head's classifier starts fresh).")
             else:
-                model = create_model(a.model, pretrained=a.pretrained or bool(a.pretrained_file),
-                                     num_classes=data_classes, in_chans=in_chans, pretrained_cfg_overlay=overlay,
-                                     **kwargs)
+                model = create_model(a.model, pretrained=pretrained, num_classes=data_classes, in_chans=in_chans,
+                                     pretrained_cfg_overlay=overlay, **kwargs)
         except TypeError as e:
+            raise IncompatibleConfigError(_options_message(a.model, kwargs, flag_kwargs, e)) from None
+        if a.initial_checkpoint:
+            self._load_initial_checkpoint(model)
+        if pretrained:
+            self._log_new_heads(model)
+        if a.grad_checkpointing and hasattr(model, "set_grad_checkpointing"):
+            model.set_grad_checkpointing(True)
+        if a.sync_bn and self.world > 1:
+            from timm.layers import convert_sync_batchnorm
+
+            if self.device.type != "cuda":
+                raise IncompatibleConfigError(
+                    "--sync-bn needs GPUs (torch's SyncBatchNorm runs on CUDA only). Across CPU processes, --dist-bn "
+                    "reduce (the default) averages the BatchNorm statistics after every epoch instead.")
+            model = convert_sync_batchnorm(model)
+            a.dist_bn = ""  # synchronised statistics need no averaging afterwards
+        return model, _base_model_of(a)
+
+    def _load_initial_checkpoint(self, model: nn.Module) -> None:
+        from ..weights import load_safetensors_file
+
+        weights, _ = find_checkpoint_weights(Path(self.args.initial_checkpoint))
+        state = load_safetensors_file(weights)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
             raise IncompatibleConfigError(
-                f"--model-kwargs {kwargs} do not fit {a.model}: {e}. See the model's docstring for its options.") from None
-        self._check_input_fits(model)
-        # The saved model should describe the data it was trained on, not the architecture's defaults.
+                f"--initial-checkpoint {weights} does not fit {self.args.model} (missing {missing[:5]}, unexpected "
+                f"{unexpected[:5]}). For weights of another class count or layout use --pretrained-path, which adapts "
+                "the heads and the first convolution.")
+        _logger.info("Loaded --initial-checkpoint %s (%d tensors).", weights, len(state))
+
+    def _log_new_heads(self, model: nn.Module) -> None:
+        report = getattr(model, "pretrained_load_report", None)
+        if report is None:
+            return
+        fresh = set(report.initialised)
+        names = list(head_names_of(model))
+        classifiers = list(model.classifier_names()) if hasattr(model, "classifier_names") else []
+        new = [h for h, c in zip(names[-len(classifiers):], classifiers) if f"{c}.weight" in fresh] if classifiers else []
+        if new:
+            _logger.info("Fine-tuning from %s: new heads for %d classes (initialised fresh): %s.", report.location,
+                         model.num_classes, ", ".join(new))
+        for line in report.adapted:
+            _logger.info("Adapted %s", line)
+
+    def _configure_data(self) -> None:
+        """The data config: the built-in set's own, or the model's pretrained_cfg; flags override either (timm's
+        resolve_data_config). The saved model then describes the data it was trained on."""
+        from timm.data import resolve_data_config
+
+        a, model, bundle = self.args, self.model, self.bundle
+        chans = _input_channels(model, a)
+        base = dict(bundle.data_config) if bundle.builtin else dict(model.pretrained_cfg)
+        overrides = dict(in_chans=chans, interpolation=a.interpolation or None, mean=a.mean, std=a.std,
+                         crop_pct=a.crop_pct)
+        if not bundle.builtin:
+            overrides.update(input_size=a.input_size, img_size=a.img_size)
+        try:
+            config = resolve_data_config(overrides, pretrained_cfg=base)
+        except AssertionError:
+            raise IncompatibleConfigError(f"--mean/--std need 1 or {chans} values (the input channels).") from None
+        config["input_size"] = (chans, *tuple(config["input_size"])[1:])
+        bundle.apply_data_config(config)
         cfg = dict(model.pretrained_cfg)
-        cfg.update(self.bundle.data_config)
-        cfg["num_classes"] = data_classes
+        cfg.update(bundle.data_config)
+        cfg["num_classes"] = model.num_classes
         model.pretrained_cfg = model.default_cfg = cfg
-        if a.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return model
+        if self.is_main:
+            _logger.info("Data: %s, %d classes, %s images for training, %s for evaluation; input %s, mean %s, std %s.",
+                         a.dataset or f"folder {a.data_dir}", bundle.num_classes or model.num_classes,
+                         _length(bundle.train), _length(bundle.eval), bundle.data_config["input_size"],
+                         _rounded(bundle.data_config["mean"]), _rounded(bundle.data_config["std"]))
 
     def _check_input_fits(self, model: nn.Module) -> None:
         """One evaluation sample through the model before any work: a fixed-size network (LeNet, AlexNet,
         an MLP) given another input size fails here, with what to do, not in the first training step."""
-        image, _ = self.bundle.eval[0]
+        try:
+            image, _ = self.bundle.eval[0]
+        except (TypeError, IndexError):
+            return  # a streamed data set: nothing to index
+        image = torch.as_tensor(image)
+        if image.dtype == torch.uint8:
+            image = image.float()
         was_training = model.training
         model.eval()
         try:
@@ -244,7 +349,7 @@ class _Run:
             default = tuple(model.pretrained_cfg.get("input_size", ()))
             raise IncompatibleConfigError(
                 f"{self.args.model} cannot take the data's {size} inputs ({str(e).splitlines()[0]}). Its default "
-                f"input is {default}: pass --input-size {default[-1] if default else '...'}, or build it for this "
+                f"input is {default}: pass --img-size {default[-1] if default else '...'}, or build it for this "
                 f"size if it has the option (--model-kwargs img_size={size[-1]}).") from None
         finally:
             model.train(was_training)
@@ -255,61 +360,83 @@ class _Run:
         a = self.args
         if a.experiment is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            name = [f"{stamp}-{''.join(c if c.isalnum() else '_' for c in a.model)}-{a.dataset}"]
+            dataset = a.dataset or "folder"
+            name = [f"{stamp}-{''.join(c if c.isalnum() else '_' for c in a.model)}-{dataset.replace('/', '_')}"]
             broadcast_object_list(name)
             a.experiment = name[0]
         out = Path(a.output) / a.experiment
-        if self.processes.is_main_process:
+        if self.is_main:
             if not a.resume and (out / "checkpoints").exists():
                 raise IncompatibleConfigError(
                     f"{out} already holds a run. Continue it with --resume {out}, or choose another --experiment.")
             out.mkdir(parents=True, exist_ok=True)
+            if not a.resume:
+                import yaml
+
+                # A run that stopped before its first checkpoint left nothing to continue; its log goes too.
+                (out / "summary.csv").unlink(missing_ok=True)
+                (out / "args.yaml").write_text(yaml.safe_dump(_jsonable_args(a), default_flow_style=False))
         self.processes.wait_for_everyone()
         return out
 
+    def _wandb_ready(self) -> bool:
+        if not self.args.log_wandb or not self.is_main:
+            return False
+        try:
+            import wandb
+        except ImportError:
+            _logger.warning("--log-wandb: wandb is not installed, metrics are not logged to it (pip install wandb).")
+            return False
+        wandb.init(project=None, name=self.args.experiment, config=_tracker_config(self.args))
+        return True
+
+    def _trackers(self):
+        """An Accelerator for accelerate's trackers (TensorBoard...), nothing else: the task does DDP."""
+        from accelerate import Accelerator
+        from accelerate.state import AcceleratorState, GradientState
+
+        log_with = self.args.log_with
+        if log_with == "auto":
+            try:
+                import tensorboard  # noqa: F401
+                log_with = "tensorboard"
+            except ImportError:
+                log_with = None
+        elif log_with in ("none", ""):
+            log_with = None
+        # accelerate keeps its settings in a process-wide singleton; one process may run several trainings.
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
+        acc = Accelerator(cpu=self.device.type == "cpu", log_with=log_with, project_dir=str(self.out), rng_types=[])
+        if self.is_main:
+            acc.init_trackers(self.args.experiment, config=_tracker_config(self.args))
+        return acc
+
+    def barrier(self) -> None:
+        self.processes.wait_for_everyone()
+
+    def autocast(self):
+        if not self.args.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
     # -- checkpoints -------------------------------------------------------------------------------------------
-    def _save_checkpoint(self, optimizer, scheduler) -> None:
-        """Write ``checkpoints/last`` atomically: every process writes its RNG state, the main one the rest."""
-        acc = self.acc
-        tmp = self.ckpt_root / ".incoming"
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        save_tensors_and_json(tmp, f"rank{acc.process_index}", dict(rng=rng_state(), partial=self.partial))
-        if acc.is_main_process:
-            from safetensors.torch import save_file
+    def _state_json(self) -> Dict[str, Any]:
+        return dict(progress=asdict(self.progress), args=_jsonable_args(self.args), experiment=self.args.experiment,
+                    run_dir=str(self.out), world_size=self.world, head_names=list(head_names_of(self.model)),
+                    written=time.strftime("%Y-%m-%d %H:%M:%S"))
 
-            save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(tmp / "model.safetensors"))
-            save_tensors_and_json(tmp, "optimizer", optimizer.state_dict())
-            save_tensors_and_json(tmp, "scheduler", scheduler.state_dict() if scheduler is not None else {})
-            if acc.scaler is not None:
-                save_tensors_and_json(tmp, "scaler", acc.scaler.state_dict())
-            if self.ema is not None:
-                save_file({k: v.contiguous() for k, v in self.ema.module.state_dict().items()},
-                          str(tmp / "ema.safetensors"))
-            state = dict(format=CHECKPOINT_FORMAT, progress=asdict(self.progress), args=_jsonable_args(self.args),
-                         experiment=self.args.experiment, run_dir=str(self.out), world_size=acc.num_processes,
-                         head_names=list(head_names_of(self.model)), written=time.strftime("%Y-%m-%d %H:%M:%S"))
-            (tmp / "state.json").write_text(json.dumps(state, indent=2))
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            publish_folder(tmp, self.ckpt_root / "last")
-        acc.wait_for_everyone()
-
-    def _save_best(self, result: EvalResult) -> None:
-        if not self.acc.is_main_process:
-            return
-        from safetensors.torch import save_file
-
-        tmp = self.ckpt_root / ".incoming-best"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(tmp / "model.safetensors"))
-        (tmp / "metrics.json").write_text(json.dumps(dict(round=self.progress.round, epoch=self.progress.epoch,
-                                                          **result.as_dict("val_")), indent=2))
-        publish_folder(tmp, self.ckpt_root / "best")
+    def _save_checkpoint(self, task: CollabTask, optimizer, scheduler, scaler) -> None:
+        ema = task.get_trainable_module(ema=True)
+        write_checkpoint(
+            self.ckpt_root, rank=self.rank, is_main=self.is_main, barrier=self.barrier,
+            rank_state=dict(rng=rng_state(), partial=self.partial),
+            model_state=self.model.state_dict() if self.is_main else None,
+            optimizer_state=optimizer.state_dict() if self.is_main else None,
+            scheduler_state=scheduler.state_dict() if scheduler is not None and self.is_main else None,
+            scaler_state=scaler.state_dict() if scaler is not None and self.is_main else None,
+            ema_state=ema.module.state_dict() if ema is not None and self.is_main else None,
+            state=self._state_json() if self.is_main else None)
 
     def _load_model_state(self) -> None:
         from ..weights import load_safetensors_file
@@ -321,245 +448,491 @@ class _Run:
                 f"--resume {self.resume_dir}: its weights do not fit {self.args.model} (missing {missing[:5]}, "
                 f"unexpected {unexpected[:5]}).")
 
-    def _load_round_state(self, optimizer, scheduler) -> None:
-        folder = self.resume_dir
-        p = self.progress
+    def _load_round_state(self, task: CollabTask, optimizer, scheduler, scaler) -> None:
+        folder, p, a = self.resume_dir, self.progress, self.args
+        self.resume_dir = None  # consumed
+        rank_state = load_tensors_and_json(folder, f"rank{self.rank}")
         if p.epoch == 0 and p.batch == 0 and p.step == 0:
             # A checkpoint taken between rounds: the new round starts with a fresh optimizer and schedule.
-            rank_state = load_tensors_and_json(folder, f"rank{self.acc.process_index}")
             restore_rng_state(rank_state["rng"])
-            self.resume_dir = None
             return
-        optimizer.load_state_dict(load_tensors_and_json(folder, "optimizer"))
+        if not a.no_resume_opt:
+            optimizer.load_state_dict(load_tensors_and_json(folder, "optimizer"))
+            if scaler is not None and (folder / "scaler.json").exists():
+                scaler.load_state_dict(load_tensors_and_json(folder, "scaler"))
         if scheduler is not None:
-            scheduler.load_state_dict(load_tensors_and_json(folder, "scheduler"))
-        if self.acc.scaler is not None and (folder / "scaler.json").exists():
-            self.acc.scaler.load_state_dict(load_tensors_and_json(folder, "scaler"))
-        if self.ema is not None and (folder / "ema.safetensors").exists():
+            if self.saved_epochs == a.epochs:
+                scheduler.load_state_dict(load_tensors_and_json(folder, "scheduler"))
+            else:  # a longer (or shorter) run: the schedule over the new length, at the point reached
+                scheduler.step(p.epoch)
+                scheduler.step_update(num_updates=p.step)
+        ema = task.get_trainable_module(ema=True)
+        if ema is not None and (folder / "ema.safetensors").exists():
             from ..weights import load_safetensors_file
 
-            self.ema.module.load_state_dict(load_safetensors_file(folder / "ema.safetensors"))
-        rank_state = load_tensors_and_json(folder, f"rank{self.acc.process_index}")
+            ema.module.load_state_dict(load_safetensors_file(folder / "ema.safetensors"))
         self.partial = rank_state["partial"]
         restore_rng_state(rank_state["rng"])
-        self.resume_dir = None  # consumed
 
     # -- one round -------------------------------------------------------------------------------------------
-    def _make_optimizer(self, module: nn.Module, steps_per_epoch: int):
-        from timm.optim import create_optimizer_v2
-        from timm.scheduler import create_scheduler_v2
+    def _learning_rate(self) -> float:
+        """--lr, or --lr-base scaled by the global batch size as timm's train.py computes it (inline in its
+        script; timm has no library function for it)."""
+        a = self.args
+        if a.lr is not None:
+            return a.lr
+        global_batch = a.batch_size * self.world * a.grad_accum_steps
+        ratio = global_batch / a.lr_base_size
+        scale = a.lr_base_scale or ("sqrt" if any(o in a.opt.lower() for o in ("ada", "lamb")) else "linear")
+        if scale == "sqrt":
+            ratio = ratio ** 0.5
+        lr = a.lr_base * ratio
+        if self.is_main:
+            _logger.info("Learning rate %.4g from --lr-base %g and the global batch of %d (%s scaling).", lr,
+                         a.lr_base, global_batch, scale)
+        return lr
+
+    def _make_optimizer(self, module: nn.Module, updates_per_epoch: int):
+        from timm.optim import create_optimizer_v2, optimizer_kwargs
+        from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
         a = self.args
-        optimizer = create_optimizer_v2(module, opt=a.opt, lr=a.lr, weight_decay=a.weight_decay, momentum=a.momentum)
+        settings = argparse_namespace(a, lr=self._learning_rate())
+        optimizer = create_optimizer_v2(module, **optimizer_kwargs(cfg=settings), **(a.opt_kwargs or {}))
         scheduler = None
-        if a.sched not in ("none", "constant", "const"):
-            scheduler, _ = create_scheduler_v2(
-                optimizer, sched=a.sched, num_epochs=a.epochs, decay_epochs=a.decay_epochs,
-                decay_milestones=a.decay_milestones, decay_rate=a.decay_rate, min_lr=a.min_lr,
-                warmup_lr=a.warmup_lr, warmup_epochs=a.warmup_epochs, step_on_epochs=False,
-                updates_per_epoch=steps_per_epoch)
+        if a.sched not in ("none", "constant", "const", ""):
+            kwargs = scheduler_kwargs(settings, decreasing_metric=a.eval_metric == "loss")
+            if a.sched == "plateau":
+                kwargs["step_on_epochs"] = True  # timm's plateau scheduler follows the metric, once an epoch
+            scheduler, _ = create_scheduler_v2(optimizer, **kwargs, updates_per_epoch=updates_per_epoch)
         return optimizer, scheduler
 
-    def _soft_targets(self, target: torch.Tensor) -> torch.Tensor:
-        if self.args.smoothing <= 0 or is_soft_target(target):
-            return target
-        k = self.bundle.num_classes
-        return F.one_hot(target, k).float() * (1 - self.args.smoothing) + self.args.smoothing / k
-
     def train(self) -> Dict[str, Any]:
-        a, acc = self.args, self.acc
+        a, p = self.args, self.progress
         from timm.data import Mixup
-        from timm.utils import ModelEmaV3
 
         mixup = None
-        if a.mixup > 0 or a.cutmix > 0:
-            mixup = Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, prob=a.mixup_prob,
-                          switch_prob=a.mixup_switch_prob, label_smoothing=a.smoothing,
-                          num_classes=self.bundle.num_classes)
+        if a.mixup > 0 or a.cutmix > 0 or a.cutmix_minmax is not None:
+            # In the loop, not timm's collate: the draws come from the process's numpy generator, which a
+            # checkpoint saves, so a resumed run mixes the same pairs.
+            mixup = Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, cutmix_minmax=a.cutmix_minmax,
+                          prob=a.mixup_prob, switch_prob=a.mixup_switch_prob, mode=a.mixup_mode,
+                          label_smoothing=a.smoothing, num_classes=self.model.num_classes)
         if self.resume_dir is not None:
             self._load_model_state()
-        if acc.is_main_process:
-            acc.init_trackers(a.experiment, config=_tracker_config(a))
+            if self.summary is not None:
+                self.summary.keep_epochs_before(self._summary_epoch(p.round, p.epoch))
+        self.model.to(self.device)
+        if a.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if self.is_main:
             _logger.info("Run folder: %s", self.out)
-        eval_loader = _eval_loader(self.bundle.eval, a, acc)
-        started = time.time()
-        images_seen = 0
+        eval_loader = make_eval_loader(self.bundle.eval, a, self.bundle, self.device, self.world, self.rank,
+                                       a.validation_batch_size)
         rounds = num_rounds_of(self.model)
-        round_logs: List[Dict[str, Any]] = []
-        while self.progress.round < rounds:
-            rnd = training_round_of(self.model, self.progress.round)
-            train_set, heldout = self.bundle.train, None
-            if rnd.needs_heldout:
-                train_set, heldout = heldout_split(self.bundle, a.heldout_frac, a.seed)
-            steps_per_epoch = math.ceil(math.ceil(len(train_set) / acc.num_processes / a.batch_size) / a.grad_accum_steps)
-            module = rnd.module
-            optimizer, scheduler = self._make_optimizer(module, steps_per_epoch)
-            module_p, optimizer_p = acc.prepare(module, optimizer)
-            self.ema = ModelEmaV3(acc.unwrap_model(module_p), decay=a.model_ema_decay) if a.model_ema else None
-            if self.resume_dir is not None:
-                self._load_round_state(optimizer_p, scheduler)
-            while self.progress.epoch < a.epochs:
-                seen, epoch_stats = self._train_epoch(rnd, module_p, optimizer_p, scheduler, train_set, mixup)
-                images_seen += seen
-                if scheduler is not None:
-                    scheduler.step(self.progress.epoch + 1)
-                _sync_buffers(acc, acc.unwrap_model(module_p))
-                result = evaluate(acc.unwrap_model(module_p), eval_loader, acc, self.bundle.num_classes,
-                                  rnd.head_names)
-                row = dict(round=self.progress.round + 1, epoch=self.progress.epoch + 1,
-                           lr=optimizer_p.param_groups[0]["lr"], **epoch_stats, **result.as_dict("val_"))
-                if self.ema is not None:
-                    ema_result = evaluate(self.ema.module, eval_loader, acc, self.bundle.num_classes, rnd.head_names)
-                    row.update(ema_result.as_dict("val_ema_"))
-                self._log_epoch(row)
-                improved = result.top1 > self.progress.best_top1 and rounds == 1
-                if improved:
-                    self.progress.best_top1, self.progress.best_epoch = result.top1, self.progress.epoch
-                    self.progress.best_round = self.progress.round
-                self.progress.epoch += 1
-                self.progress.batch = 0
-                self._save_checkpoint(optimizer_p, scheduler)
-                if improved:
-                    self._save_best(result)
-            if self.ema is not None:
-                # The EMA weights are the round's result: they answer the held-out set and join the ensemble.
-                acc.unwrap_model(module_p).load_state_dict(self.ema.module.state_dict())
-            if rnd.needs_heldout and heldout is not None:
-                logits, targets = predict_all(acc.unwrap_model(module_p), _eval_loader(heldout, a, acc), acc)
-                info = complete_round_of(self.model, self.progress.round, logits, targets)
-                round_logs.append({**_scalars(info), "round": self.progress.round + 1})
-                if acc.is_main_process:
-                    _logger.info("round %d done: %s", self.progress.round + 1, _scalars(info))
-            self.progress.round += 1
-            self.progress.epoch = self.progress.step = 0
-            if self.progress.round < rounds:
-                self._save_checkpoint(optimizer_p, scheduler)
-        return self._finish(eval_loader, time.time() - started, images_seen, round_logs)
+        with self.interrupt:
+            while p.round < rounds:
+                self._train_round(p.round, rounds, mixup, eval_loader)
+        return self._finish(eval_loader)
 
-    def _train_epoch(self, rnd, module_p, optimizer, scheduler, train_set, mixup) -> Tuple[int, Dict[str, float]]:
-        a, acc, p = self.args, self.acc, self.progress
+    def _train_round(self, index: int, rounds: int, mixup, eval_loader) -> None:
+        a, p = self.args, self.progress
+        task = CollabTask(self.model, round_index=index, smoothing=0.0 if mixup is not None else a.smoothing,
+                          device=self.device, verbose=self.is_main)
+        train_set, heldout = self.bundle.train, None
+        if task.needs_heldout:
+            train_set, heldout = heldout_split(self.bundle, a.heldout_frac, a.seed)
+        batches = math.ceil(math.ceil(len(train_set) / self.world) / a.batch_size)
+        updates_per_epoch = math.ceil(batches / a.grad_accum_steps)
+        optimizer, scheduler = self._make_optimizer(task.get_trainable_module(), updates_per_epoch)
+        scaler = None
+        if a.amp and self.amp_dtype == torch.float16 and self.device.type == "cuda":
+            from timm.utils import NativeScaler
+
+            scaler = NativeScaler(device=self.device.type)
+        if a.model_ema:
+            task.setup_ema(decay=a.model_ema_decay, use_warmup=a.model_ema_warmup)
+        if a.torchcompile:
+            task.compile(backend=a.torchcompile, mode=a.torchcompile_mode)
+        if self.world > 1:
+            task.prepare_distributed(device_ids=[self.device] if self.device.type == "cuda" else None,
+                                     broadcast_buffers=not a.no_ddp_bb)
+        if self.resume_dir is not None:
+            self._load_round_state(task, optimizer, scheduler, scaler)
+        history = CheckpointHistory(self.ckpt_root, a.checkpoint_hist if rounds == 1 else 0,
+                                    decreasing=a.eval_metric == "loss", entries=p.history)
+        while p.epoch < a.epochs:
+            if mixup is not None and a.mixup_off_epoch and p.epoch >= a.mixup_off_epoch:
+                mixup.mixup_enabled = False
+            train_stats = self._train_epoch(task, optimizer, scheduler, scaler, train_set, mixup)
+            module = task.get_trainable_module()
+            if self.world > 1 and a.dist_bn in ("broadcast", "reduce"):
+                from timm.utils import distribute_bn
+
+                distribute_bn(module, self.world, a.dist_bn == "reduce")
+                if task.has_ema():
+                    distribute_bn(task.get_trainable_module(ema=True), self.world, a.dist_bn == "reduce")
+            result = self._evaluate(task.round.module, eval_loader, task)
+            metrics = result.as_dict()
+            ema_result = None
+            if task.has_ema():
+                ema_result = self._evaluate(task.get_trainable_module(ema=True).module, eval_loader, task)
+                metrics.update(ema_result.as_dict("ema_"))
+            scored = ema_result or result
+            metric = self._metric(scored, task)
+            if scheduler is not None:
+                scheduler.step(p.epoch + 1, metric)
+            self._log_epoch(index, rounds, train_stats, metrics)
+            improved = rounds == 1 and (p.best_metric is None or _better(metric, p.best_metric, a.eval_metric))
+            if improved:
+                p.best_metric, p.best_epoch, p.best_round = metric, p.epoch, index
+            if self.is_main and rounds == 1:
+                # The weights that scored the metric (the EMA's, with --model-ema) are the ones a Hub folder gets.
+                weights = "ema" if ema_result is not None else "model"
+                info = dict(epoch=p.epoch, round=index, metric=a.eval_metric, value=metric,
+                            **_prefixed(metrics, "eval_"))
+                ema_state = task.get_trainable_module(ema=True).module.state_dict() if task.has_ema() else None
+                history.offer(f"epoch-{p.epoch}", metric, self.model.state_dict(), info, ema_state)
+                p.history = history.entries
+                if improved:
+                    write_weights(self.ckpt_root / "best", self.model.state_dict(), {**info, "hub_weights": weights},
+                                  ema_state)
+            p.epoch += 1
+            p.batch = 0
+            self._save_checkpoint(task, optimizer, scheduler, scaler)
+        if task.has_ema():
+            # The EMA weights are the round's result: they answer the held-out set and join the ensemble.
+            task.round.module.load_state_dict(task.get_trainable_module(ema=True).module.state_dict())
+        if task.needs_heldout and heldout is not None:
+            held_loader = make_eval_loader(heldout, a, self.bundle, self.device, self.world, self.rank,
+                                           a.validation_batch_size)
+            info = task.complete_round(held_loader)
+            p.rounds_log.append({**_scalars(info), "round": index + 1})
+            if self.is_main:
+                _logger.info("round %d done: %s", index + 1, _scalars(info))
+        p.round += 1
+        p.epoch = p.step = 0
+        if p.round < rounds:
+            self._save_checkpoint(task, optimizer, scheduler, scaler)
+
+    def _metric(self, result: EvalResult, task: CollabTask) -> float:
+        name = self.args.eval_metric
+        values = result.as_dict()
+        if name not in values:
+            raise IncompatibleConfigError(
+                f"--eval-metric {name!r} is not measured here; choose from {', '.join(sorted(values))}.")
+        return float(values[name])
+
+    def _evaluate(self, module: nn.Module, loader, task: CollabTask) -> EvalResult:
+        loss = task.round.loss
+
+        def objective(heads, scores, target):
+            return loss(tuple(heads), target)[0]
+
+        return evaluate(module, loader, self.model.num_classes, task.head_names, device=self.device,
+                        autocast=self.autocast, loss_fn=objective, channels_last=self.args.channels_last)
+
+    def _train_epoch(self, task: CollabTask, optimizer, scheduler, scaler, train_set, mixup) -> Dict[str, float]:
+        from timm.utils import dispatch_clip_grad
+
+        a, p = self.args, self.progress
         started = time.perf_counter()
-        loader, total_batches = _train_loader(train_set, a, acc, p.epoch, p.batch)
-        module_p.train()
+        loader, total_batches = make_train_loader(train_set, a, self.bundle, self.device, self.world, self.rank,
+                                                  p.epoch, p.batch)
+        module = task.get_trainable_module()
+        module.train()
         if p.batch == 0 or not self.partial:
-            self.partial = dict(sums={}, head_hits=[0.0] * len(rnd.head_names), seen=0)
-        sums, head_hits = self.partial["sums"], self.partial["head_hits"]
+            self.partial = dict(sums={}, hits=0.0, seen=0, lr_sum=0.0, updates=0)
+        sums = self.partial["sums"]
         accum = a.grad_accum_steps
-        bar = _progress_bar(acc, total_batches, p.batch, f"round {p.round + 1} epoch {p.epoch + 1}/{a.epochs}")
-        for i, (images, target) in enumerate(loader, start=p.batch):
-            images, target = images.to(acc.device), target.to(acc.device)
-            if a.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            hard = target
-            if mixup is not None:
-                images, target = mixup(images, target)
-            target = self._soft_targets(target)
-            sync = (i + 1) % accum == 0 or i + 1 == total_batches
-            with (contextlib.nullcontext() if sync else acc.no_sync(module_p)):
-                with acc.autocast():
-                    outputs = module_p(images)
-                    loss, parts = rnd.loss(outputs, target)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"loss became {loss.item()} at round {p.round + 1} epoch {p.epoch + 1} batch {i}: lower --lr, "
-                        "add --clip-grad, or check the data. The last good checkpoint is in checkpoints/last.")
-                acc.backward(loss / accum)
-            for j, logits in enumerate(heads_of(outputs)):
-                head_hits[j] += float((logits.argmax(-1) == hard).sum())
-            self.partial["seen"] += len(hard)
-            # The loss that was optimised, whatever the method calls its parts (it may have no "total").
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * len(hard)
-            for key, value in parts.items():
-                if key != "total":
-                    sums[key] = sums.get(key, 0.0) + float(value) * len(hard)
-            if sync:
-                if a.clip_grad:
-                    acc.clip_grad_norm_(module_p.parameters(), a.clip_grad)
-                optimizer.step()
+        prefetched = not a.no_prefetcher
+        multi_round = num_rounds_of(self.model) > 1
+        label = (f"round {p.round + 1} " if multi_round else "") + f"epoch {p.epoch + 1}/{a.epochs}"
+        lines = _ProgressLines(self.is_main, total_batches, p.batch, label, a.log_interval)
+        seen_here = 0
+        try:
+            for i, (images, target) in enumerate(guarded_batches(loader), start=p.batch):
+                if not prefetched:
+                    images, target = images.to(self.device), target.to(self.device)
+                if a.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                hard = target
+                if mixup is not None:
+                    if len(hard) % 2 == 0:
+                        images, target = mixup(images, target)
+                    else:
+                        # timm's Mixup pairs samples and needs an even batch (timm drops the last partial batch;
+                        # this loop keeps it): an odd one gets Mixup's targets with nothing mixed.
+                        from timm.data.mixup import mixup_target
+
+                        target = mixup_target(target, self.model.num_classes, 1.0, mixup.label_smoothing)
+                need_update = (i + 1) % accum == 0 or i + 1 == total_batches
+                sync = contextlib.nullcontext() if need_update or self.world == 1 else task.no_sync()
+                with sync:
+                    with self.autocast():
+                        result = task(images, target)
+                    loss = result["loss"]
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"loss became {loss.item()} at round {p.round + 1} epoch {p.epoch + 1} batch {i}: lower "
+                            "--lr, add --clip-grad, or check the data. The last good checkpoint is in checkpoints/last.")
+                    clip = task.get_clip_parameters(exclude_head="agc" in a.clip_mode) if a.clip_grad else None
+                    if scaler is not None:
+                        scaler(loss / accum, optimizer, clip_grad=a.clip_grad, clip_mode=a.clip_mode,
+                               parameters=clip, need_update=need_update)
+                    else:
+                        (loss / accum).backward()
+                        if need_update:
+                            if a.clip_grad:
+                                dispatch_clip_grad(clip, value=a.clip_grad, mode=a.clip_mode)
+                            optimizer.step()
+                n = len(hard)
+                self.partial["hits"] += float((result["output"].argmax(-1) == hard).sum())
+                self.partial["seen"] += n
+                seen_here += n
+                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * n
+                for key, value in result.items():
+                    if key not in ("loss", "output"):
+                        sums[key] = sums.get(key, 0.0) + float(value.detach()) * n
+                p.batch = i + 1
+                lr = sum(g["lr"] for g in optimizer.param_groups) / len(optimizer.param_groups)
+                lines.update(float(loss.detach()), sums["loss"] / max(self.partial["seen"], 1), lr,
+                             seen_here * self.world)
+                if not need_update:
+                    continue
                 optimizer.zero_grad(set_to_none=True)
                 p.step += 1
                 p.global_step += 1
+                self.partial["lr_sum"] += lr
+                self.partial["updates"] += 1
                 if scheduler is not None:
-                    scheduler.step_update(num_updates=p.step)
-                if self.ema is not None:
-                    self.ema.update(acc.unwrap_model(module_p), step=p.step)
-            p.batch = i + 1
-            if bar is not None:
-                bar.update(1)
-                if (i + 1) % a.log_interval == 0:
-                    bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-            if sync and a.checkpoint_interval and p.global_step % a.checkpoint_interval == 0 and p.batch < total_batches:
-                self._save_checkpoint(optimizer, scheduler)
-        if bar is not None:
-            bar.close()
-        self.train_seconds += time.perf_counter() - started
-        totals = torch.tensor([self.partial["seen"]] + head_hits, device=acc.device, dtype=torch.float64)
-        self.partial = {}
-        part_names = sorted(sums)
-        part_sums = torch.tensor([sums[k] for k in part_names], device=acc.device, dtype=torch.float64)
-        totals, part_sums = acc.reduce(totals, "sum"), acc.reduce(part_sums, "sum")
-        n = max(float(totals[0]), 1.0)
-        stats = {f"train_{k}": float(v) / n for k, v in zip(part_names, part_sums.tolist())}
-        stats.update({f"train_top1_{name}": 100.0 * float(h) / n for name, h in zip(rnd.head_names, totals[1:].tolist())})
-        return int(totals[0]), stats
+                    scheduler.step_update(num_updates=p.step, metric=sums["loss"] / max(self.partial["seen"], 1))
+                task.update_ema(step=p.step)
+                if self._stop_requested():
+                    p.train_seconds += time.perf_counter() - started
+                    p.images_seen += seen_here * self.world
+                    self._save_checkpoint(task, optimizer, scheduler, scaler)
+                    raise TrainingInterrupted(
+                        f"interrupted: saved {self.ckpt_root / 'last'} at round {p.round + 1} epoch {p.epoch + 1} "
+                        f"batch {p.batch}/{total_batches}; continue with: python train.py --resume {self.out}")
+                if a.recovery_interval and p.global_step % a.recovery_interval == 0 and p.batch < total_batches:
+                    p.train_seconds += time.perf_counter() - started
+                    p.images_seen += seen_here * self.world
+                    started, seen_here = time.perf_counter(), 0
+                    self._save_checkpoint(task, optimizer, scheduler, scaler)
+        finally:
+            lines.close()
+        p.train_seconds += time.perf_counter() - started
+        p.images_seen += seen_here * self.world
+        return self._epoch_stats()
 
-    def _log_epoch(self, row: Dict[str, Any]) -> None:
-        self.acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=self.progress.global_step)
-        if self.acc.is_main_process:
-            self.summary.write(row)
-            heads = " ".join(f"{k[9:]}={v:.2f}" for k, v in row.items() if k.startswith("val_top1_"))
-            _logger.info("round %d epoch %d: train loss %.4f | val top-1 %.2f%% (%s)", row["round"], row["epoch"],
-                         row["train_loss"], row["val_top1"], heads)
+    def _stop_requested(self) -> bool:
+        flag = self.interrupt.requested
+        if self.world == 1:
+            return flag
+        # Every process must stop at the same step (the checkpoint is a collective write).
+        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        torch.distributed.all_reduce(value)
+        return bool(value.item() > 0)
+
+    def _epoch_stats(self) -> Dict[str, float]:
+        part = self.partial
+        names = sorted(part["sums"])
+        values = torch.tensor([part["seen"], part["hits"], part["lr_sum"], part["updates"]] +
+                              [part["sums"][k] for k in names], dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            torch.distributed.all_reduce(values)
+        seen, hits, lr_sum, updates = values[:4].tolist()
+        n = max(seen, 1.0)
+        stats = {"loss": float(values[4 + names.index("loss")]) / n}
+        stats.update({k: float(v) / n for k, v in zip(names, values[4:].tolist()) if k != "loss"})
+        stats["top1"] = 100.0 * hits / n
+        stats["lr"] = lr_sum / max(updates, 1.0)
+        self.partial = {}
+        return stats
+
+    def _summary_epoch(self, round_index: int, epoch: int) -> int:
+        return round_index * self.args.epochs + epoch
+
+    def _log_epoch(self, round_index: int, rounds: int, train: Dict[str, float], metrics: Dict[str, float]) -> None:
+        p = self.progress
+        lr = train.pop("lr")
+        train = ({"round": round_index + 1} if rounds > 1 else {}) | train
+        row_epoch = self._summary_epoch(round_index, p.epoch)
+        scalars = {**{f"train_{k}": v for k, v in train.items()}, **{f"eval_{k}": v for k, v in metrics.items()},
+                   "lr": lr, "epoch": row_epoch}
+        self.acc.log(scalars, step=p.global_step)
+        if self.is_main:
+            self.summary.write(row_epoch, train, metrics, lr)
+            heads = " ".join(f"{k[5:]}={v:.2f}" for k, v in metrics.items() if k.startswith("top1_"))
+            prefix = f"round {round_index + 1} " if rounds > 1 else ""
+            _logger.info("%sepoch %d/%d: train loss %.4f | eval loss %.4f, top-1 %.2f%% (%s)%s | lr %.3g", prefix,
+                         p.epoch + 1, self.args.epochs, train["loss"], metrics.get("loss", math.nan),
+                         metrics["top1"], heads,
+                         f" | EMA top-1 {metrics['ema_top1']:.2f}%" if "ema_top1" in metrics else "", lr)
 
     # -- the end -----------------------------------------------------------------------------------------------
-    def _finish(self, eval_loader, seconds: float, images_seen: int, round_logs) -> Dict[str, Any]:
-        a, acc = self.args, self.acc
-        self.model.to(acc.device)
-        _sync_buffers(acc, self.model)
-        final = evaluate(self.model, eval_loader, acc, self.bundle.num_classes)
-        digests = _rank_digests(acc, self.model)
-        params = sum(p.numel() for p in self.model.parameters())
+    def _finish(self, eval_loader) -> Dict[str, Any]:
+        a, p = self.args, self.progress
+        final = evaluate(self.model, eval_loader, self.model.num_classes, device=self.device, autocast=self.autocast,
+                         channels_last=a.channels_last)
+        digests = _rank_digests(self.model)
+        params = sum(t.numel() for t in self.model.parameters())
         training_only = getattr(self.model, "is_training_only_key", lambda key: False)
-        inference_params = sum(p.numel() for n, p in self.model.named_parameters() if not training_only(n))
-        results = dict(model=a.model, dataset=a.dataset, seed=a.seed, epochs=a.epochs, rounds=num_rounds_of(self.model),
-                       processes=acc.num_processes, **final.as_dict(), per_class_top1=final.per_class,
-                       eval_images=final.count, train_seconds=round(seconds, 2),
-                       train_images_per_second=round(images_seen / self.train_seconds, 2) if self.train_seconds else None,
-                       params=params, inference_params=inference_params, rounds_log=round_logs,
+        inference_params = sum(t.numel() for n, t in self.model.named_parameters() if not training_only(n))
+        results = dict(model=a.model, dataset=a.dataset or a.data_dir, seed=a.seed, epochs=a.epochs,
+                       rounds=num_rounds_of(self.model), processes=self.world, **final.as_dict(),
+                       per_class_top1=final.per_class, eval_images=final.count, train_seconds=round(p.train_seconds, 2),
+                       train_images_per_second=round(p.images_seen / p.train_seconds, 2) if p.train_seconds else None,
+                       params=params, inference_params=inference_params, rounds_log=p.rounds_log,
                        rank_digests=digests, ranks_in_sync=len(set(digests)) == 1, run_dir=str(self.out),
-                       skipped_images=self.bundle.skipped)
-        if acc.is_main_process:
+                       skipped_images=self.bundle.skipped, base_model=self.base_model)
+        hub_metrics = {"top1": final.top1, **({"top5": final.top5} if final.top5 is not None else {})}
+        hub_note = "the final model"
+        best = self.ckpt_root / "best"
+        if self.is_main and (best / "metrics.json").is_file() and num_rounds_of(self.model) == 1:
+            # The Hub folder (and --push-to-hub) carries the best checkpoint, as timm's model_best.
+            from ..weights import load_safetensors_file
+
+            info = json.loads((best / "metrics.json").read_text())
+            weights = best / ("ema.safetensors" if info.get("hub_weights") == "ema" else "model.safetensors")
+            self.model.load_state_dict(load_safetensors_file(weights))
+            prefix = "eval_ema_" if info.get("hub_weights") == "ema" else "eval_"
+            hub_metrics = {k[len(prefix):]: v for k, v in info.items()
+                           if k.startswith(prefix) and k[len(prefix):] in ("top1", "top5")}
+            results["best"] = dict(epoch=info["epoch"] + 1, metric=info["metric"], value=info["value"],
+                                   weights=info.get("hub_weights"), **{k: v for k, v in info.items()
+                                                                      if k.startswith("eval_")})
+            hub_note = f"the best epoch ({info['epoch'] + 1} of {a.epochs}, by {info['metric']})"
+        if self.is_main:
             atomic_write_text(self.out / "results.json", json.dumps(results, indent=2))
             figures = [str(plot_training_curves(self.out / "summary.csv", self.out / "training_curves.png"))]
             figures += [str(f) for f in write_figures_of(self.model, self.out)]
             results["figures"] = figures
-            metrics = {"top1": final.top1, **({"top5": final.top5} if final.top5 is not None else {})}
-            description = (f"Trained with collab_zoo's train.py on {a.dataset} ({a.epochs} epochs per round, seed "
-                           f"{a.seed}); measured on its {final.count} evaluation images.")
-            save_for_hub(self.model, self.out / "hub", keep_training_heads=a.keep_training_heads, metrics=metrics,
-                         datasets=[a.dataset], description=description)
+            description = (f"Trained with collab_zoo's train.py on {a.dataset or 'an image folder'} ({a.epochs} epochs "
+                           f"per round, seed {a.seed}); these are the weights of {hub_note}, measured on its "
+                           f"{final.count} evaluation images.")
+            datasets = [a.dataset] if a.dataset else []
+            save_for_hub(self.model, self.out / "hub", keep_training_heads=a.keep_training_heads, metrics=hub_metrics,
+                         datasets=datasets, description=description, base_model=self.base_model,
+                         repo_id=a.push_to_hub)
             if a.push_to_hub:
-                info = push_to_hub(self.model, a.push_to_hub, keep_training_heads=a.keep_training_heads,
-                                   metrics=metrics, datasets=[a.dataset], description=description)
-                results["pushed"] = dict(repo=a.push_to_hub, revision=info.oid)
+                commit = push_to_hub(self.model, a.push_to_hub, keep_training_heads=a.keep_training_heads,
+                                     metrics=hub_metrics, datasets=datasets, description=description,
+                                     base_model=self.base_model)
+                results["pushed"] = dict(repo=a.push_to_hub, revision=str(commit), weights=hub_note)
             atomic_write_text(self.out / "results.json", json.dumps(results, indent=2))
-        acc.wait_for_everyone()
-        acc.end_training()
+        self.barrier()
+        self.acc.end_training()
+        if self._wandb_ready_flag():
+            import wandb
+
+            wandb.finish()
         return results
+
+    def _wandb_ready_flag(self) -> bool:
+        return bool(self.summary is not None and self.summary.log_wandb)
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------------
 
-def _pretrained_cfg_of(name: str) -> Dict[str, Any]:
-    from ..registry import get_pretrained_cfg
+def argparse_namespace(args, **changes):
+    import copy
 
-    if ":" in name:
-        return {}
-    return get_pretrained_cfg(name).to_dict()
+    updated = copy.copy(args)
+    for key, value in changes.items():
+        setattr(updated, key, value)
+    return updated
+
+
+def _comparable(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _better(value: float, best: float, metric: str) -> bool:
+    return value < best if metric == "loss" else value > best
+
+
+def _prefixed(values: Dict[str, float], prefix: str) -> Dict[str, float]:
+    return {f"{prefix}{k}": v for k, v in values.items()}
+
+
+def _length(dataset) -> str:
+    try:
+        return f"{len(dataset):,}"
+    except TypeError:
+        return "streamed"
+
+
+def _rounded(values) -> Tuple[float, ...]:
+    return tuple(round(float(v), 4) for v in values)
+
+
+def _input_channels(model: nn.Module, args) -> int:
+    """The channels the model was built for: the flag, else its first convolution's, else its cfg's."""
+    if args.input_size:
+        return int(args.input_size[0])
+    if args.in_chans:
+        return int(args.in_chans)
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    first = cfg.get("first_conv")
+    if isinstance(first, (list, tuple)):
+        first = first[0] if first else None
+    if first:
+        try:
+            weight = model.get_submodule(first).weight
+            return int(weight.shape[1])
+        except (AttributeError, IndexError):
+            pass
+    return int(cfg.get("input_size", (3,))[0])
+
+
+def _options_message(model: str, kwargs: Dict[str, Any], flag_kwargs: Dict[str, Any], error: TypeError) -> str:
+    flags = {"drop_rate": "--drop", "drop_path_rate": "--drop-path", "drop_block_rate": "--drop-block",
+             "global_pool": "--gp", "bn_momentum": "--bn-momentum", "bn_eps": "--bn-eps"}
+    text = str(error)
+    for key, flag in flags.items():
+        if f"'{key}'" in text and flag_kwargs.get(key) is not None:
+            return (f"{flag} is not an option of {model} ({text}); drop the flag, or use a model that takes it "
+                    "(timm's ResNets, ViTs...).")
+    user = {k: v for k, v in kwargs.items() if k not in flags}
+    return f"--model-kwargs {user} do not fit {model}: {text}. See the model's docstring for its options."
+
+
+def _base_model_of(args) -> Optional[str]:
+    """What a fine-tune started from, for its model card: a Hub repo (with the revision when one is pinned), a
+    local folder, a tag's repo, a file."""
+    if args.pretrained:
+        source, _, rest = args.model.partition(":")
+        if rest and source == "hf-hub":
+            return rest  # org/repo, or org/repo@revision as the user pinned it
+        if rest and source == "local-dir":
+            return str(Path(rest).resolve())
+        try:
+            from timm.models import get_pretrained_cfg
+
+            cfg = get_pretrained_cfg(args.model, allow_unregistered=True)
+            hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+        except Exception:
+            hub_id = None
+        return hub_id or args.model
+    if args.pretrained_path:
+        return str(Path(args.pretrained_path).resolve())
+    if args.initial_checkpoint:
+        return str(Path(args.initial_checkpoint).resolve())
+    return None
 
 
 def _jsonable_args(args) -> Dict[str, Any]:
-    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, dict, type(None)))}
+    out = {}
+    for k, v in vars(args).items():
+        if k == "explicit":
+            continue
+        if isinstance(v, tuple):
+            v = list(v)
+        if isinstance(v, (str, int, float, bool, list, dict, type(None))):
+            out[k] = v
+    return out
 
 
 def _tracker_config(args) -> Dict[str, Any]:
@@ -576,38 +949,20 @@ def _scalars(info: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def _sync_buffers(accelerator, model: nn.Module) -> None:
-    """Give every process rank 0's buffers (BatchNorm statistics). DDP broadcasts them at the start of each
-    forward, so after the last step each rank holds statistics of its own shard; evaluation and the saved
-    model must not depend on which rank they come from."""
-    if accelerator.num_processes == 1:
-        return
-    from accelerate.utils import broadcast
-
-    with torch.no_grad():
-        for buffer in model.buffers():
-            buffer.copy_(broadcast(buffer.detach().clone(), from_process=0))
-
-
-def _rank_digests(accelerator, model: nn.Module) -> List[str]:
+def _rank_digests(model: nn.Module) -> List[str]:
     """Every process's hash of its final weights: equal when data parallelism kept the replicas in step."""
-    from accelerate.utils import gather_object
-
     digest = hashlib.sha256()
     for key, value in sorted(model.state_dict().items()):
         digest.update(key.encode())
         digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
                       if value.numel() else b"")
-    return list(gather_object([digest.hexdigest()]))
-
-
-def _progress_bar(accelerator, total: int, initial: int, desc: str):
-    if not accelerator.is_main_process:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True,
-                disable=os.environ.get("COLLAB_ZOO_NO_PROGRESS") == "1")
+    mine = digest.hexdigest()
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        every: List[Optional[str]] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(every, mine)
+        return [str(d) for d in every]
+    return [mine]
 
 
 def run_training(args) -> Dict[str, Any]:

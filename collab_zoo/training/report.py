@@ -1,39 +1,90 @@
-"""What a run leaves for people to read: summary.csv (one row per epoch) and a PNG of the training curves."""
+"""What a run leaves for people to read: summary.csv (one row per epoch) and a PNG of the training curves.
+
+summary.csv has timm's layout (``timm.utils.update_summary``): ``epoch``, ``train_*`` (the loss and its parts,
+top-1 of the method's scores), ``eval_*`` (loss, top-1, top-5, each head's top-1; ``eval_ema_*`` for the EMA),
+``lr`` (the mean learning rate of the epoch's optimizer steps). Multi-round methods add ``train_round``.
+"""
 from __future__ import annotations
 
 import csv
-import os
+import math
+from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 __all__ = ["SummaryWriter", "plot_training_curves", "read_summary", "comparison_table"]
 
 
 class SummaryWriter:
-    """Appends epoch rows; when a later row brings new columns (a new round's head), rewrites with the union."""
+    """Appends epoch rows with timm's ``update_summary``.
 
-    def __init__(self, path: Path):
+    Two things timm's appender does not do are handled here: a later round can bring columns the header lacks
+    (a boosting round's own loss part), and a resumed run redoes the epochs after its checkpoint. In both cases
+    the file is written again from the rows kept, with the union of the columns, before appending.
+    """
+
+    def __init__(self, path: Path, log_wandb: bool = False):
         self.path = Path(path)
+        self.log_wandb = log_wandb
         self.rows: List[Dict[str, Any]] = read_summary(self.path) if self.path.exists() else []
+        self.train_keys: List[str] = []
+        self.eval_keys: List[str] = []
+        for row in self.rows:
+            self._learn(row)
 
-    def write(self, row: Dict[str, Any]) -> None:
-        self.rows = [r for r in self.rows if (str(r.get("round")), str(r.get("epoch"))) !=
-                     (str(row.get("round")), str(row.get("epoch")))]  # a resumed epoch replaces its old row
-        self.rows.append(row)
-        columns: List[str] = []
-        for r in self.rows:
-            columns += [k for k in r if k not in columns]
-        tmp = self.path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            for r in self.rows:
-                writer.writerow({k: _fmt(r.get(k, "")) for k in columns})
-        os.replace(tmp, self.path)
+    def _learn(self, row: Dict[str, Any]) -> bool:
+        new = False
+        for key in row:
+            for prefix, keys in (("train_", self.train_keys), ("eval_", self.eval_keys)):
+                if key.startswith(prefix) and key[len(prefix):] not in keys:
+                    keys.append(key[len(prefix):])
+                    new = True
+        return new
 
+    def keep_epochs_before(self, epoch: int) -> None:
+        """Drop the rows of ``epoch`` and later (a resumed run writes them again)."""
+        kept = [r for r in self.rows if int(r["epoch"]) < epoch]
+        if len(kept) != len(self.rows):
+            self.rows = kept
+            self._rewrite()
 
-def _fmt(value: Any) -> Any:
-    return f"{value:.6g}" if isinstance(value, float) else value
+    def _append(self, row: Dict[str, Any], write_header: bool, log_wandb: bool = False) -> None:
+        from timm.utils import update_summary
+
+        train = OrderedDict((k, row.get(f"train_{k}", "")) for k in self.train_keys)
+        evaluation = OrderedDict((k, row.get(f"eval_{k}", "")) for k in self.eval_keys)
+        update_summary(row["epoch"], train, evaluation, str(self.path), lr=row.get("lr", ""),
+                       write_header=write_header, log_wandb=log_wandb)
+
+    def _rewrite(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        final, self.path = self.path, tmp
+        try:
+            for i, row in enumerate(self.rows):
+                self._append(row, write_header=i == 0)
+        finally:
+            self.path = final
+        if self.rows:
+            tmp.replace(final)
+        else:
+            final.unlink(missing_ok=True)
+
+    def write(self, epoch: int, train: Dict[str, Any], evaluation: Dict[str, Any], lr: Optional[float]) -> None:
+        row: Dict[str, Any] = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()},
+                               **{f"eval_{k}": v for k, v in evaluation.items()}, "lr": lr}
+        self.rows = [r for r in self.rows if int(r["epoch"]) != epoch] + [row]
+        if self._learn(row) or len(self.rows) == 1 or not self.path.exists():
+            self._rewrite()
+            if self.log_wandb:
+                self._wandb(row)
+        else:
+            self._append(row, write_header=False, log_wandb=self.log_wandb)
+
+    def _wandb(self, row: Dict[str, Any]) -> None:
+        import wandb
+
+        wandb.log({k: v for k, v in row.items() if isinstance(v, (int, float))})
 
 
 def read_summary(path: Path) -> List[Dict[str, Any]]:
@@ -42,49 +93,76 @@ def read_summary(path: Path) -> List[Dict[str, Any]]:
 
 
 def _number(value: str) -> Any:
+    if value is None or value == "":
+        return ""
     try:
-        return float(value) if any(c in value for c in ".eE") else int(value)
+        return float(value) if any(c in value for c in ".eEn") else int(value)
     except ValueError:
         return value
 
 
+def _series(rows: List[Dict[str, Any]], key: str) -> List[float]:
+    return [r[key] if isinstance(r.get(key), (int, float)) else math.nan for r in rows]
+
+
 def plot_training_curves(summary_csv: Path, out_png: Path) -> Path:
-    """Loss and accuracy (every head, and the method's combined answer) per epoch, rounds side by side."""
+    """Three panels against the epoch: loss (training and validation), top-1 accuracy (the method's answer and
+    every head's, validation solid and training dashed), and the learning rate. Rounds are marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rows = read_summary(summary_csv)
-    x = list(range(1, len(rows) + 1))
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    loss_keys = [k for k in rows[0] if k.startswith("train_") and not k.startswith("train_top1")] if rows else []
-    for key in loss_keys:
-        ax_loss.plot(x, [r.get(key, float("nan")) for r in rows], label=key[6:])
-    ax_loss.set_xlabel("epoch (all rounds)")
-    ax_loss.set_ylabel("training loss")
-    ax_loss.legend(fontsize=7)
-    columns = {k for r in rows for k in r}
-    for key in sorted(k for k in columns if k.startswith("val_top1")):
-        values = [r.get(key, "") for r in rows]
-        ax_acc.plot(x, [v if isinstance(v, (int, float)) else float("nan") for v in values],
-                    label=key[4:], linewidth=2.5 if key == "val_top1" else 1.2)
-    for key in sorted(k for k in columns if k.startswith("train_top1")):
-        values = [r.get(key, "") for r in rows]
-        ax_acc.plot(x, [v if isinstance(v, (int, float)) else float("nan") for v in values], "--",
-                    label=key, linewidth=0.8)
-    ax_acc.set_xlabel("epoch (all rounds)")
+    x = [int(r["epoch"]) + 1 for r in rows]
+    # Markers show the measured epochs while there are few of them.
+    with plt.rc_context({"lines.marker": "o" if len(x) <= 30 else "", "lines.markersize": 3}):
+        _draw(plt, MaxNLocator, rows, x, out_png)
+    return Path(out_png)
+
+
+def _draw(plt, MaxNLocator, rows, x, out_png) -> None:
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(15, 4.2))
+
+    ax_loss.plot(x, _series(rows, "train_loss"), label="training loss", color="tab:blue", linewidth=2)
+    if "eval_loss" in columns:
+        ax_loss.plot(x, _series(rows, "eval_loss"), label="validation loss", color="tab:orange", linewidth=2)
+    parts = [k for k in columns if k.startswith("train_") and k not in ("train_loss", "train_top1", "train_round")]
+    for key in parts:
+        ax_loss.plot(x, _series(rows, key), label=f"training {key[6:]}", linewidth=0.8, alpha=0.7)
+    ax_loss.set_title("Loss")
+    ax_loss.set_ylabel("loss (the method's objective)")
+
+    if "eval_top1" in columns:
+        ax_acc.plot(x, _series(rows, "eval_top1"), label="validation (method)", color="black", linewidth=2.5)
+    if "train_top1" in columns:
+        ax_acc.plot(x, _series(rows, "train_top1"), "--", label="training (method)", color="black", linewidth=1)
+    for key in (k for k in columns if k.startswith("eval_top1_")):
+        ax_acc.plot(x, _series(rows, key), label=f"validation, head {key[10:]}", linewidth=1.2)
+    if "eval_ema_top1" in columns:
+        ax_acc.plot(x, _series(rows, "eval_ema_top1"), ":", label="validation (EMA)", color="grey", linewidth=2)
+    ax_acc.set_title("Top-1 accuracy")
     ax_acc.set_ylabel("top-1 accuracy (%)")
-    ax_acc.legend(fontsize=7)
-    rounds = [r.get("round", 1) for r in rows]
-    for i in range(1, len(rounds)):
-        if rounds[i] != rounds[i - 1]:
-            for ax in (ax_loss, ax_acc):
-                ax.axvline(i + 0.5, color="grey", linestyle=":", linewidth=0.8)
+
+    ax_lr.plot(x, _series(rows, "lr"), color="tab:green", linewidth=2, label="mean lr of the epoch")
+    ax_lr.set_title("Learning rate")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+
+    rounds = [r.get("train_round", 1) for r in rows]
+    for ax in (ax_loss, ax_acc, ax_lr):
+        ax.set_xlabel("epoch" + (" (all rounds)" if len(set(rounds)) > 1 else ""))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        for i in range(1, len(rounds)):
+            if rounds[i] != rounds[i - 1]:
+                ax.axvline(x[i] - 0.5, color="grey", linestyle=":", linewidth=0.8)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
-    return Path(out_png)
 
 
 def comparison_table(results: List[Dict[str, Any]]) -> str:
