@@ -64,6 +64,15 @@ class ConfigFileError(ValueError):
     """A -c/--config file that cannot be read or holds a value of the wrong kind."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default unless it is empty (the help then says what happens when the flag is not given)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, "", False, [], {}):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def _add_data_arguments(p: argparse.ArgumentParser, training: bool) -> None:
     g = p.add_argument_group("Dataset parameters")
     p.add_argument("data", nargs="?", metavar="DIR", default=None,
@@ -130,7 +139,7 @@ def _add_input_arguments(g) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="train.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="train.py", formatter_class=_HelpFormatter,
         description="Train any collab_zoo (or timm) model through the model contract; `accelerate launch "
                     "train.py ...` for several processes. No arguments: the built-in main job.")
     p.add_argument("-c", "--config", default="", type=str, metavar="FILE",
@@ -441,7 +450,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 # --- validate.py -------------------------------------------------------------------------------------------------
 
 def build_validate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="validate.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = argparse.ArgumentParser(prog="validate.py", formatter_class=_HelpFormatter,
                                 description="Evaluate one or more models: top-1, top-5, loss, each head's top-1 "
                                             "and per-class accuracy.")
     _add_data_arguments(p, training=False)
