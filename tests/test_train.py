@@ -244,8 +244,14 @@ def test_resume_with_more_epochs_extends_the_run_and_reports_all_of_it(tmp_path)
     assert json.loads((run / "results.json").read_text())["epochs"] == 3
 
 
-def test_resume_refuses_another_model(tmp_path, capsys):
-    run = _train(tmp_path, "--model", "cifar_resnet20", "--epochs", "1")
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory):
+    """A finished one-epoch run of a plain network, for the tests that only read it."""
+    return _train(tmp_path_factory.mktemp("plain"), "--model", "cifar_resnet20", "--epochs", "1")
+
+
+def test_resume_refuses_another_model(plain_run, tmp_path, capsys):
+    run = plain_run
     assert train_main(["--resume", str(run), "--model", "cifar_resnet32", "--log-with", "none"]) == 2
     assert "differs from the checkpoint's" in capsys.readouterr().err
     assert train_main(["--resume", str(tmp_path / "nowhere"), "--log-with", "none"]) == 2
@@ -254,10 +260,10 @@ def test_resume_refuses_another_model(tmp_path, capsys):
     assert "already trained 1 epochs" in capsys.readouterr().err
 
 
-def test_an_existing_run_is_never_overwritten(tmp_path, capsys):
-    run = _train(tmp_path, "--model", "cifar_resnet20", "--epochs", "1")
+def test_an_existing_run_is_never_overwritten(plain_run, capsys):
+    run = plain_run
     before = (run / "checkpoints" / "last" / "model.safetensors").read_bytes()
-    assert train_main(["--output", str(tmp_path), "--experiment", "run", *FAST, "--model", "cifar_resnet20",
+    assert train_main(["--output", str(run.parent), "--experiment", run.name, *FAST, "--model", "cifar_resnet20",
                        "--epochs", "1"]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (run / "checkpoints" / "last" / "model.safetensors").read_bytes() == before
@@ -362,16 +368,16 @@ def test_push_to_hub_uploads_the_best_checkpoint(tmp_path, hub):
     from huggingface_hub import hf_hub_download
 
     repo = f"tester/best-{uuid.uuid4().hex[:8]}"
-    run = _train(tmp_path, "--model", "cifar_resnet20", "--epochs", "3", "--lr", "0.5", "--push-to-hub", repo)
+    run = _train(tmp_path, "--model", "cifar_resnet20", "--epochs", "2", "--lr", "0.5", "--push-to-hub", repo)
     results = json.loads((run / "results.json").read_text())
     pushed = load_file(hf_hub_download(repo, "model.safetensors", revision=results["pushed"]["revision"]))
     best = load_file(run / "checkpoints" / "best" / "model.safetensors")
     last = load_file(run / "checkpoints" / "last" / "model.safetensors")
     assert all(torch.equal(v, best[k]) for k, v in pushed.items())
-    if results["best"]["epoch"] != 3:
+    if results["best"]["epoch"] != 2:
         assert not all(torch.equal(v, last[k]) for k, v in pushed.items())
     card = open(hf_hub_download(repo, "README.md", revision=results["pushed"]["revision"])).read()
-    assert f"best epoch ({results['best']['epoch']} of 3" in card
+    assert f"best epoch ({results['best']['epoch']} of 2" in card
 
 
 def test_folder_tar_and_timm_sources_feed_the_same_loop(tmp_path, capsys):
@@ -422,8 +428,8 @@ def test_unreadable_images_fail_by_name_or_are_skipped_and_counted(tmp_path, cap
     assert results["skipped_images"] == 1
 
 
-def test_class_count_and_option_errors(tmp_path, capsys):
-    hub = _train(tmp_path, "--model", "cifar_resnet20", "--epochs", "1") / "hub"
+def test_class_count_and_option_errors(plain_run, tmp_path, capsys):
+    hub = plain_run / "hub"
     # A 10-class checkpoint against 100-class data, without --num-classes: say how to fine-tune.
     assert train_main(["--output", str(tmp_path), "--experiment", "multi", "--log-with", "none", "--model",
                        f"local-dir:{hub}", "--pretrained", "--dataset", "multidigit-II", "--img-size", "8",
