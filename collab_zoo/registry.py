@@ -233,8 +233,12 @@ class HubConfigWarning(UserWarning):
     """A hub config file was skipped (the message names the file and the field)."""
 
 
+_PACKAGED: set = set()  # names of the package's own tags (hub_configs/), the only ones that can be a default
+
+
 def _hub_config_files() -> List[Tuple[str, bytes]]:
-    """(display path, bytes) of every hub config: the package's own, then any in $COLLAB_ZOO_HUB_CONFIGS."""
+    """(display path, bytes) of every hub config: the package's own (display path 'hub_configs/<file>'), then
+    any in $COLLAB_ZOO_HUB_CONFIGS."""
     files: List[Tuple[str, bytes]] = []
     packaged = resources.files("collab_zoo").joinpath("hub_configs")
     if packaged.is_dir():
@@ -275,6 +279,8 @@ def hub_configs() -> Dict[str, HubConfig]:
             warnings.warn(f"{e} This tag is skipped until the file is fixed.", HubConfigWarning, stacklevel=2)
             continue
         configs[config.name] = config
+        if path.startswith("hub_configs/"):
+            _PACKAGED.add(config.name)
     return configs
 
 
@@ -297,24 +303,44 @@ _BASE_CFGS: Dict[str, Dict[str, Any]] = {}
 
 def _arch_cfgs(arch: str, base: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
     tagged = sorted((c for c in hub_configs().values() if c.architecture == arch), key=lambda c: c.tag)
-    if not tagged:
-        return {arch: dict(base)}
-    # A trailing '*' makes timm treat the first tag as the default even while its upload is pending.
-    return {(f"{c.name}*" if i == 0 else c.name): c.to_pretrained_cfg(base) for i, c in enumerate(tagged)}
+    cfgs = {arch: dict(base)}  # the untagged cfg: the bare name's default unless the package ships a tag
+    cfgs.update({c.name: c.to_pretrained_cfg(base) for c in tagged})
+    return cfgs
+
+
+def _default_tag(arch: str) -> str:
+    """The package's own first tag of ``arch`` (as resnet50 defaults to resnet50.a1_in1k in timm), else none.
+
+    A tag registered at run time or from $COLLAB_ZOO_HUB_CONFIGS never becomes the bare name's default: a
+    private 1-channel digits tag must not turn ``create_model("dks_resnet20")`` into a 1-channel model.
+    """
+    shipped = sorted(c.tag for c in hub_configs().values() if c.architecture == arch and c.name in _PACKAGED)
+    return shipped[0] if shipped else ""
+
+
+def _generate(cfgs: Dict[str, Dict[str, Any]], archs: Iterable[str]):
+    out = generate_default_cfgs(cfgs)
+    for arch in archs:
+        # timm puts the first tag with weights first; the default is ours to choose (see _default_tag).
+        tags, default = out[arch].tags, _default_tag(arch)
+        if default in tags:
+            tags.remove(default)
+            tags.appendleft(default)
+    return out
 
 
 def zoo_default_cfgs(base_cfgs: Dict[str, Dict[str, Any]]):
     """timm ``default_cfgs`` for a module's architectures, with their hub-config tags folded in.
 
     ``base_cfgs`` maps each architecture to its untagged cfg (input size, mean/std, first conv, classifier
-    names). An architecture with hub configs is registered under its tags only, the first (sorted) being its
-    default, as ``resnet50`` defaults to ``resnet50.a1_in1k`` in timm.
+    names). Its hub-config tags are registered beside it; the package's own first tag (sorted) is the bare
+    name's default, as ``resnet50`` defaults to ``resnet50.a1_in1k`` in timm (see ``_default_tag``).
     """
     cfgs: Dict[str, Dict[str, Any]] = {}
     for arch, base in base_cfgs.items():
         _BASE_CFGS[arch] = dict(base)
         cfgs.update(_arch_cfgs(arch, base))
-    return generate_default_cfgs(cfgs)
+    return _generate(cfgs, base_cfgs)
 
 
 def register_hub_config(config: Union[HubConfig, Dict[str, Any], os.PathLike]) -> HubConfig:
@@ -338,7 +364,7 @@ def register_hub_config(config: Union[HubConfig, Dict[str, Any], os.PathLike]) -
     hub_configs()[config.name] = config
     fn = _ZOO_MODELS[arch]
     module = sys.modules[fn.__module__]
-    module.default_cfgs.update(generate_default_cfgs(_arch_cfgs(arch, _BASE_CFGS[arch])))
+    module.default_cfgs.update(_generate(_arch_cfgs(arch, _BASE_CFGS[arch]), [arch]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # timm warns on every re-registration; this one is deliberate
         register_model(fn)

@@ -194,3 +194,16 @@ def test_registering_a_broken_hub_config_file_is_a_clear_error(tmp_path):
 def test_hub_config_fields_of_the_wrong_kind_are_named(changes, message):
     with pytest.raises(HubConfigError, match=message):
         _parse_hub_config("dks_resnet18.in1k.json", _valid_config(**changes))
+
+
+def test_a_tag_registered_at_run_time_never_changes_the_bare_names_defaults():
+    before = collab_zoo.get_pretrained_cfg("dks_resnet110")
+    collab_zoo.register_hub_config(_valid_config(
+        model="dks_resnet110.private1ch", input_size=[1, 8, 8], mean=[0.5], std=[0.25], num_classes=10,
+        revision="a" * 40, sha256="b" * 64))
+    assert "private1ch" in collab_zoo.tags_of("dks_resnet110")
+    assert collab_zoo.get_pretrained_cfg("dks_resnet110.private1ch").input_size == (1, 8, 8)
+    after = collab_zoo.get_pretrained_cfg("dks_resnet110")
+    assert (after.tag, after.input_size, after.num_classes) == (before.tag, before.input_size, before.num_classes)
+    assert collab_zoo.create_model("dks_resnet110").pretrained_cfg["input_size"] == before.input_size
+    assert collab_zoo.get_pretrained_cfg("dks_resnet50").tag == "in1k"  # a shipped tag stays the default
