@@ -116,8 +116,7 @@ def test_train_validate_save_reload_end_to_end(tmp_path, capsys):
 
 
 def test_per_head_accuracy_and_loss_parts_are_logged_for_every_method(tmp_path):
-    run = _train(tmp_path, "--model", "cldl_nin", "--epochs", "1", "--img-size", "16",
-                 "--model-kwargs", "num_heads=3")
+    run = _train(tmp_path, "--model", "cldl_nin", "--epochs", "1", "--model-kwargs", "num_heads=3")
     header = (run / "summary.csv").read_text().splitlines()[0].split(",")
     results = json.loads((run / "results.json").read_text())
     head_columns = [c for c in header if c.startswith("eval_top1_")]
@@ -233,15 +232,16 @@ def test_a_killed_or_interrupted_run_resumes_to_the_same_weights(tmp_path):
 def test_resume_with_more_epochs_extends_the_run_and_reports_all_of_it(tmp_path):
     run = _train(tmp_path, "--model", "cifar_resnet20", "--epochs", "1")
     first = json.loads((run / "results.json").read_text())
-    code, output = _run_script("train.py", "--resume", run, "--epochs", "2", "--output", tmp_path, cwd=tmp_path)
+    # (--no-resume-opt: the extension starts a fresh optimizer, as timm's flag says.)
+    code, output = _run_script("train.py", "--resume", run, "--epochs", "2", "--no-resume-opt", "--output", tmp_path,
+                               cwd=tmp_path)
     assert code == 0, output[-3000:]
     assert "Extending the run from 1 to 2 epochs" in output
     results = json.loads((run / "results.json").read_text())
     assert results["epochs"] == 2 and results["train_seconds"] > first["train_seconds"]
     assert [line.split(",")[0] for line in (run / "summary.csv").read_text().splitlines()[1:]] == ["0", "1"]
-    # A fresh optimizer on resume is allowed, and says it is not exact by needing the flag.
-    assert train_main(["--resume", str(run), "--epochs", "3", "--no-resume-opt", "--log-with", "none"]) == 0
-    assert json.loads((run / "results.json").read_text())["epochs"] == 3
+    header = (run / "summary.csv").read_text().splitlines()[0]
+    assert header.startswith("epoch,train_loss") and ",eval_loss," in header
 
 
 @pytest.fixture(scope="module")
