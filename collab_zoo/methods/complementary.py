@@ -126,8 +126,8 @@ from torch import Tensor, nn
 from ..builder import build_zoo_model
 from ..convert import (add_hub_arguments, as_state_dict, check_state_dict_keys, finish_hub_folder,
                        read_torch_checkpoint, register_converter, strip_prefix)
-from ..contract import (CollabModel, Heads, LossParts, TrainingRound, group_ordinals, heads_of,
-                        inherit_conformance_exemptions, is_soft_target, is_tracing)
+from ..contract import (CollabModel, Heads, LossParts, TrainingRound, classifier_module_name, group_ordinals,
+                        heads_of, inherit_conformance_exemptions, is_soft_target, is_tracing)
 from ..errors import IncompatibleConfigError
 from ..registry import base_cfg, cifar_cfg, mnist_cfg, zoo_default_cfgs, zoo_model
 
@@ -803,10 +803,11 @@ class ComplementaryEnsemble(CollabModel):
     def get_classifier(self, name_only: bool = False):
         """The main (last) member's classifier; ``classifier_names`` lists every member's."""
         last = self.members[-1]
-        return f"members.{self.tau - 1}.{last.get_classifier(name_only=True)}" if name_only else last.get_classifier()
+        return f"members.{self.tau - 1}.{classifier_module_name(last)}" if name_only else last.get_classifier()
 
     def classifier_names(self) -> Tuple[str, ...]:
-        return tuple(f"members.{i}.{m.get_classifier(name_only=True)}" for i, m in enumerate(self.members))
+        # classifier_module_name: many timm models' get_classifier() takes no name_only (DenseNet among them).
+        return tuple(f"members.{i}.{classifier_module_name(m)}" for i, m in enumerate(self.members))
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """A new classifier for every member. The members' outputs change, so the boosting record (gammas,
