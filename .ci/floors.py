@@ -4,8 +4,7 @@
     python .ci/floors.py --check [--keep ...] check that the installed versions are those floors
 
 Reads pyproject.toml's dependencies and the "test" extra. Every requirement must declare a floor: a range
-whose bottom is never installed is a range nobody tested. --keep leaves a package out (CI keeps the pinned
-torch/torchvision build; README, "Install", says why).
+whose bottom is never installed is a range nobody tested. --keep leaves a package out.
 """
 import argparse
 import re
