@@ -201,10 +201,12 @@ def test_a_killed_or_interrupted_run_resumes_to_the_same_weights(tmp_path):
     victim.communicate()
     assert progress["epoch"] == 0, "killed inside the first epoch, between two checkpoints"
 
-    # Ctrl-C: the run saves where it is and says so in one line.
-    interrupted = _script("train.py", *common, "--experiment", "ctrlc", cwd=tmp_path)
+    # Ctrl-C: the run saves where it is and says so in one line. This one loads its data in a worker process,
+    # which must neither die of the Ctrl-C nor change what the samples look like.
+    interrupted = _script("train.py", *common, "-j", "1", "--experiment", "ctrlc", cwd=tmp_path,
+                          start_new_session=True)
     assert _wait_for_progress(tmp_path / "ctrlc" / "checkpoints" / "last" / "state.json", interrupted, 2)
-    interrupted.send_signal(signal.SIGINT)
+    os.killpg(interrupted.pid, signal.SIGINT)  # as a terminal's Ctrl-C does: the whole process group
     output, _ = interrupted.communicate(timeout=300)
     assert interrupted.returncode == 130, output[-3000:]
     assert "Traceback" not in output
@@ -217,9 +219,9 @@ def test_a_killed_or_interrupted_run_resumes_to_the_same_weights(tmp_path):
     assert whole.returncode == 0, output[-3000:]
     # Progress in a log is one line per interval, never carriage-return redraws.
     assert "\r" not in output and "epoch 1/2 [5/23]" in output and "epoch 1/2 [10/23]" in output
-    for experiment in ("killed", "ctrlc"):
+    for experiment, workers in (("killed", "0"), ("ctrlc", "1")):
         code, output = _run_script("train.py", "--resume", tmp_path / experiment, "--output", tmp_path,
-                                   "--log-with", "none", cwd=tmp_path)
+                                   "--log-with", "none", "-j", workers, cwd=tmp_path)
         assert code == 0, output[-3000:]
         a = load_file(tmp_path / "whole" / "checkpoints" / "last" / "model.safetensors")
         b = load_file(tmp_path / experiment / "checkpoints" / "last" / "model.safetensors")

@@ -10,7 +10,9 @@ Each sample's own augmentation is seeded from (seed, epoch, index) by ``ImageSam
 from __future__ import annotations
 
 import argparse
+import functools
 import math
+import signal
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
@@ -79,6 +81,14 @@ class _SeededErasing:
                 random.setstate(state)
 
 
+def _worker_init(worker_id: int, timm_init=None) -> None:
+    """timm's worker set-up, and Ctrl-C left to the main process: it stops the run at a step boundary and saves
+    a checkpoint, which needs the workers alive until then."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if timm_init is not None:
+        timm_init(worker_id)
+
+
 def make_train_loader(dataset, args, bundle: DataBundle, device: torch.device, world: int, rank: int, epoch: int,
                       skip_batches: int = 0) -> Tuple[Any, int]:
     """This process's loader for one epoch of ``dataset``, starting at batch ``skip_batches``; and the number
@@ -102,7 +112,7 @@ def make_train_loader(dataset, args, bundle: DataBundle, device: torch.device, w
     inner = loader.loader if isinstance(loader, PrefetchLoader) else loader
     resumable = DataLoader(inner.dataset, batch_sampler=batches[skip_batches:], num_workers=inner.num_workers,
                            collate_fn=inner.collate_fn, pin_memory=inner.pin_memory,
-                           worker_init_fn=inner.worker_init_fn,
+                           worker_init_fn=functools.partial(_worker_init, timm_init=inner.worker_init_fn),
                            generator=torch.Generator().manual_seed(sample_key(args.seed, epoch, rank)))
     if isinstance(loader, PrefetchLoader):
         loader.loader = resumable
