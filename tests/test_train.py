@@ -115,6 +115,7 @@ def test_train_validate_save_reload_end_to_end(tmp_path, capsys):
     assert torch.equal(model(x), trained.eval()(x))
 
 
+@pytest.mark.slow  # heavier; CI runs the slow group too
 def test_per_head_accuracy_and_loss_parts_are_logged_for_every_method(tmp_path):
     run = _train(tmp_path, "--model", "cldl_nin", "--epochs", "1", "--model-kwargs", "num_heads=3")
     header = (run / "summary.csv").read_text().splitlines()[0].split(",")
@@ -124,6 +125,7 @@ def test_per_head_accuracy_and_loss_parts_are_logged_for_every_method(tmp_path):
     assert any(c.startswith("train_t_aux") for c in header)
 
 
+@pytest.mark.slow  # heavier; CI runs the slow group too
 def test_precision_compile_ema_mixup_accumulation_flags_work_together(tmp_path):
     run = _train(tmp_path, "--model", "dks_resnet20", "--epochs", "1", "-b", "30", "--amp", "--torchcompile",
                  "eager", "--model-ema", "--mixup", "0.2", "--cutmix", "0.2", "--smoothing", "0.1",
@@ -366,6 +368,7 @@ def test_fine_tuning_from_the_hub_a_folder_or_a_tag_with_another_class_count(tmp
     assert f"base_model: {repo}" in (tmp_path / "runs" / "from-tag" / "hub" / "README.md").read_text()
 
 
+@pytest.mark.slow  # heavier; CI runs the slow group too
 def test_push_to_hub_uploads_the_best_checkpoint(tmp_path, hub):
     from huggingface_hub import hf_hub_download
 
