@@ -24,7 +24,7 @@ tells DDP to look for parameters a step leaves without gradient when the model s
 ``prepare_distributed``, as timm's train.py does); ``compile`` compiles the trainable module, which is also the
 eval model (the contract's eval-mode forward is the method's inference rule).
 
-Needs timm 1.0.27 or newer (``timm.task`` with the EMA, compile and eval-model hooks).
+Needs timm 1.0.31 or newer (``timm.task`` with the EMA, compile, eval-model and evaluator hooks).
 """
 from __future__ import annotations
 
@@ -42,20 +42,21 @@ _logger = logging.getLogger(__name__)
 
 __all__ = ["CollabTask", "MIN_TIMM_FOR_TASKS"]
 
-MIN_TIMM_FOR_TASKS = "1.0.27"
+MIN_TIMM_FOR_TASKS = "1.0.31"
 
 
 def _training_task_base():
     import timm
 
     message = (f"collab_zoo.CollabTask needs timm >= {MIN_TIMM_FOR_TASKS} (timm.task.TrainingTask with setup_ema, "
-               f"compile and get_eval_model); this environment has timm {timm.__version__}. "
+               f"compile, get_eval_model and create_evaluator); this environment has timm {timm.__version__}. "
                f"Upgrade with: pip install -U 'timm>={MIN_TIMM_FOR_TASKS}'.")
     try:
         from timm.task import TrainingTask
     except ImportError:
         raise ImportError(message) from None
-    if not all(hasattr(TrainingTask, name) for name in ("setup_ema", "compile", "get_eval_model", "no_sync")):
+    if not all(hasattr(TrainingTask, name) for name in ("setup_ema", "compile", "get_eval_model", "no_sync",
+                                                         "create_evaluator")):
         raise ImportError(message)
     return TrainingTask
 
