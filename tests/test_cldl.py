@@ -495,3 +495,16 @@ def test_features_only_and_bf16_autocast():
     loss.backward()
     assert heads[0].dtype == torch.bfloat16 and loss.dtype == torch.float32 and torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_without_classifiers_the_eval_forward_gives_the_backbones_features():
+    """timm's meaning of reset_classifier(0) / (0, ''): pooled pre-logits, then unpooled maps (Eq. 9 has nothing
+    to score without classifiers)."""
+    model = collab_zoo.create_model("cldl_nin_mnist").eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        model.reset_classifier(0)
+        assert model(x).shape == model.forward_head(features, pre_logits=True).shape == (2, model.head_hidden_size)
+        model.reset_classifier(0, "")
+        assert model(x).shape == features.shape

@@ -576,3 +576,21 @@ def test_layer_decay_scales_every_member_over_its_own_depth():
     assert lowest > 0.75 ** 20  # one member's depth, not three stacked
     assert {scale[id(named[f"members.{i}.stem.0.weight"])] for i in range(3)} == {lowest}
     assert {scale[id(named[f"members.{i}.fc.weight"])] for i in range(3)} == {1.0}
+
+
+def test_an_exported_ensemble_follows_the_boosting_state_it_is_given():
+    """torch.export of the eval model computes Eq. 9 from the round buffers inside the graph: exported before
+    any round completes, it gives the trained ensemble's answer once the trained state is loaded into it."""
+    model = collab_zoo.create_model("complementary_mlp_x4").eval()
+    x = torch.randn(3, 1, 28, 28)
+    program = torch.export.export(model, (x,))
+    torch.manual_seed(0)
+    for index in range(2):
+        with torch.no_grad():
+            heldout = model.forward_heads(torch.randn(40, 1, 28, 28))
+        model.complete_round(index, heldout, torch.arange(40) % 10)
+    exported = program.module()
+    exported.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), model(x))
+    assert int(model.rounds_completed) == 2 and bool((model.member_weights()[:2] > 0).all())

@@ -41,6 +41,9 @@ try:
 except ImportError:  # pragma: no cover - torchvision is a dependency
     NodePathTracer = None
 
+# torchvision notes, for every traced model, that its train and eval graphs differ; they do by design here.
+pytestmark = pytest.mark.filterwarnings("ignore:.*obtained by tracing the model in:UserWarning")
+
 MODELS: List[str] = collab_zoo.list_models()
 TARGET_SIZE = 64            # the largest side an ImageNet-sized model is run at, outside the default-cfg family
 HEAVY_PARAMS = 10_000_000   # models larger than this, or deeper than HEAVY_MODULES, run in the slow group only

@@ -430,3 +430,28 @@ def test_complexity_rows_and_the_command_line_table():
              and line.split()[1].startswith("dcl_")]
     assert sorted(set(table)) == ["dcl_alexnet", "dcl_bignet", "dcl_lenet", "dcl_lenet_cifar", "dcl_wrn16"]
     assert len(table) == len(COMPLEXITY_PAIRS) and "62,378,344" in run.stdout and "51,898,728" in run.stdout
+
+
+def test_a_traced_stochastic_model_draws_when_the_graph_runs():
+    """DCLModule is one of timm's FX leaves: a graph traced in training draws its pair at every run, not once
+    at tracing, and its deterministic mode fuses every branch."""
+    import timm.layers
+
+    class LeafTracer(torch.fx.Tracer):
+        def is_leaf_module(self, module, name):
+            return timm.layers.is_notrace_module(type(module)) or super().is_leaf_module(module, name)
+
+    model = collab_zoo.create_model("dcl_lenet", num_classes=10).train()     # A3S: three branches, two drawn per step
+    graph = torch.fx.GraphModule(model, LeafTracer().trace(model))
+    layer = model.backbone.fc1
+    x = torch.randn(2, 1, 28, 28)
+    drawn = set()
+    for seed in range(10):
+        torch.manual_seed(seed)
+        graph(x)
+        drawn.add(layer.last_active)
+    assert len(drawn) > 1 and all(len(pair) == 2 for pair in drawn)
+    with model.deterministic_mode():
+        graph(x)
+        assert layer.last_active == (0, 1, 2) and not model.parameters_left_unused()
+    assert layer.mode == "stochastic"
