@@ -53,3 +53,29 @@ class InvalidModelConfigError(CollabZooError, ValueError):
 
 class InvalidHubIdError(CollabZooError, ValueError):
     """A Hub repo id (``owner/name[@revision]``) or a file name inside a repo is malformed."""
+
+
+class NonFiniteError(CollabZooError, FloatingPointError):
+    """Tensors hold NaN or infinity where only finite values may be: weights about to be saved or published, a
+    training step that diverged, or a checkpoint being read. ``names`` lists the tensors, first ones first."""
+
+    def __init__(self, message: str, names=()):
+        super().__init__(message)
+        self.names = tuple(names)
+
+    def __reduce__(self):  # keeps ``names`` when the error crosses a process boundary (DataLoader workers, DDP)
+        return type(self), (str(self), self.names)
+
+
+class CorruptCheckpointError(CollabZooError, OSError):
+    """A checkpoint folder is torn or damaged: a file is missing, or its size or sha256 differs from the folder's
+    manifest (message names the file and what to do)."""
+
+
+class RunWriteError(CollabZooError, OSError):
+    """A run's files could not be written (disk full, read-only folder, file-size limit); what was already
+    complete on disk was left as it was."""
+
+
+class RunFolderBusyError(CollabZooError, RuntimeError):
+    """Another process is writing the same run folder (two runs with the same --output/--experiment)."""

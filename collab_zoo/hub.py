@@ -20,6 +20,7 @@ import torch
 from timm.models import PretrainedCfg
 from torch import nn
 
+from .integrity import check_finite
 from .weights import DEFAULT_WEIGHTS_NAME, names_weight_source, sha256_of
 
 __all__ = ["save_for_hub", "push_to_hub", "PushedCommit", "hub_config_json", "atomic_write_bytes",
@@ -302,11 +303,13 @@ def save_for_hub(model: nn.Module, save_directory: os.PathLike, *, keep_training
     licence id; default the licence the weights' pretrained_cfg records, else the project's (apache-2.0).
     """
     save_directory = Path(save_directory)
-    save_directory.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "hub_state_dict"):
         tensors = model.hub_state_dict(keep_training_heads=keep_training_heads)
     else:
         tensors = model.state_dict()
+    # Checked before anything is written, so a diverged model never reaches a folder or a push.
+    check_finite(tensors, f"Refusing to write the Hub folder {save_directory}")
+    save_directory.mkdir(parents=True, exist_ok=True)
     config = hub_config_json(model, keep_training_heads, model_args, extra_config)
     if base_model:
         config["collab_zoo"]["base_model"] = base_model

@@ -135,6 +135,21 @@ def test_saved_model_loads_back_from_local_dir_with_identical_outputs(tmp_path):
         assert len(a) == 3
 
 
+def test_a_non_finite_buffer_is_never_written_or_pushed(hub, tmp_path):
+    from collab_zoo.errors import NonFiniteError
+    model = _model()
+    bn_var = next(name for name, _ in model.named_buffers() if name.endswith("running_var"))
+    model.get_buffer(bn_var).fill_(float("inf"))
+    with pytest.raises(NonFiniteError, match=bn_var.replace(".", r"\.")):
+        collab_zoo.save_for_hub(model, tmp_path / "out")
+    assert not (tmp_path / "out").exists(), "nothing may be written for a diverged model"
+    repo = _unique_repo()
+    with pytest.raises(NonFiniteError):
+        collab_zoo.push_to_hub(model, repo, quiet=True)
+    from huggingface_hub import HfApi
+    assert not HfApi().repo_exists(repo), "a refused push must not even create the repo"
+
+
 def test_push_pull_with_pinned_revision_and_sha256(hub, tmp_path):
     repo = _unique_repo()
     first = _model(seed=1)
