@@ -259,9 +259,11 @@ def test_resume_refuses_another_model(plain_run, tmp_path, capsys):
     assert train_main(["--resume", str(run), "--model", "cifar_resnet32", "--log-with", "none"]) == 2
     assert "differs from the checkpoint's" in capsys.readouterr().err
     assert train_main(["--resume", str(tmp_path / "nowhere"), "--log-with", "none"]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert train_main(["--resume", str(tmp_path), "--log-with", "none"]) == 2
     assert "no checkpoint there" in capsys.readouterr().err
     assert train_main(["--resume", str(run), "--epochs", "0", "--log-with", "none"]) == 2
-    assert "already trained 1 epochs" in capsys.readouterr().err
+    assert "--epochs must be at least 1" in capsys.readouterr().err
 
 
 def test_an_existing_run_is_never_overwritten(plain_run, capsys):

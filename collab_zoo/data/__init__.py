@@ -145,13 +145,17 @@ class _ReaderSource:
         except Exception:
             return f"sample {index}"
 
-    def _open(self, index: int):
+    def _open(self, index: int, draft: bool = False):
         from PIL import Image
 
         handle, target = self.reader[index]
         with contextlib.closing(handle) if hasattr(handle, "close") else contextlib.nullcontext(handle) as f:
             image = Image.open(f)
-            image = image.convert(self.mode)  # decodes the pixels while the file is open
+            if draft:
+                # A JPEG decoded at 1/8 scale still reads every byte of its data: truncation shows, for a
+                # fraction of a full decode's time.
+                image.draft("RGB" if self.mode == "RGB" else "L", (1, 1))
+            image = to_mode(image, self.mode)  # decodes the pixels while the file is open
         return image, int(target)
 
     def __getitem__(self, index: int):
@@ -164,10 +168,24 @@ class _ReaderSource:
 
     def readable(self, index: int) -> bool:
         try:
-            self._open(index)
+            self._open(index, draft=True)
             return True
         except Exception:
             return False
+
+
+def to_mode(image, mode: str):
+    """``image.convert(mode)``, as timm's readers do, except for 16- and 32-bit grey images (16-bit PNGs, TIFFs),
+    which PIL's convert clips to white: their full range is scaled to 8 bits first."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        from PIL import Image
+
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        if image.mode == "I" and values.max(initial=0) > 65535:
+            top = float(values.max())
+        image = Image.fromarray(np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8), mode="L")
+    return image.convert(mode)
 
 
 class _DatasetSource:
@@ -366,6 +384,12 @@ def _builtin(spec: DataSpec, need_train: bool) -> DataBundle:
 
     name = spec.dataset
     side = _square_side(spec.input_size)
+    if name != "digits":
+        from .builtin import LEVELS
+
+        levels = len(LEVELS[2 if name == "multidigit-II" else 3])
+        if not 1 <= spec.md_level <= levels:
+            raise DataError(f"--md-level {spec.md_level}: {name} has levels 1 to {levels}.")
     if name == "digits":
         size = side or 32
         train_raw, test_raw = digits_split("train"), digits_split("test")
@@ -450,6 +474,13 @@ def _open_reader_split(spec: DataSpec, split: str, class_map) -> _ReaderSource:
     return _ReaderSource(dataset.reader, spec.input_img_mode or "RGB")
 
 
+def _class_folders(folder: Path) -> Optional[set]:
+    """The class folders of a split folder that hold at least one file (None for a tar)."""
+    if not folder.is_dir():
+        return None
+    return {d.name for d in folder.iterdir() if d.is_dir() and any(f.is_file() for f in d.rglob("*"))}
+
+
 def _drop_unreadable(view: ImageSamples) -> int:
     keep = [i for i in view.indices if view.source.readable(i)]
     skipped = len(view.indices) - len(keep)
@@ -476,6 +507,15 @@ def _folder(spec: DataSpec, need_train: bool) -> DataBundle:
         train = ImageSamples(_open_reader_split(spec, spec.train_split, class_map))
         class_map = class_map or train.source.class_to_idx
     evaluation = ImageSamples(_open_reader_split(spec, spec.val_split, class_map))
+    train_folders = _class_folders(Path(train.source.reader.root)) if train is not None and hasattr(
+        train.source.reader, "root") else None
+    eval_folders = _class_folders(Path(evaluation.source.reader.root)) if hasattr(
+        evaluation.source.reader, "root") else None
+    if train_folders is not None and eval_folders is not None and eval_folders - train_folders:
+        # timm's reader, given the training split's classes, would drop these images without a word.
+        missing = sorted(eval_folders - train_folders)
+        raise DataError(f"The evaluation split has classes the training split lacks ({missing[:10]}): the splits "
+                        "must hold the same class folders.")
     if train is not None and evaluation.source.class_names != train.class_names:
         missing = sorted(set(evaluation.source.class_names) - set(train.class_names))
         raise DataError(f"The evaluation split has classes the training split lacks ({missing[:10]}): the splits "

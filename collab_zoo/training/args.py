@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from typing import Any, Dict, List, Optional, Tuple
 
 from timm.utils import ParseKwargs
@@ -62,6 +63,14 @@ MAIN_JOB: List[str] = ["--model", "dks_resnet20", "--baseline", "cifar_resnet20"
 
 class ConfigFileError(ValueError):
     """A -c/--config file that cannot be read or holds a value of the wrong kind."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one short paragraph: the full usage of train.py is a page long, and the
+    message, not the usage, says what to change. Exit code 2, as argparse's."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n(python {self.prog} --help describes every flag)\n")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -138,7 +147,7 @@ def _add_input_arguments(g) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="train.py", formatter_class=_HelpFormatter,
         description="Train any collab_zoo (or timm) model through the model contract; `accelerate launch "
                     "train.py ...` for several processes. No arguments: the built-in main job.")
@@ -321,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=42, metavar="S", help="random seed (also generates the multi-digit sets)")
     g.add_argument("--worker-seeding", type=str, default="all",
                    help="worker seed mode (timm); each sample's augmentation is seeded from (seed, epoch, index) anyway")
+    g.add_argument("--skip-nonfinite-steps", type=int, default=0, metavar="N",
+                   help="skip up to N optimizer steps whose loss, weights or buffers go non-finite (NaN/inf), undoing "
+                        "each (weights, buffers, optimizer state) and logging it; one more stops the run. 0: the first "
+                        "one stops it (exit code 3). checkpoints/last always holds the last finite state")
     g.add_argument("--log-interval", type=int, default=20, metavar="N",
                    help="optimizer steps between progress lines (a progress bar on a terminal)")
     g.add_argument("--recovery-interval", "--checkpoint-interval", dest="recovery_interval", type=int, default=0,
@@ -359,12 +372,18 @@ def _read_config(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
     import yaml
 
     try:
-        with open(path) as f:
-            loaded = yaml.safe_load(f)
+        with open(path, "rb") as f:
+            loaded = yaml.safe_load(f.read().decode("utf-8"))
     except FileNotFoundError:
         raise ConfigFileError(f"-c/--config {path}: no such file.") from None
+    except IsADirectoryError:
+        raise ConfigFileError(f"-c/--config {path} is a folder; give the YAML file.") from None
+    except OSError as e:
+        raise ConfigFileError(f"-c/--config {path} cannot be read ({e.strerror or e}).") from None
+    except UnicodeDecodeError:
+        raise ConfigFileError(f"-c/--config {path} is not UTF-8 text; save the YAML file as UTF-8.") from None
     except yaml.YAMLError as e:
-        raise ConfigFileError(f"-c/--config {path} is not valid YAML: {e}") from None
+        raise ConfigFileError(f"-c/--config {path} is not valid YAML: {' '.join(str(e).split())}") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
@@ -378,16 +397,215 @@ def _read_config(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
             ignored.append(str(key))
             continue
         action = known[dest]
-        if value is not None and action.nargs in ("+", "*") and not isinstance(value, (list, tuple, dict)):
+        if value is not None and isinstance(action, ParseKwargs):
+            if not isinstance(value, dict):
+                raise ConfigFileError(f"-c/--config {path}: {key} must map option names to values (e.g. "
+                                      f"'{key}: {{tau: 3}}'), got {value!r}.")
+        elif value is not None and action.nargs in ("+", "*") and not isinstance(value, (list, tuple, dict)):
             value = [value]
-        if value is not None and isinstance(action.type, type) and action.nargs is None and not isinstance(
-                value, action.type) and not (action.type is float and isinstance(value, int)):
-            raise ConfigFileError(f"-c/--config {path}: {key} must be {action.type.__name__}, got {value!r}.")
+        if value is not None and action.nargs in ("+", "*") and not isinstance(action, ParseKwargs):
+            if not isinstance(value, (list, tuple)):
+                raise ConfigFileError(f"-c/--config {path}: {key} must be a list, got {value!r}.")
+            for item in value:
+                _check_config_value(path, key, item, action)
+        elif value is not None and not isinstance(action, ParseKwargs):
+            _check_config_value(path, key, value, action)
         settings[dest] = value
     if ignored:
         # A timm args.yaml carries settings of timm's own script this one does not have: say so, do not fail.
         _logger.warning("-c/--config %s: settings train.py does not have, ignored: %s", path, ", ".join(ignored))
     return settings
+
+
+def _check_config_value(path: str, key: str, value: Any, action: argparse.Action) -> None:
+    if action.type is None and action.nargs == 0:  # a switch (store_true / store_false)
+        if not isinstance(value, bool):
+            raise ConfigFileError(f"-c/--config {path}: {key} is a switch and must be true or false, got {value!r}.")
+        return
+    wanted = action.type if isinstance(action.type, type) else None
+    if wanted is not None:
+        fits = isinstance(value, wanted) and not (wanted is not bool and isinstance(value, bool))
+        if wanted is float and isinstance(value, int) and not isinstance(value, bool):
+            fits = True
+        if not fits:
+            raise ConfigFileError(f"-c/--config {path}: {key} must be {wanted.__name__}, got {value!r}.")
+    if action.choices is not None and value not in action.choices:
+        raise ConfigFileError(f"-c/--config {path}: {key} must be one of {', '.join(map(str, action.choices))}, "
+                              f"got {value!r}.")
+
+
+# --- every number checked before any work ------------------------------------------------------------------------
+
+def _at_least(n):
+    return (lambda v: v >= n), f"at least {n}"
+
+
+def _above(n):
+    return (lambda v: v > n), f"greater than {n}"
+
+
+def _within(lo, hi, hi_open=False):
+    if hi_open:
+        return (lambda v: lo <= v < hi), f"in [{lo}, {hi})"
+    return (lambda v: lo <= v <= hi), f"between {lo} and {hi}"
+
+
+# (dest, flag, (test, requirement)); a value left at None (unset) is not checked; lists are checked item by item.
+_COMMON_RULES = [
+    ("batch_size", "-b/--batch-size", _at_least(1)),
+    ("workers", "-j/--workers", _at_least(0)),
+    ("img_size", "--img-size", _at_least(1)),
+    ("in_chans", "--in-chans", _at_least(1)),
+    ("input_size", "--input-size", _at_least(1)),
+    ("num_classes", "--num-classes", _at_least(1)),
+    ("crop_pct", "--crop-pct", _above(0)),
+    ("std", "--std", _above(0)),
+    ("mean", "--mean", ((lambda v: True), "a finite number")),
+    ("md_level", "--md-level", _at_least(1)),
+    ("md_train_size", "--md-train-size", _at_least(1)),
+    ("md_test_size", "--md-test-size", _at_least(1)),
+    ("seed", "--seed", _within(0, 2 ** 32 - 1)),
+    ("train_num_samples", "--train-num-samples", _at_least(1)),
+    ("val_num_samples", "--val-num-samples", _at_least(1)),
+    ("num_samples", "--num-samples", _at_least(1)),
+    ("log_freq", "--log-freq", _at_least(1)),
+]
+_TRAIN_RULES = [
+    ("epochs", "--epochs", _at_least(1)),
+    ("validation_batch_size", "-vb/--validation-batch-size", _at_least(1)),
+    ("grad_accum_steps", "--grad-accum-steps", _at_least(1)),
+    ("lr", "--lr", _at_least(0)),
+    ("lr_base", "--lr-base", _above(0)),
+    ("lr_base_size", "--lr-base-size", _at_least(1)),
+    ("min_lr", "--min-lr", _at_least(0)),
+    ("warmup_lr", "--warmup-lr", _at_least(0)),
+    ("weight_decay", "--weight-decay", _at_least(0)),
+    ("momentum", "--momentum", _within(0, 1)),
+    ("opt_eps", "--opt-eps", _above(0)),
+    ("opt_betas", "--opt-betas", _within(0, 1, hi_open=True)),
+    ("clip_grad", "--clip-grad", _above(0)),
+    ("layer_decay", "--layer-decay", _within(0, 1)),
+    ("warmup_epochs", "--warmup-epochs", _at_least(0)),
+    ("cooldown_epochs", "--cooldown-epochs", _at_least(0)),
+    ("patience_epochs", "--patience-epochs", _at_least(0)),
+    ("decay_epochs", "--decay-epochs", _above(0)),
+    ("decay_milestones", "--decay-milestones", _at_least(1)),
+    ("decay_rate", "--decay-rate", _above(0)),
+    ("lr_cycle_mul", "--lr-cycle-mul", _above(0)),
+    ("lr_cycle_decay", "--lr-cycle-decay", _above(0)),
+    ("lr_cycle_limit", "--lr-cycle-limit", _at_least(1)),
+    ("lr_k_decay", "--lr-k-decay", _above(0)),
+    ("lr_noise", "--lr-noise", _at_least(0)),
+    ("lr_noise_pct", "--lr-noise-pct", _at_least(0)),
+    ("lr_noise_std", "--lr-noise-std", _at_least(0)),
+    ("model_ema_decay", "--model-ema-decay", _within(0, 1, hi_open=True)),
+    ("smoothing", "--smoothing", _within(0, 1, hi_open=True)),
+    ("mixup", "--mixup", _at_least(0)),
+    ("cutmix", "--cutmix", _at_least(0)),
+    ("cutmix_minmax", "--cutmix-minmax", _within(0, 1)),
+    ("mixup_prob", "--mixup-prob", _within(0, 1)),
+    ("mixup_switch_prob", "--mixup-switch-prob", _within(0, 1)),
+    ("mixup_off_epoch", "--mixup-off-epoch", _at_least(0)),
+    ("reprob", "--reprob", _within(0, 1)),
+    ("recount", "--recount", _at_least(1)),
+    ("scale", "--scale", _above(0)),
+    ("ratio", "--ratio", _above(0)),
+    ("hflip", "--hflip", _within(0, 1)),
+    ("vflip", "--vflip", _within(0, 1)),
+    ("color_jitter", "--color-jitter", _at_least(0)),
+    ("color_jitter_prob", "--color-jitter-prob", _within(0, 1)),
+    ("grayscale_prob", "--grayscale-prob", _within(0, 1)),
+    ("gaussian_blur_prob", "--gaussian-blur-prob", _within(0, 1)),
+    ("drop", "--drop", _within(0, 1, hi_open=True)),
+    ("drop_path", "--drop-path", _within(0, 1, hi_open=True)),
+    ("drop_block", "--drop-block", _within(0, 1, hi_open=True)),
+    ("bn_momentum", "--bn-momentum", _within(0, 1)),
+    ("bn_eps", "--bn-eps", _above(0)),
+    ("heldout_frac", "--heldout-frac", _within(0, 1, hi_open=True)),
+    ("log_interval", "--log-interval", _at_least(1)),
+    ("recovery_interval", "--recovery-interval", _at_least(0)),
+    ("checkpoint_hist", "--checkpoint-hist", _at_least(0)),
+    ("skip_nonfinite_steps", "--skip-nonfinite-steps", _at_least(0)),
+]
+# (dest, flag, allowed values) for strings timm would only reject deep inside a run.
+_TRAIN_CHOICES = [
+    ("clip_mode", "--clip-mode", ("norm", "value", "agc")),
+    ("mixup_mode", "--mixup-mode", ("batch", "pair", "elem")),
+    ("remode", "--remode", ("const", "rand", "pixel")),
+    ("dist_bn", "--dist-bn", ("reduce", "broadcast", "")),
+    ("worker_seeding", "--worker-seeding", ("all", "part")),
+    ("lr_base_scale", "--lr-base-scale", ("", "linear", "sqrt")),
+    ("sched", "--sched", ("cosine", "tanh", "step", "multistep", "plateau", "poly", "rsqrt", "constant", "const",
+                          "none", "")),
+    ("eval_metric", "--eval-metric", None),  # checked once the model's heads are known
+    ("train_crop_mode", "--train-crop-mode", (None, "rrc", "rkrc", "rkrr")),
+    ("interpolation", "--interpolation", ("", "nearest", "bilinear", "bicubic", "box", "hamming", "lanczos",
+                                          "random")),
+    ("train_interpolation", "--train-interpolation", (None, "nearest", "bilinear", "bicubic", "box", "hamming",
+                                                      "lanczos", "random")),
+]
+
+
+def _values(value) -> List[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _check_numbers(args: argparse.Namespace, parser: argparse.ArgumentParser, rules, from_config=()) -> None:
+    for dest, flag, (test, requirement) in rules:
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        where = " (set in the -c/--config file)" if dest in from_config else ""
+        for item in _values(value):
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                parser.error(f"{flag}{where} must be a number, got {item!r}.")
+            if isinstance(item, float) and not math.isfinite(item):
+                parser.error(f"{flag}{where} must be a finite number, got {item}.")
+            if not test(item):
+                shown = " ".join(map(str, _values(value))) if isinstance(value, (list, tuple)) else value
+                parser.error(f"{flag}{where} must be {requirement}, got {shown}.")
+
+
+def _check_train_choices(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    for dest, flag, allowed in _TRAIN_CHOICES:
+        value = getattr(args, dest, None)
+        if allowed is not None and value not in allowed:
+            shown = ", ".join(repr(v) if v in ("", None) else str(v) for v in allowed if v is not None)
+            parser.error(f"{flag} {value!r} is not one of {shown}.")
+    _check_optimizer(args.opt, parser)
+    for name in ("scale", "ratio", "cutmix_minmax"):
+        value = getattr(args, name, None)
+        if value is not None and len(value) == 2 and value[0] > value[1]:
+            parser.error(f"--{name.replace('_', '-')} takes min then max, got {value[0]} > {value[1]}.")
+    if args.cutmix_minmax is not None and len(args.cutmix_minmax) != 2:
+        parser.error(f"--cutmix-minmax takes two numbers (min max), got {args.cutmix_minmax}.")
+    if args.lr_noise is not None and len(args.lr_noise) > 2:
+        parser.error(f"--lr-noise takes one or two epoch fractions, got {args.lr_noise}.")
+    _check_run_name(args.experiment, parser)
+
+
+def _check_optimizer(name: str, parser: argparse.ArgumentParser) -> None:
+    from timm.optim import list_optimizers
+
+    known = list_optimizers()
+    base = name.lower()
+    base = base[len("lookahead_"):] if base.startswith("lookahead_") else base
+    if base not in known:
+        import difflib
+
+        close = difflib.get_close_matches(base, known, n=3)
+        parser.error(f"--opt {name!r} is not one of timm's optimizers"
+                     + (f"; did you mean {', '.join(close)}?" if close else
+                        " (e.g. momentum, sgd, adamw, lamb; timm.optim.list_optimizers() lists them all)."))
+
+
+def _check_run_name(experiment: Optional[str], parser: argparse.ArgumentParser) -> None:
+    if experiment is None:
+        return
+    if not experiment or experiment in (".", "..") or "/" in experiment or "\\" in experiment \
+            or experiment.startswith("."):
+        parser.error(f"--experiment {experiment!r} must be a plain folder name (no '/', not starting with '.'): "
+                     "the run folder is created under --output.")
 
 
 def _normalise_sizes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -440,17 +658,19 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         args.data_dir = args.data
     if args.device is not None and args.device.split(":")[0] == "cpu":
         args.cpu = True
-    if args.grad_accum_steps < 1:
-        parser.error("--grad-accum-steps must be at least 1.")
+    given = set(_given_on_command_line(argv))
+    from_config = set(settings) - given
     _normalise_sizes(args, parser)
-    args.explicit = sorted(set(_given_on_command_line(argv)) | set(settings))
+    _check_numbers(args, parser, _COMMON_RULES + _TRAIN_RULES, from_config)
+    _check_train_choices(args, parser)
+    args.explicit = sorted(given | set(settings))
     return args
 
 
 # --- validate.py -------------------------------------------------------------------------------------------------
 
 def build_validate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="validate.py", formatter_class=_HelpFormatter,
+    p = _Parser(prog="validate.py", formatter_class=_HelpFormatter,
                                 description="Evaluate one or more models: top-1, top-5, loss, each head's top-1 "
                                             "and per-class accuracy.")
     _add_data_arguments(p, training=False)
@@ -496,4 +716,5 @@ def parse_validate_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if args.device is not None and args.device.split(":")[0] == "cpu":
         args.cpu = True
     _normalise_sizes(args, parser)
+    _check_numbers(args, parser, _COMMON_RULES)
     return args

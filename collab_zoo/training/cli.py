@@ -1,17 +1,33 @@
 """train.py and validate.py, as importable functions (the scripts at the repository root only call these).
 
-Bad input ends with one ``error: ...`` line and exit code 2, Ctrl-C with one line and exit code 130; neither
-prints a traceback.
+A failure ends with one paragraph saying what went wrong and what to do, never a traceback, and an exit code
+that tells the kind:
+
+====  ==========================================================================================================
+ 0    done
+ 2    bad input: a flag (argparse's code), a -c file, the data, a checkpoint or weights file (missing, torn,
+      damaged, another model's), an output folder already holding a run or in use by another train.py
+ 3    non-finite: training went NaN/inf (the loss, or any weight or buffer after a step) and stopped, or weights
+      about to be saved, published or loaded hold NaN/inf; checkpoints/last keeps the last finite state
+ 4    a write failed (disk full, read-only folder, file-size limit); the previous checkpoint is whole
+130   Ctrl-C (SIGINT): checkpoints/last holds where training stopped (``--resume`` continues)
+143   SIGTERM: the same as Ctrl-C (128 + the signal's number, as a shell reports a signal)
+====  ==========================================================================================================
+
+An exit code of 1 with a traceback is a bug in collab_zoo: please report it.
 """
 from __future__ import annotations
 
 import copy
 import csv
+import errno
 import io
 import json
 import logging
 import math
 import os
+import re
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -19,15 +35,21 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from ..errors import CollabZooError
+from ..errors import CollabZooError, NonFiniteError, RunWriteError
 from .args import MAIN_JOB, ConfigFileError, parse_args, parse_validate_args
 
-__all__ = ["train_main", "validate_main", "validate_models", "adapt_first_conv"]
+__all__ = ["train_main", "validate_main", "validate_models", "adapt_first_conv", "EXIT_BAD_INPUT", "EXIT_NONFINITE",
+           "EXIT_WRITE_FAILED", "EXIT_INTERRUPTED", "EXIT_TERMINATED"]
 
 _logger = logging.getLogger("collab_zoo.train")
 
 EXIT_BAD_INPUT = 2
+EXIT_NONFINITE = 3
+EXIT_WRITE_FAILED = 4
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+# OS errors that mean "this could not be written here" rather than a bug.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
 
 
 def _setup_logging(main_process: bool) -> None:
@@ -40,9 +62,36 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) in ("0", "")
 
 
-def _error(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return EXIT_BAD_INPUT
+def _plain(message: str) -> str:
+    """One paragraph: an error re-raised from a DataLoader worker carries the worker's traceback in its text; its
+    last line is the message."""
+    if "Traceback (most recent call last)" in message:
+        lines = [line for line in message.splitlines() if line.strip()]
+        message = re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1].strip()) if lines else message
+    return " ".join(message.split())
+
+
+def _error(message: str, code: int = EXIT_BAD_INPUT) -> int:
+    print(f"error: {_plain(message)}", file=sys.stderr)
+    return code
+
+
+def _failure_code(error: BaseException) -> Optional[int]:
+    """The exit code for an error a user can act on (None: a bug, left to Python's traceback)."""
+    if isinstance(error, NonFiniteError):
+        return EXIT_NONFINITE
+    if isinstance(error, RunWriteError):
+        return EXIT_WRITE_FAILED
+    if isinstance(error, (CollabZooError, FileNotFoundError, NotADirectoryError)):
+        return EXIT_BAD_INPUT
+    if isinstance(error, OSError) and error.errno in _WRITE_ERRNOS:
+        return EXIT_WRITE_FAILED
+    return None
+
+
+def _write_failure_message(error: OSError) -> str:
+    return (f"could not write {error.filename or 'a file'} ({error.strerror or error}). Free disk space, fix the "
+            "folder's permissions, or write somewhere else.")
 
 
 def train_main(argv: List[str]) -> int:
@@ -59,6 +108,8 @@ def train_main(argv: List[str]) -> int:
         args = parse_args(argv)
     except ConfigFileError as e:
         return _error(str(e))
+    except SystemExit as e:  # argparse: --help (0) or a bad flag (2, its message already printed)
+        return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
     if main_job:
         _logger.info("No arguments: the built-in main job (%s).", " ".join(MAIN_JOB))
     try:
@@ -70,12 +121,16 @@ def train_main(argv: List[str]) -> int:
             results.append(run_training(baseline))
     except TrainingInterrupted as e:
         print(str(e), file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if e.signum == signal.SIGTERM else EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("interrupted before training started (or at a second Ctrl-C): nothing more was saved.", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (CollabZooError, FileNotFoundError, FloatingPointError) as e:
-        return _error(str(e))
+    except Exception as e:
+        code = _failure_code(e)
+        if code is None:
+            raise
+        is_write = code == EXIT_WRITE_FAILED and not isinstance(e, CollabZooError)
+        return _error(_write_failure_message(e) if is_write else str(e), code)
     if _is_main_process():
         print()
         print(comparison_table(results))
@@ -85,7 +140,12 @@ def train_main(argv: List[str]) -> int:
             print(f"{results[0]['model']} vs {results[1]['model']}: {gain:+.2f} points top-1 "
                   f"(one seed; benchmarks/ has the multi-seed numbers)")
             out = Path(args.output) / f"{args.experiment}-comparison.json"
-            out.write_text(json.dumps(results, indent=2))
+            from ..hub import atomic_write_text
+
+            try:
+                atomic_write_text(out, json.dumps(results, indent=2))
+            except OSError as e:
+                return _error(_write_failure_message(e), EXIT_WRITE_FAILED)
     return 0
 
 
@@ -116,9 +176,11 @@ def _first_conv_key(model: nn.Module) -> Optional[str]:
 def _load_checkpoint_weights(model: nn.Module, weights: Path, name: str) -> List[str]:
     """Load a checkpoint strictly, adapting the first convolution to the model's input channels; returns notes."""
     from ..errors import IncompatibleConfigError
+    from ..integrity import check_finite
     from ..weights import load_safetensors_file
 
     state = load_safetensors_file(weights)
+    check_finite(state, f"--checkpoint {weights}")
     own = model.state_dict()
     notes = []
     key = _first_conv_key(model)
@@ -315,8 +377,13 @@ def _write_results(path: Path, results: List[Dict[str, Any]], fmt: str) -> None:
 
 
 def validate_main(argv: List[str]) -> int:
+    """Evaluate; exit code 2 on bad input (a torn or damaged checkpoint included), 3 for non-finite weights, 4
+    when the results file cannot be written, 130 when interrupted."""
     _setup_logging(_is_main_process())
-    args = parse_validate_args(argv)
+    try:
+        args = parse_validate_args(argv)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
     fmt = None
     if args.results_file:
         fmt = args.results_format or Path(args.results_file).suffix.lstrip(".")
@@ -328,8 +395,14 @@ def validate_main(argv: List[str]) -> int:
     except KeyboardInterrupt:
         print("interrupted: no results written.", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (CollabZooError, FileNotFoundError) as e:
-        return _error(str(e))
+    except Exception as e:
+        code = _failure_code(e)
+        if code is None:
+            raise
+        return _error(str(e), code)
     if args.results_file and _is_main_process():
-        _write_results(Path(args.results_file), results, fmt)
+        try:
+            _write_results(Path(args.results_file), results, fmt)
+        except OSError as e:
+            return _error(f"--results-file: {_write_failure_message(e)}", EXIT_WRITE_FAILED)
     return 0

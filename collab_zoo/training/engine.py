@@ -15,10 +15,14 @@ resumed from a checkpoint, even mid-epoch, continues exactly as if it had never 
 from __future__ import annotations
 
 import contextlib
+import copy
+import errno
 import hashlib
 import json
 import logging
 import math
+import os
+import shutil
 import signal
 import sys
 import time
@@ -31,19 +35,22 @@ from torch import nn
 
 from ..contract import head_names_of, num_rounds_of, write_figures_of
 from ..data import DataBundle, DataError, DataSpec, build_data, heldout_split, resolve_dataset_name
-from ..errors import IncompatibleConfigError
+from ..errors import (CorruptCheckpointError, IncompatibleConfigError, NonFiniteError, RunFolderBusyError,
+                      RunWriteError)
 from ..factory import create_model
 from ..hub import atomic_write_text, push_to_hub, save_for_hub
-from .checkpoint import (CHECKPOINT_FORMAT, CheckpointHistory, find_checkpoint_weights, latest_checkpoint,
-                         load_tensors_and_json, restore_rng_state, rng_state, write_checkpoint, write_weights)
+from ..integrity import check_finite, describe_nonfinite, named_tensors_in, nonfinite_tensors
+from .checkpoint import (_LEGACY_FORMATS, CHECKPOINT_FORMAT, INCOMING, CheckpointFolder, CheckpointHistory,
+                         find_checkpoint_weights, fsync_folder, latest_checkpoint, publish_folder, restore_rng_state,
+                         rng_state, run_folder_of, write_checkpoint, write_weights)
 from .evaluate import EvalResult, evaluate
-from .loader import guarded_batches, make_eval_loader, make_train_loader
+from .loader import batches_per_epoch, guarded_batches, make_eval_loader, make_train_loader
 from .report import SummaryWriter, plot_training_curves
 from .task import CollabTask
 
 _logger = logging.getLogger("collab_zoo.train")
 
-__all__ = ["Progress", "run_training", "TrainingInterrupted"]
+__all__ = ["Progress", "run_training", "TrainingInterrupted", "RUN_SETTINGS"]
 
 # Settings that change the computation: a resumed run must keep them as the checkpoint recorded them.
 # (--epochs may change: it extends, or shortens, the run.)
@@ -54,11 +61,19 @@ _FIXED_ON_RESUME = ("model", "dataset", "data_dir", "num_classes", "in_chans", "
                     "drop_path", "pretrained", "pretrained_path", "initial_checkpoint")
 # Settings a resumed run takes from its own command line rather than from the checkpoint.
 _TAKEN_ON_RESUME = ("resume", "workers", "log_with", "log_wandb", "push_to_hub", "log_interval", "output", "cpu",
-                    "device", "recovery_interval", "no_resume_opt", "pin_mem", "explicit")
+                    "device", "recovery_interval", "no_resume_opt", "pin_mem", "explicit", "skip_nonfinite_steps")
+# What rebuilds a checkpoint's model (validate.py --checkpoint reads them from the weights folder's run.json).
+RUN_SETTINGS = ("model", "model_kwargs", "num_classes", "in_chans", "input_size", "img_size", "dataset", "gp",
+                "drop", "drop_path", "drop_block", "bn_momentum", "bn_eps")
 
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C (SIGINT) stopped training; ``checkpoints/last`` holds where it stopped."""
+    """Ctrl-C (SIGINT) or SIGTERM stopped training; ``checkpoints/last`` holds where it stopped. ``signal`` is the
+    signal's number."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum = signum
 
 
 @dataclass
@@ -75,30 +90,39 @@ class Progress:
     images_seen: int = 0
     rounds_log: List[Dict[str, Any]] = field(default_factory=list)
     history: List[List[Any]] = field(default_factory=list)   # --checkpoint-hist: [metric, folder] best first
+    nonfinite_skips: List[Dict[str, Any]] = field(default_factory=list)  # --skip-nonfinite-steps: what was skipped
 
 
 class _Interrupt:
-    """SIGINT sets a flag the loop reads after each optimizer step (a second one stops at once)."""
+    """SIGINT (Ctrl-C) and SIGTERM (a scheduler's or a shutdown's stop) set a flag the loop reads after each
+    optimizer step: the run saves checkpoints/last there and stops. A checkpoint being written is finished first,
+    because the flag is only read between steps. A second Ctrl-C stops at once."""
+
+    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.signum = signal.SIGINT
+        self._previous: Dict[int, Any] = {}
 
     def __enter__(self):
         def handler(signum, frame):
-            if self.requested:
+            if self.requested and signum == signal.SIGINT:
                 raise KeyboardInterrupt
             self.requested = True
+            self.signum = signum
 
-        try:
-            self._previous = signal.signal(signal.SIGINT, handler)
-        except ValueError:  # not the main thread: no handler, Ctrl-C behaves as Python's default
-            self._previous = None
+        for signum in self._SIGNALS:
+            try:
+                self._previous[signum] = signal.signal(signum, handler)
+            except ValueError:  # not the main thread: no handler, the signal behaves as Python's default
+                pass
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
         return False
 
 
@@ -160,29 +184,45 @@ class _Run:
             raise IncompatibleConfigError("--amp-dtype float16 needs a GPU; on the CPU use bfloat16 (the default).")
         self.progress = Progress()
         self.partial: Dict[str, Any] = {}
-        self.resume_dir: Optional[Path] = None
+        self.resume_dir: Optional[CheckpointFolder] = None   # the checked checkpoint a resumed run starts from
+        self.resume_run: Optional[Path] = None                # ...and the run folder it belongs to
         self.saved_epochs: Optional[int] = None
+        self.last_saved: Optional[str] = None                 # where checkpoints/last stands, for messages
+        self._lock_fd: Optional[int] = None
         if args.resume:
             self.resume_dir = latest_checkpoint(Path(args.resume))
             self._adopt_saved_args()
+        else:
+            _check_output_writable(Path(args.output))
         args.dataset = resolve_dataset_name(args.dataset, args.data_dir)
         set_seed(args.seed)
         self.bundle = self._open_data()
         self.model, self.base_model = self._build_model()
         self._configure_data()
         self._check_input_fits(self.model)
+        self._check_eval_metric()
+        self._check_batch_fits()
         self.out = self._output_dir()
-        self.ckpt_root = self.out / "checkpoints"
-        self.acc = self._trackers()
-        self.summary = SummaryWriter(self.out / "summary.csv", log_wandb=self._wandb_ready()) if self.is_main else None
+        try:
+            self.ckpt_root = self.out / "checkpoints"
+            self.acc = self._trackers()
+            self.summary = SummaryWriter(self.out / "summary.csv", log_wandb=self._wandb_ready()) if self.is_main else None
+        except BaseException:
+            self.release()
+            raise
         self.interrupt = _Interrupt()
 
     # -- set-up ----------------------------------------------------------------------------------------------
     def _adopt_saved_args(self) -> None:
-        state = json.loads((self.resume_dir / "state.json").read_text())
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise IncompatibleConfigError(f"{self.resume_dir} was written by another checkpoint format "
-                                          f"({state.get('format')}); this version reads format {CHECKPOINT_FORMAT}.")
+        state = self.resume_dir.run_state()
+        if state.get("format") != CHECKPOINT_FORMAT and state.get("format") not in _LEGACY_FORMATS:
+            raise IncompatibleConfigError(
+                f"{self.resume_dir.path} was written in checkpoint format {state.get('format')}; this version reads "
+                f"formats {', '.join(map(str, (*_LEGACY_FORMATS, CHECKPOINT_FORMAT)))}. Use the collab_zoo version "
+                "that wrote it, or start a new run from its weights with --initial-checkpoint.")
+        # The run folder is the one the checkpoint lives in, wherever the run was started: a copied run folder
+        # continues in the copy and never writes into the original.
+        self.resume_run = run_folder_of(self.resume_dir.path)
         saved = state["args"]
         explicit = _explicit_flags(self.args)
         for key in _FIXED_ON_RESUME:
@@ -201,10 +241,16 @@ class _Run:
             setattr(self.args, key, tuple(value) if key == "input_size" and value is not None else value)
         for key, value in keep.items():
             setattr(self.args, key, value)
-        self.args.experiment = state["experiment"]
-        self.args.output = str(Path(state["run_dir"]).parent) if Path(state["run_dir"]).exists() else self.args.output
-        self.progress = Progress(**state["progress"])
-        self.saved_epochs = int(saved["epochs"])
+        self.args.experiment = self.resume_run.name
+        self.args.output = str(self.resume_run.parent)
+        try:
+            self.progress = Progress(**state["progress"])
+            self.saved_epochs = int(saved["epochs"])
+        except (TypeError, ValueError, KeyError) as e:
+            raise CorruptCheckpointError(
+                f"{self.resume_dir.path}/state.json is damaged: its progress or settings do not read back ({e}). "
+                "Resume from another copy of the run, or start a new run with --initial-checkpoint.") from None
+        self.last_saved = _position(self.progress)
         if epochs is not None and epochs != self.saved_epochs:
             done = self.progress.epoch
             if epochs < done:
@@ -257,7 +303,7 @@ class _Run:
                                      pretrained_cfg_overlay=overlay, **kwargs)
         except TypeError as e:
             raise IncompatibleConfigError(_options_message(a.model, kwargs, flag_kwargs, e)) from None
-        if a.initial_checkpoint:
+        if a.initial_checkpoint and self.resume_dir is None:  # a resumed run's weights come from its checkpoint
             self._load_initial_checkpoint(model)
         if pretrained:
             self._log_new_heads(model)
@@ -279,6 +325,7 @@ class _Run:
 
         weights, _ = find_checkpoint_weights(Path(self.args.initial_checkpoint))
         state = load_safetensors_file(weights)
+        check_finite(state, f"--initial-checkpoint {weights}")
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise IncompatibleConfigError(
@@ -364,20 +411,43 @@ class _Run:
             name = [f"{stamp}-{''.join(c if c.isalnum() else '_' for c in a.model)}-{dataset.replace('/', '_')}"]
             broadcast_object_list(name)
             a.experiment = name[0]
-        out = Path(a.output) / a.experiment
+        out = self.resume_run if self.resume_run is not None else Path(a.output) / a.experiment
         if self.is_main:
+            with _writing(f"the run folder {out}"):
+                out.mkdir(parents=True, exist_ok=True)
+            # One writer per run folder: a second train.py with the same --output/--experiment (or a second
+            # --resume of the run) stops here instead of mixing its checkpoints into this one's.
+            self._lock_fd = _lock_run_folder(out)
             if not a.resume and (out / "checkpoints").exists():
+                self.release()
                 raise IncompatibleConfigError(
                     f"{out} already holds a run. Continue it with --resume {out}, or choose another --experiment.")
-            out.mkdir(parents=True, exist_ok=True)
             if not a.resume:
                 import yaml
 
-                # A run that stopped before its first checkpoint left nothing to continue; its log goes too.
-                (out / "summary.csv").unlink(missing_ok=True)
-                (out / "args.yaml").write_text(yaml.safe_dump(_jsonable_args(a), default_flow_style=False))
+                with _writing(f"the run folder {out}"):
+                    # A run that stopped before its first checkpoint left nothing to continue; its log goes too.
+                    (out / "summary.csv").unlink(missing_ok=True)
+                    atomic_write_text(out / "args.yaml", yaml.safe_dump(_jsonable_args(a), default_flow_style=False))
         self.processes.wait_for_everyone()
         return out
+
+    def release(self) -> None:
+        """Give up the run folder's lock (the process's end does it too, whatever ends it)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _check_eval_metric(self) -> None:
+        """--eval-metric is checked before any work (it is first used after the first epoch)."""
+        name = self.args.eval_metric
+        if num_rounds_of(self.model) > 1 and name.startswith("top1_"):
+            return  # each round has its own heads; checked when the round's first epoch is evaluated
+        known = ["top1", "loss", *(["top5"] if self.model.num_classes > 5 else []),
+                 *(f"top1_{h}" for h in head_names_of(self.model))]
+        if name not in known:
+            raise IncompatibleConfigError(f"--eval-metric {name!r} is not measured for {self.args.model}; choose "
+                                          f"from {', '.join(known)}.")
 
     def _wandb_ready(self) -> bool:
         if not self.args.log_wandb or not self.is_main:
@@ -422,12 +492,19 @@ class _Run:
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def _state_json(self) -> Dict[str, Any]:
-        return dict(progress=asdict(self.progress), args=_jsonable_args(self.args), experiment=self.args.experiment,
-                    run_dir=str(self.out), world_size=self.world, head_names=list(head_names_of(self.model)),
+        # No path to the run itself (--output, --resume): the run folder is wherever this checkpoint is found, so a
+        # copied run resumes in the copy.
+        args = {k: v for k, v in _jsonable_args(self.args).items() if k not in ("output", "resume")}
+        return dict(progress=asdict(self.progress), args=args, experiment=self.args.experiment,
+                    world_size=self.world, head_names=list(head_names_of(self.model)),
                     written=time.strftime("%Y-%m-%d %H:%M:%S"))
 
     def _save_checkpoint(self, task: CollabTask, optimizer, scheduler, scaler) -> None:
         ema = task.get_trainable_module(ema=True)
+        self._agreed_finite_or_raise("checkpoints/last", {
+            **self.model.state_dict(),
+            **({f"ema.{k}": v for k, v in ema.module.state_dict().items()} if ema is not None else {}),
+            **named_tensors_in(optimizer.state_dict().get("state", {}), "optimizer.state")})
         write_checkpoint(
             self.ckpt_root, rank=self.rank, is_main=self.is_main, barrier=self.barrier,
             rank_state=dict(rng=rng_state(), partial=self.partial),
@@ -437,40 +514,55 @@ class _Run:
             scaler_state=scaler.state_dict() if scaler is not None and self.is_main else None,
             ema_state=ema.module.state_dict() if ema is not None and self.is_main else None,
             state=self._state_json() if self.is_main else None)
+        self.last_saved = _position(self.progress)
+
+    def _agreed_finite_or_raise(self, what: str, tensors: Dict[str, torch.Tensor]) -> None:
+        """check_finite on every process at once: all of them stop, or none (a checkpoint is a collective write)."""
+        bad = nonfinite_tensors(tensors)
+        if self._agreed(not bad):
+            return
+        if bad:
+            check_finite({k: tensors[k] for k in bad}, what)
+        raise NonFiniteError(f"{what}: another process's copy holds NaN or infinity, so nothing was written.")
+
+    def _agreed(self, ok: bool) -> bool:
+        """Whether ``ok`` holds on every process (one all-reduce when there are several)."""
+        if self.world == 1:
+            return ok
+        flag = torch.tensor([0.0 if ok else 1.0], device=self.device)
+        torch.distributed.all_reduce(flag)
+        return bool(flag.item() == 0)
 
     def _load_model_state(self) -> None:
-        from ..weights import load_safetensors_file
-
-        state = load_safetensors_file(self.resume_dir / "model.safetensors")
+        state = self.resume_dir.tensors("model.safetensors")
+        check_finite(state, f"--resume {self.resume_dir.path}")
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise IncompatibleConfigError(
-                f"--resume {self.resume_dir}: its weights do not fit {self.args.model} (missing {missing[:5]}, "
+                f"--resume {self.resume_dir.path}: its weights do not fit {self.args.model} (missing {missing[:5]}, "
                 f"unexpected {unexpected[:5]}).")
 
     def _load_round_state(self, task: CollabTask, optimizer, scheduler, scaler) -> None:
         folder, p, a = self.resume_dir, self.progress, self.args
         self.resume_dir = None  # consumed
-        rank_state = load_tensors_and_json(folder, f"rank{self.rank}")
+        rank_state = folder.state(f"rank{self.rank}")
         if p.epoch == 0 and p.batch == 0 and p.step == 0:
             # A checkpoint taken between rounds: the new round starts with a fresh optimizer and schedule.
             restore_rng_state(rank_state["rng"])
             return
         if not a.no_resume_opt:
-            optimizer.load_state_dict(load_tensors_and_json(folder, "optimizer"))
-            if scaler is not None and (folder / "scaler.json").exists():
-                scaler.load_state_dict(load_tensors_and_json(folder, "scaler"))
+            optimizer.load_state_dict(folder.state("optimizer"))
+            if scaler is not None and folder.has("scaler.json"):
+                scaler.load_state_dict(folder.state("scaler"))
         if scheduler is not None:
             if self.saved_epochs == a.epochs:
-                scheduler.load_state_dict(load_tensors_and_json(folder, "scheduler"))
+                scheduler.load_state_dict(folder.state("scheduler"))
             else:  # a longer (or shorter) run: the schedule over the new length, at the point reached
                 scheduler.step(p.epoch)
                 scheduler.step_update(num_updates=p.step)
         ema = task.get_trainable_module(ema=True)
-        if ema is not None and (folder / "ema.safetensors").exists():
-            from ..weights import load_safetensors_file
-
-            ema.module.load_state_dict(load_safetensors_file(folder / "ema.safetensors"))
+        if ema is not None and folder.has("ema.safetensors"):
+            ema.module.load_state_dict(folder.tensors("ema.safetensors"))
         self.partial = rank_state["partial"]
         restore_rng_state(rank_state["rng"])
 
@@ -542,7 +634,7 @@ class _Run:
         train_set, heldout = self.bundle.train, None
         if task.needs_heldout:
             train_set, heldout = heldout_split(self.bundle, a.heldout_frac, a.seed)
-        batches = math.ceil(math.ceil(len(train_set) / self.world) / a.batch_size)
+        batches = batches_per_epoch(len(train_set), a.batch_size, self.world)
         updates_per_epoch = math.ceil(batches / a.grad_accum_steps)
         optimizer, scheduler = self._make_optimizer(task.get_trainable_module(), updates_per_epoch)
         scaler = None
@@ -592,11 +684,12 @@ class _Run:
                 info = dict(epoch=p.epoch, round=index, metric=a.eval_metric, value=metric,
                             **_prefixed(metrics, "eval_"))
                 ema_state = task.get_trainable_module(ema=True).module.state_dict() if task.has_ema() else None
-                history.offer(f"epoch-{p.epoch}", metric, self.model.state_dict(), info, ema_state)
+                run = {k: v for k, v in _jsonable_args(a).items() if k in RUN_SETTINGS}
+                history.offer(f"epoch-{p.epoch}", metric, self.model.state_dict(), info, ema_state, run)
                 p.history = history.entries
                 if improved:
                     write_weights(self.ckpt_root / "best", self.model.state_dict(), {**info, "hub_weights": weights},
-                                  ema_state)
+                                  ema_state, run)
             p.epoch += 1
             p.batch = 0
             self._save_checkpoint(task, optimizer, scheduler, scaler)
@@ -614,6 +707,25 @@ class _Run:
         p.epoch = p.step = 0
         if p.round < rounds:
             self._save_checkpoint(task, optimizer, scheduler, scaler)
+
+    def _check_batch_fits(self) -> None:
+        """BatchNorm in training mode needs two or more samples a batch; say so before any work, not at the first
+        step (a last batch of one sample joins the one before it: see loader.batches_per_epoch)."""
+        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
+            return
+        train_set = self.bundle.train
+        try:
+            per_process = math.ceil(len(train_set) / self.world)
+        except TypeError:
+            return  # streamed
+        if self.args.batch_size < 2:
+            raise IncompatibleConfigError(
+                f"-b {self.args.batch_size}: {self.args.model} has BatchNorm, which cannot train on batches of one "
+                "sample. Use -b 2 or more (with --grad-accum-steps to keep the memory of a small batch).")
+        if per_process < 2:
+            raise DataError(
+                f"The training split has {len(train_set)} image(s) for {self.world} process(es): {self.args.model} "
+                "has BatchNorm, which needs batches of two or more. Add training images.")
 
     def _metric(self, result: EvalResult, task: CollabTask) -> float:
         name = self.args.eval_metric
@@ -650,6 +762,10 @@ class _Run:
         label = (f"round {p.round + 1} " if multi_round else "") + f"epoch {p.epoch + 1}/{a.epochs}"
         lines = _ProgressLines(self.is_main, total_batches, p.batch, label, a.log_interval)
         seen_here = 0
+        first_batch = p.batch
+        skip_allowed = bool(a.skip_nonfinite_steps)
+        problem: Optional[str] = None   # what went non-finite in the current optimizer step
+        snapshot = None                 # the state before it, with --skip-nonfinite-steps
         try:
             for i, (images, target) in enumerate(guarded_batches(loader), start=p.batch):
                 if not prefetched:
@@ -667,54 +783,74 @@ class _Run:
 
                         target = mixup_target(target, self.model.num_classes, 1.0, mixup.label_smoothing)
                 need_update = (i + 1) % accum == 0 or i + 1 == total_batches
+                if i == first_batch or i % accum == 0:  # an optimizer step's first batch
+                    problem = None
+                    snapshot = self._snapshot(optimizer, scaler) if skip_allowed else None
                 sync = contextlib.nullcontext() if need_update or self.world == 1 else task.no_sync()
                 with sync:
                     with self.autocast():
                         result = task(images, target)
                     loss = result["loss"]
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"loss became {loss.item()} at round {p.round + 1} epoch {p.epoch + 1} batch {i}: lower "
-                            "--lr, add --clip-grad, or check the data. The last good checkpoint is in checkpoints/last.")
-                    clip = task.get_clip_parameters(exclude_head="agc" in a.clip_mode) if a.clip_grad else None
-                    if scaler is not None:
-                        scaler(loss / accum, optimizer, clip_grad=a.clip_grad, clip_mode=a.clip_mode,
-                               parameters=clip, need_update=need_update)
-                    else:
-                        (loss / accum).backward()
-                        if need_update:
-                            if a.clip_grad:
-                                dispatch_clip_grad(clip, value=a.clip_grad, mode=a.clip_mode)
-                            optimizer.step()
+                    loss_finite = self._agreed(bool(torch.isfinite(loss.detach())))
+                    if problem is None and not loss_finite:
+                        problem = _loss_problem(loss)
+                        if not skip_allowed:
+                            raise self._nonfinite_stop(problem, i, total_batches)
+                    if problem is None:  # a step already found bad is not computed further: it will be undone
+                        clip = task.get_clip_parameters(exclude_head="agc" in a.clip_mode) if a.clip_grad else None
+                        if scaler is not None:
+                            scaler(loss / accum, optimizer, clip_grad=a.clip_grad, clip_mode=a.clip_mode,
+                                   parameters=clip, need_update=need_update)
+                        else:
+                            (loss / accum).backward()
+                            if need_update:
+                                if a.clip_grad:
+                                    dispatch_clip_grad(clip, value=a.clip_grad, mode=a.clip_mode)
+                                optimizer.step()
+                if need_update and problem is None:
+                    # The step's result, buffers included (BatchNorm's running statistics change in every
+                    # training forward): a model that went non-finite is never trained on or saved.
+                    problem = self._weights_problem()
+                    if problem is not None and not skip_allowed:
+                        raise self._nonfinite_stop(problem, i, total_batches)
                 n = len(hard)
-                self.partial["hits"] += float((result["output"].argmax(-1) == hard).sum())
-                self.partial["seen"] += n
+                if loss_finite:  # a non-finite loss would poison the epoch's averages
+                    self.partial["hits"] += float((result["output"].argmax(-1) == hard).sum())
+                    self.partial["seen"] += n
+                    sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * n
+                    for key, value in result.items():
+                        if key not in ("loss", "output"):
+                            sums[key] = sums.get(key, 0.0) + float(value.detach()) * n
                 seen_here += n
-                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * n
-                for key, value in result.items():
-                    if key not in ("loss", "output"):
-                        sums[key] = sums.get(key, 0.0) + float(value.detach()) * n
                 p.batch = i + 1
                 lr = sum(g["lr"] for g in optimizer.param_groups) / len(optimizer.param_groups)
-                lines.update(float(loss.detach()), sums["loss"] / max(self.partial["seen"], 1), lr,
+                lines.update(float(loss.detach()), sums.get("loss", 0.0) / max(self.partial["seen"], 1), lr,
                              seen_here * self.world)
                 if not need_update:
                     continue
+                skipped = problem is not None
+                if skipped:
+                    self._skip_step(problem, snapshot, optimizer, scaler, i, total_batches)
                 optimizer.zero_grad(set_to_none=True)
+                # A skipped step still counts as one of the schedule's steps (as timm's loss scaler's skipped steps
+                # do): the learning rate follows the schedule the run was started with, never lowered on its own.
                 p.step += 1
                 p.global_step += 1
                 self.partial["lr_sum"] += lr
                 self.partial["updates"] += 1
                 if scheduler is not None:
-                    scheduler.step_update(num_updates=p.step, metric=sums["loss"] / max(self.partial["seen"], 1))
-                task.update_ema(step=p.step)
+                    scheduler.step_update(num_updates=p.step, metric=sums.get("loss", 0.0) / max(self.partial["seen"], 1))
+                if not skipped:
+                    task.update_ema(step=p.step)
                 if self._stop_requested():
                     p.train_seconds += time.perf_counter() - started
                     p.images_seen += seen_here * self.world
                     self._save_checkpoint(task, optimizer, scheduler, scaler)
+                    how = "interrupted" if self.interrupt.signum == signal.SIGINT else "terminated (SIGTERM)"
                     raise TrainingInterrupted(
-                        f"interrupted: saved {self.ckpt_root / 'last'} at round {p.round + 1} epoch {p.epoch + 1} "
-                        f"batch {p.batch}/{total_batches}; continue with: python train.py --resume {self.out}")
+                        f"{how}: saved {self.ckpt_root / 'last'} at round {p.round + 1} epoch {p.epoch + 1} "
+                        f"batch {p.batch}/{total_batches}; continue with: python train.py --resume {self.out}",
+                        self.interrupt.signum)
                 if a.recovery_interval and p.global_step % a.recovery_interval == 0 and p.batch < total_batches:
                     p.train_seconds += time.perf_counter() - started
                     p.images_seen += seen_here * self.world
@@ -725,6 +861,68 @@ class _Run:
         p.train_seconds += time.perf_counter() - started
         p.images_seen += seen_here * self.world
         return self._epoch_stats()
+
+    # -- non-finite steps ----------------------------------------------------------------------------------------
+    def _weights_problem(self) -> Optional[str]:
+        """What is non-finite in the model's weights and buffers after a step (None: nothing), agreed by every
+        process."""
+        state = self.model.state_dict()
+        bad = nonfinite_tensors(state)
+        if self._agreed(not bad):
+            return None
+        if not bad:
+            return "another process's weights or buffers became non-finite"
+        shown = "; ".join(describe_nonfinite(k, state[k]) for k in bad[:3])
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        return f"{len(bad)} weight/buffer tensor{'s' if len(bad) > 1 else ''} became non-finite: {shown}{more}"
+
+    def _snapshot(self, optimizer, scaler) -> Dict[str, Any]:
+        """The model's weights and buffers, the optimizer's and the scaler's state before a step, to undo it."""
+        return dict(model={k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                    optimizer=copy.deepcopy(optimizer.state_dict()),
+                    scaler=copy.deepcopy(scaler.state_dict()) if scaler is not None else None)
+
+    def _where(self, batch_index: int, total_batches: int) -> str:
+        p = self.progress
+        round_text = f"round {p.round + 1} " if num_rounds_of(self.model) > 1 else ""
+        return (f"{round_text}epoch {p.epoch + 1}, optimizer step {p.global_step + 1} (batch {batch_index + 1} of "
+                f"{total_batches})")
+
+    def _nonfinite_stop(self, problem: str, batch_index: int, total_batches: int) -> NonFiniteError:
+        a = self.args
+        if a.skip_nonfinite_steps:
+            hint = (f"{len(self.progress.nonfinite_skips)} step(s) were already skipped, the most "
+                    f"--skip-nonfinite-steps {a.skip_nonfinite_steps} allows. Lower --lr or add --clip-grad")
+        else:
+            hint = ("Lower --lr, add --clip-grad, check the data, or pass --skip-nonfinite-steps N to skip up to N "
+                    "such steps")
+        if self.last_saved is None:
+            saved = "No checkpoint had been written yet, so the run folder holds no weights"
+            follow = "then start the run again (the same --experiment may be reused)"
+        else:
+            saved = f"checkpoints/last still holds the last finite state ({self.last_saved})"
+            follow = f"then python train.py --resume {self.out} continues from it"
+        return NonFiniteError(
+            f"Training went non-finite at {self._where(batch_index, total_batches)}: {problem}. The run stopped "
+            f"without saving anything from this step. {saved}. {hint}; {follow}.")
+
+    def _skip_step(self, problem: str, snapshot: Dict[str, Any], optimizer, scaler, batch_index: int,
+                   total_batches: int) -> None:
+        """Undo a non-finite step (--skip-nonfinite-steps): weights, buffers, optimizer and scaler as before it."""
+        a, p = self.args, self.progress
+        if len(p.nonfinite_skips) >= a.skip_nonfinite_steps:
+            raise self._nonfinite_stop(problem, batch_index, total_batches)
+        self.model.load_state_dict(snapshot["model"])
+        optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))
+        if scaler is not None and snapshot["scaler"] is not None:
+            scaler.load_state_dict(copy.deepcopy(snapshot["scaler"]))
+        where = self._where(batch_index, total_batches)
+        p.nonfinite_skips.append(dict(round=p.round + 1, epoch=p.epoch + 1, step=p.global_step + 1,
+                                      batch=batch_index + 1, problem=problem))
+        if self.is_main:
+            _logger.warning("Skipped %s: %s. Weights, buffers and optimizer state are back as they were before it "
+                            "(%d of --skip-nonfinite-steps %d used).", where, problem, len(p.nonfinite_skips),
+                            a.skip_nonfinite_steps)
 
     def _stop_requested(self) -> bool:
         flag = self.interrupt.requested
@@ -737,6 +935,7 @@ class _Run:
 
     def _epoch_stats(self) -> Dict[str, float]:
         part = self.partial
+        part["sums"].setdefault("loss", 0.0)  # every step of the epoch may have been skipped as non-finite
         names = sorted(part["sums"])
         values = torch.tensor([part["seen"], part["hits"], part["lr_sum"], part["updates"]] +
                               [part["sums"][k] for k in names], dtype=torch.float64, device=self.device)
@@ -763,7 +962,8 @@ class _Run:
                    "lr": lr, "epoch": row_epoch}
         self.acc.log(scalars, step=p.global_step)
         if self.is_main:
-            self.summary.write(row_epoch, train, metrics, lr)
+            with _writing(f"{self.out / 'summary.csv'}"):
+                self.summary.write(row_epoch, train, metrics, lr)
             heads = " ".join(f"{k[5:]}={v:.2f}" for k, v in metrics.items() if k.startswith("top1_"))
             prefix = f"round {round_index + 1} " if rounds > 1 else ""
             _logger.info("%sepoch %d/%d: train loss %.4f | eval loss %.4f, top-1 %.2f%% (%s)%s | lr %.3g", prefix,
@@ -785,18 +985,20 @@ class _Run:
                        per_class_top1=final.per_class, eval_images=final.count, train_seconds=round(p.train_seconds, 2),
                        train_images_per_second=round(p.images_seen / p.train_seconds, 2) if p.train_seconds else None,
                        params=params, inference_params=inference_params, rounds_log=p.rounds_log,
-                       rank_digests=digests, ranks_in_sync=len(set(digests)) == 1, run_dir=str(self.out),
-                       skipped_images=self.bundle.skipped, base_model=self.base_model)
+                       rank_digests=digests, ranks_in_sync=len(set(digests)) == 1,
+                       skipped_images=self.bundle.skipped, base_model=self.base_model,
+                       nonfinite_steps_skipped=len(p.nonfinite_skips), nonfinite_skips=p.nonfinite_skips)
         hub_metrics = {"top1": final.top1, **({"top5": final.top5} if final.top5 is not None else {})}
         hub_note = "the final model"
         best = self.ckpt_root / "best"
-        if self.is_main and (best / "metrics.json").is_file() and num_rounds_of(self.model) == 1:
-            # The Hub folder (and --push-to-hub) carries the best checkpoint, as timm's model_best.
-            from ..weights import load_safetensors_file
-
-            info = json.loads((best / "metrics.json").read_text())
-            weights = best / ("ema.safetensors" if info.get("hub_weights") == "ema" else "model.safetensors")
-            self.model.load_state_dict(load_safetensors_file(weights))
+        if self.is_main and best.is_dir() and num_rounds_of(self.model) == 1:
+            # The Hub folder (and --push-to-hub) carries the best checkpoint, as timm's model_best; checked
+            # against its manifest first.
+            checked = CheckpointFolder(best)
+            info = checked.json("metrics.json")
+            state = checked.tensors("ema.safetensors" if info.get("hub_weights") == "ema" else "model.safetensors")
+            check_finite(state, f"{best}")
+            self.model.load_state_dict(state)
             prefix = "eval_ema_" if info.get("hub_weights") == "ema" else "eval_"
             hub_metrics = {k[len(prefix):]: v for k, v in info.items()
                            if k.startswith(prefix) and k[len(prefix):] in ("top1", "top5")}
@@ -805,23 +1007,38 @@ class _Run:
                                                                       if k.startswith("eval_")})
             hub_note = f"the best epoch ({info['epoch'] + 1} of {a.epochs}, by {info['metric']})"
         if self.is_main:
-            atomic_write_text(self.out / "results.json", json.dumps(results, indent=2))
-            figures = [str(plot_training_curves(self.out / "summary.csv", self.out / "training_curves.png"))]
-            figures += [str(f) for f in write_figures_of(self.model, self.out)]
-            results["figures"] = figures
+            # Paths inside the run folder are relative to it: a copied or moved run folder stays whole.
+            with _writing(f"{self.out / 'results.json'}"):
+                atomic_write_text(self.out / "results.json", json.dumps(results, indent=2))
+            with _writing(f"the figures in {self.out}"):
+                figures = [plot_training_curves(self.out / "summary.csv", self.out / "training_curves.png")]
+                figures += list(write_figures_of(self.model, self.out))
+            results["figures"] = [_relative_to(f, self.out) for f in figures]
             description = (f"Trained with collab_zoo's train.py on {a.dataset or 'an image folder'} ({a.epochs} epochs "
                            f"per round, seed {a.seed}); these are the weights of {hub_note}, measured on its "
                            f"{final.count} evaluation images.")
             datasets = [a.dataset] if a.dataset else []
-            save_for_hub(self.model, self.out / "hub", keep_training_heads=a.keep_training_heads, metrics=hub_metrics,
-                         datasets=datasets, description=description, base_model=self.base_model,
-                         repo_id=a.push_to_hub)
+            # Nothing non-finite is published, and the Hub folder appears whole or not at all (written aside,
+            # then exchanged for the old one, as checkpoints are).
+            check_finite(self.model.state_dict(), "the run's Hub folder")
+            hub_dir, incoming = self.out / "hub", self.out / f"{INCOMING}hub"
+            with _writing(f"the Hub folder {hub_dir}"):
+                shutil.rmtree(incoming, ignore_errors=True)
+                try:
+                    save_for_hub(self.model, incoming, keep_training_heads=a.keep_training_heads,
+                                 metrics=hub_metrics, datasets=datasets, description=description,
+                                 base_model=self.base_model, repo_id=a.push_to_hub)
+                    publish_folder(incoming, hub_dir)
+                finally:
+                    shutil.rmtree(incoming, ignore_errors=True)
             if a.push_to_hub:
                 commit = push_to_hub(self.model, a.push_to_hub, keep_training_heads=a.keep_training_heads,
                                      metrics=hub_metrics, datasets=datasets, description=description,
                                      base_model=self.base_model)
                 results["pushed"] = dict(repo=a.push_to_hub, revision=str(commit), weights=hub_note)
-            atomic_write_text(self.out / "results.json", json.dumps(results, indent=2))
+            with _writing(f"{self.out / 'results.json'}"):
+                atomic_write_text(self.out / "results.json", json.dumps(results, indent=2))
+        results["run_dir"] = str(self.out)  # for the caller; the file itself names no absolute path
         self.barrier()
         self.acc.end_training()
         if self._wandb_ready_flag():
@@ -843,6 +1060,77 @@ def argparse_namespace(args, **changes):
     for key, value in changes.items():
         setattr(updated, key, value)
     return updated
+
+
+def _position(progress: Progress) -> str:
+    """Where a checkpoint stands, for messages: 'round 1 epoch 2 after optimizer step 40'."""
+    return (f"round {progress.round + 1} epoch {progress.epoch + 1} batch {progress.batch}, after optimizer step "
+            f"{progress.global_step}")
+
+
+def _loss_problem(loss: torch.Tensor) -> str:
+    value = float(loss.detach().float()) if loss.numel() == 1 else "non-finite"
+    return f"the loss became {value}"
+
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG, errno.EIO}
+
+
+@contextlib.contextmanager
+def _writing(what: str):
+    """OSError while writing ``what`` -> RunWriteError, a message saying what could not be written and why."""
+    try:
+        yield
+    except RunWriteError:
+        raise
+    except OSError as e:
+        reason = e.strerror or str(e)
+        code = errno.errorcode.get(e.errno, "") if e.errno else ""
+        raise RunWriteError(
+            f"Could not write {what} ({reason}{', ' + code if code else ''}). Files already complete there were left "
+            "as they were. Free disk space, fix the folder's permissions, or choose another --output; a run that "
+            "had saved a checkpoint continues with --resume.") from None
+
+
+def _check_output_writable(output: Path) -> None:
+    """Fail before loading data or building a model when --output cannot be created or written."""
+    existing = output.absolute()
+    try:
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+    except OSError as e:  # a folder on the way cannot be searched
+        raise RunWriteError(f"Cannot reach --output {output} ({e.strerror or e}). Choose another --output, or fix "
+                            "the folders' permissions.") from None
+    if not existing.is_dir():
+        raise IncompatibleConfigError(f"--output {output}: {existing} is a file, not a folder. Choose a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunWriteError(f"Cannot write the run under --output {output}: {existing} is not writable (permission "
+                            "denied). Choose another --output, or fix the folder's permissions.")
+
+
+def _lock_run_folder(out: Path) -> Optional[int]:
+    """An exclusive lock on the run folder for this process's life (released however it ends, SIGKILL too)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, the 'already holds a run' check still applies
+        return None
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise RunFolderBusyError(
+            f"{out} is being written by another train.py right now (it holds the run folder's lock). Wait for it "
+            "to end, or give this run another --experiment.") from None
+    return fd
+
+
+def _relative_to(path, root: Path) -> str:
+    path = Path(path)
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
 
 
 def _comparable(value):
@@ -967,4 +1255,8 @@ def _rank_digests(model: nn.Module) -> List[str]:
 
 def run_training(args) -> Dict[str, Any]:
     """Train ``args.model`` as ``args`` says; returns the final results (also in RUN/results.json)."""
-    return _Run(args).train()
+    run = _Run(args)
+    try:
+        return run.train()
+    finally:
+        run.release()

@@ -13,7 +13,7 @@ import argparse
 import functools
 import math
 import signal
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
@@ -54,7 +54,20 @@ def _common(args, bundle: DataBundle, device: torch.device) -> Dict[str, Any]:
 
 
 def batches_per_epoch(length: int, batch_size: int, world: int) -> int:
-    return math.ceil(math.ceil(length / world) / batch_size)
+    """Training batches per process and epoch: the last partial batch is kept, but a last batch of one sample
+    joins the one before it (BatchNorm cannot train on one sample)."""
+    per_process = math.ceil(length / world)
+    count = math.ceil(per_process / batch_size)
+    if count > 1 and per_process % batch_size == 1:
+        count -= 1
+    return count
+
+
+def _batches(sampler, batch_size: int) -> List[List[int]]:
+    batches = [list(b) for b in BatchSampler(sampler, batch_size, drop_last=False)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2].extend(batches.pop())
+    return batches
 
 
 class _SeededErasing:
@@ -108,7 +121,7 @@ def make_train_loader(dataset, args, bundle: DataBundle, device: torch.device, w
                                  drop_last=False)
     sampler.set_epoch(epoch)
     # The last partial batch is kept (timm drops it): small data sets would otherwise lose images every epoch.
-    batches = list(BatchSampler(sampler, args.batch_size, drop_last=False))
+    batches = _batches(sampler, args.batch_size)
     inner = loader.loader if isinstance(loader, PrefetchLoader) else loader
     resumable = DataLoader(inner.dataset, batch_sampler=batches[skip_batches:], num_workers=inner.num_workers,
                            collate_fn=inner.collate_fn, pin_memory=inner.pin_memory,

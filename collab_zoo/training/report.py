@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -18,9 +19,10 @@ __all__ = ["SummaryWriter", "plot_training_curves", "read_summary", "comparison_
 class SummaryWriter:
     """Appends epoch rows with timm's ``update_summary``.
 
-    Two things timm's appender does not do are handled here: a later round can bring columns the header lacks
-    (a boosting round's own loss part), and a resumed run redoes the epochs after its checkpoint. In both cases
-    the file is written again from the rows kept, with the union of the columns, before appending.
+    Three things timm's appender does not do are handled here: a later round can bring columns the header lacks
+    (a boosting round's own loss part), a resumed run redoes the epochs after its checkpoint, and a failed write
+    (a full disk) must not leave half a row. So every write makes the whole file again, from the rows kept and
+    with the union of the columns, beside it, and renames it into place (the file is one row per epoch: small).
     """
 
     def __init__(self, path: Path, log_wandb: bool = False):
@@ -63,6 +65,11 @@ class SummaryWriter:
         try:
             for i, row in enumerate(self.rows):
                 self._append(row, write_header=i == 0)
+            if self.rows:
+                _fsync_file(tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         finally:
             self.path = final
         if self.rows:
@@ -74,17 +81,20 @@ class SummaryWriter:
         row: Dict[str, Any] = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()},
                                **{f"eval_{k}": v for k, v in evaluation.items()}, "lr": lr}
         self.rows = [r for r in self.rows if int(r["epoch"]) != epoch] + [row]
-        if self._learn(row) or len(self.rows) == 1 or not self.path.exists():
-            self._rewrite()
-            if self.log_wandb:
-                self._wandb(row)
-        else:
-            self._append(row, write_header=False, log_wandb=self.log_wandb)
+        self._learn(row)
+        self._rewrite()
+        if self.log_wandb:
+            self._wandb(row)
 
     def _wandb(self, row: Dict[str, Any]) -> None:
         import wandb
 
         wandb.log({k: v for k, v in row.items() if isinstance(v, (int, float))})
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
 
 
 def read_summary(path: Path) -> List[Dict[str, Any]]:
@@ -116,10 +126,17 @@ def plot_training_curves(summary_csv: Path, out_png: Path) -> Path:
 
     rows = read_summary(summary_csv)
     x = [int(r["epoch"]) + 1 for r in rows]
-    # Markers show the measured epochs while there are few of them.
-    with plt.rc_context({"lines.marker": "o" if len(x) <= 30 else "", "lines.markersize": 3}):
-        _draw(plt, MaxNLocator, rows, x, out_png)
-    return Path(out_png)
+    out_png = Path(out_png)
+    # Drawn beside the file and renamed into place: a failed write never leaves half a picture.
+    tmp = out_png.with_name(f".{out_png.name}.tmp")
+    try:
+        # Markers show the measured epochs while there are few of them.
+        with plt.rc_context({"lines.marker": "o" if len(x) <= 30 else "", "lines.markersize": 3}):
+            _draw(plt, MaxNLocator, rows, x, tmp)
+        tmp.replace(out_png)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out_png
 
 
 def _draw(plt, MaxNLocator, rows, x, out_png) -> None:
@@ -161,8 +178,10 @@ def _draw(plt, MaxNLocator, rows, x, out_png) -> None:
             if rounds[i] != rounds[i - 1]:
                 ax.axvline(x[i] - 0.5, color="grey", linestyle=":", linewidth=0.8)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(out_png, dpi=110, format="png")
+    finally:
+        plt.close(fig)
 
 
 def comparison_table(results: List[Dict[str, Any]]) -> str:
