@@ -41,7 +41,7 @@ __all__ = [
     "scores_and_heads", "deterministic_mode_of", "parameters_left_unused_of", "CONFORMANCE_FAMILIES",
     "CONFORMANCE_CHECKS", "exempt_from_conformance", "conformance_exemptions", "inherit_conformance_exemptions",
     "target_probability", "is_soft_target", "TrainHeads", "is_tracing", "group_ordinals", "prefixed_group_matcher",
-    "model_display_name",
+    "model_display_name", "weighted_mean",
 ]
 
 
@@ -74,10 +74,21 @@ def target_probability(probs: Tensor, target: Tensor) -> Tensor:
     return probs.gather(-1, target.long().unsqueeze(-1)).squeeze(-1)
 
 
-def cross_entropy_loss(outputs: Union[Tensor, Sequence[Tensor]], target: Tensor) -> Tuple[Tensor, LossParts]:
+def weighted_mean(per_sample: Tensor, sample_weight: Optional[Tensor] = None) -> Tensor:
+    """The batch mean of a per-sample loss, each sample's term scaled by its weight when weights are given.
+
+    This is how every ``collab_loss`` reduces its per-sample terms under ``sample_weight``: ``mean(w_i * l_i)``
+    (not renormalised by ``sum(w)``, so a composing method, e.g. complementary boosting, sets the scale)."""
+    if sample_weight is None:
+        return per_sample.mean()
+    return (per_sample * sample_weight.to(per_sample.dtype)).mean()
+
+
+def cross_entropy_loss(outputs: Union[Tensor, Sequence[Tensor]], target: Tensor,
+                       sample_weight: Optional[Tensor] = None) -> Tuple[Tensor, LossParts]:
     """The plain objective: cross-entropy on the (single or main) head; hard or soft targets."""
     logits = heads_of(outputs)[-1]
-    loss = F.cross_entropy(logits.float(), target)
+    loss = weighted_mean(F.cross_entropy(logits.float(), target, reduction="none"), sample_weight)
     return loss, {"ce": loss.detach()}
 
 
@@ -224,8 +235,13 @@ class CollabModel(nn.Module, metaclass=ABCMeta):
         """Per-head logits, main head last, in any mode."""
 
     @abstractmethod
-    def collab_loss(self, outputs: Heads, target: Tensor) -> Tuple[Tensor, LossParts]:
-        """The method's training objective: ``(total, parts)``."""
+    def collab_loss(self, outputs: Heads, target: Tensor,
+                    sample_weight: Optional[Tensor] = None) -> Tuple[Tensor, LossParts]:
+        """The method's training objective: ``(total, parts)``.
+
+        ``sample_weight`` ([B], optional) is given by a method that composes this model (complementary boosting
+        weights each sample by its class's importance): every per-sample term is reduced with ``weighted_mean``;
+        each method's docstring says how its terms that are not per-sample are treated."""
 
     def predict(self, heads: Heads) -> Tensor:
         """The method's inference rule applied to per-head logits; the main head by default."""
