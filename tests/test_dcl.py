@@ -358,6 +358,38 @@ def test_soft_targets_work_for_dcl_models():
     assert torch.isfinite(loss) and parts["ce"] == loss.detach()
 
 
+def _per_sample_ce(logits: torch.Tensor, target: torch.Tensor) -> np.ndarray:
+    """-log softmax(logits)[target] per sample, in numpy float64."""
+    z = _np(logits)
+    z = z - z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return -log_p[np.arange(len(target)), target.numpy()]
+
+
+def test_collab_loss_takes_per_sample_weights():
+    torch.manual_seed(12)
+    model = collab_zoo.create_model("dcl_lenet", variant="A2", num_classes=10).train()
+    x, target = torch.randn(4, 1, 28, 28), torch.tensor([3, 1, 4, 1])
+    outputs = model(x)
+    per_sample = _per_sample_ce(outputs[0], target)
+
+    plain, _ = model.collab_loss(outputs, target)
+    ones, _ = model.collab_loss(outputs, target, sample_weight=torch.ones(4))
+    np.testing.assert_allclose(plain.item(), per_sample.mean(), rtol=1e-5)
+    assert ones.item() == pytest.approx(plain.item(), rel=1e-6)
+
+    # mean(w_i * l_i), not renormalised: a zero weight drops a sample and its gradient, the others keep 1/B.
+    weight = torch.tensor([0.0, 1.0, 2.0, 0.5])
+    weighted, parts = model.collab_loss(outputs, target, sample_weight=weight)
+    np.testing.assert_allclose(weighted.item(), (weight.numpy() * per_sample).sum() / 4, rtol=1e-5)
+    assert parts["ce"] == weighted.detach()
+    logits = outputs[0].detach().requires_grad_(True)
+    model.collab_loss((logits,), target, sample_weight=weight)[0].backward()
+    assert torch.all(logits.grad[0] == 0) and torch.all(logits.grad[1:].abs().sum(1) > 0)
+    with pytest.raises(IncompatibleConfigError, match="one weight per sample"):
+        model.collab_loss(outputs, target, sample_weight=torch.ones(3))
+
+
 def test_dcl_classifier_resets_and_reloads_across_class_counts():
     torch.manual_seed(11)
     model = collab_zoo.create_model("dcl_lenet", variant="B3S", num_classes=100)

@@ -526,11 +526,18 @@ class DCLModel(BackboneWrapper):
     def forward_inference(self, x: Tensor) -> Tensor:
         return self.backbone(x)
 
-    def collab_loss(self, outputs: Heads, target: Tensor) -> Tuple[Tensor, LossParts]:
+    def collab_loss(self, outputs: Heads, target: Tensor,
+                    sample_weight: Optional[Tensor] = None) -> Tuple[Tensor, LossParts]:
+        """Cross-entropy of the one head. Its only term is per-sample, reduced with ``weighted_mean`` under
+        ``sample_weight`` ([B]); DCL has no term that is not per-sample."""
         heads = heads_of(outputs)
         if len(heads) != 1:
             raise IncompatibleConfigError(f"DCL models have one head; collab_loss got {len(heads)} outputs.")
-        return cross_entropy_loss(heads, target)
+        if sample_weight is not None and sample_weight.shape != (target.shape[0],):
+            raise IncompatibleConfigError(
+                f"sample_weight must hold one weight per sample, shape [{target.shape[0]}]; got "
+                f"{tuple(sample_weight.shape)}.")
+        return cross_entropy_loss(heads, target, sample_weight)
 
 
 # --- the paper's LeNet variants ------------------------------------------------------------------------------
