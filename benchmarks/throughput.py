@@ -11,7 +11,6 @@ in alternation.
 """
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import time
@@ -90,7 +89,6 @@ def measure(model_name: str = "dks_resnet32", epochs: int = 2, batch: int = 64, 
             repeats: int = 20, device: str = "cpu", amp_dtype: Optional[str] = None) -> Dict[str, Any]:
     """Paired runs, alternating which side goes first; the ratio is train.py's time per image over the bare
     loop's (above 1: train.py is slower), with the images per second of both sides."""
-    os.environ["COLLAB_ZOO_NO_PROGRESS"] = "1"
     threads = torch.get_num_threads()
     bare, engine = [], []
     with tempfile.TemporaryDirectory() as out:

@@ -40,7 +40,7 @@ _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 
 __all__ = ["LoadReport", "load_pretrained_weights", "load_safetensors_file", "sha256_of", "download_weights",
            "download_file", "split_hub_id", "check_safetensors_header", "hub_timeout", "read_model_config",
-           "resolve_weights", "HUB_TIMEOUT_ENV"]
+           "resolve_weights", "adapt_input_channels", "HUB_TIMEOUT_ENV"]
 
 
 @dataclass
@@ -611,9 +611,18 @@ def resolve_weights(cfg: Dict[str, Any], cache_dir: Optional[os.PathLike] = None
     return _from_hub(hub_id, filename, config.sha256 if pinned else None, cache_dir)
 
 
-def _adapt_first_conv(model: nn.Module, state_dict: Dict[str, Tensor], first_convs, report: LoadReport) -> None:
+def adapt_input_channels(weight: Tensor, in_chans: int) -> Tensor:
+    """A first convolution's weights [O, I, kh, kw] for ``in_chans`` input channels, by timm's rule
+    (``timm.models.adapt_input_conv``): to one channel the filters are summed; to more they are repeated
+    across the new channels and scaled by I / in_chans, so an image whose channels are all equal gives the
+    same response. timm's rule is written for a 3-channel checkpoint; its ``base_chans`` is set to the
+    checkpoint's own count here, so a 1-channel digits checkpoint adapts to RGB input the same way."""
     from timm.models import adapt_input_conv
 
+    return adapt_input_conv(in_chans, weight, base_chans=weight.shape[1])
+
+
+def _adapt_first_conv(model: nn.Module, state_dict: Dict[str, Tensor], first_convs, report: LoadReport) -> None:
     if not first_convs:
         return
     if isinstance(first_convs, str):
@@ -626,7 +635,7 @@ def _adapt_first_conv(model: nn.Module, state_dict: Dict[str, Tensor], first_con
         have, want = state_dict[key].shape, own[key].shape
         if have == want or len(have) != 4 or have[0] != want[0] or have[2:] != want[2:]:
             continue
-        state_dict[key] = adapt_input_conv(want[1], state_dict[key])
+        state_dict[key] = adapt_input_channels(state_dict[key], want[1])
         report.adapted.append(f"{key}: {have[1]} -> {want[1]} input channels")
 
 

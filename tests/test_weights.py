@@ -278,3 +278,29 @@ def test_a_zoo_architecture_this_version_lacks_says_to_upgrade(tmp_path):
     _edit_config(folder, _set(["architecture"], "dks_resnet9999"))
     with pytest.raises(collab_zoo.UnknownModelError, match="does not register.*pip install -U collab-zoo"):
         collab_zoo.create_model(f"local-dir:{folder}", pretrained=True)
+
+
+# --- first-convolution adaptation ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("in_chans", [1, 2, 4, 6])
+def test_adapt_input_channels_follows_timm_from_three_channels(in_chans):
+    from timm.models import adapt_input_conv
+
+    from collab_zoo.weights import adapt_input_channels
+
+    weight = torch.randn(8, 3, 3, 3, generator=torch.Generator().manual_seed(in_chans)).half()
+    adapted = adapt_input_channels(weight, in_chans)
+    assert adapted.shape == (8, in_chans, 3, 3) and adapted.dtype == torch.half
+    assert torch.equal(adapted, adapt_input_conv(in_chans, weight))
+
+
+def test_adapt_input_channels_from_one_channel_keeps_a_grey_image_response():
+    from collab_zoo.weights import adapt_input_channels
+
+    weight = torch.randn(4, 1, 3, 3, generator=torch.Generator().manual_seed(0))
+    grey = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    rgb = adapt_input_channels(weight, 3)
+    assert rgb.shape == (4, 3, 3, 3)
+    expected = torch.nn.functional.conv2d(grey, weight)
+    assert torch.allclose(torch.nn.functional.conv2d(grey.expand(1, 3, 8, 8), rgb), expected, atol=1e-5)
+    assert torch.equal(adapt_input_channels(weight, 1), weight)

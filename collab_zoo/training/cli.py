@@ -24,7 +24,6 @@ import errno
 import io
 import json
 import logging
-import math
 import os
 import re
 import signal
@@ -38,7 +37,7 @@ from torch import nn
 from ..errors import CollabZooError, NonFiniteError, RunWriteError
 from .args import MAIN_JOB, ConfigFileError, parse_args, parse_validate_args
 
-__all__ = ["train_main", "validate_main", "validate_models", "adapt_first_conv", "EXIT_BAD_INPUT", "EXIT_NONFINITE",
+__all__ = ["train_main", "validate_main", "validate_models", "EXIT_BAD_INPUT", "EXIT_NONFINITE",
            "EXIT_WRITE_FAILED", "EXIT_INTERRUPTED", "EXIT_TERMINATED"]
 
 _logger = logging.getLogger("collab_zoo.train")
@@ -151,21 +150,6 @@ def train_main(argv: List[str]) -> int:
 
 # --- validate.py ---------------------------------------------------------------------------------------------------
 
-def adapt_first_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
-    """A first convolution's weights for ``in_chans`` input channels, by timm's rule (``adapt_input_conv``):
-    to one channel, the filters are summed; to more, they are repeated across the new channels and scaled so that
-    an image whose channels are all equal gives the same response. timm's function converts only from three
-    channels; this one from any count (a model trained on 1-channel digits, used on RGB input)."""
-    from timm.models import adapt_input_conv
-
-    have = weight.shape[1]
-    if in_chans == 1 or have == 3:
-        return adapt_input_conv(in_chans, weight)
-    repeat = int(math.ceil(in_chans / have))
-    adapted = weight.float().repeat(1, repeat, 1, 1)[:, :in_chans] * (have / float(in_chans))
-    return adapted.to(weight.dtype)
-
-
 def _first_conv_key(model: nn.Module) -> Optional[str]:
     first = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
     if isinstance(first, (list, tuple)):
@@ -177,7 +161,7 @@ def _load_checkpoint_weights(model: nn.Module, weights: Path, name: str) -> List
     """Load a checkpoint strictly, adapting the first convolution to the model's input channels; returns notes."""
     from ..errors import IncompatibleConfigError
     from ..integrity import check_finite
-    from ..weights import load_safetensors_file
+    from ..weights import adapt_input_channels, load_safetensors_file
 
     state = load_safetensors_file(weights)
     check_finite(state, f"--checkpoint {weights}")
@@ -187,7 +171,7 @@ def _load_checkpoint_weights(model: nn.Module, weights: Path, name: str) -> List
     if key and key in state and key in own and state[key].shape != own[key].shape \
             and state[key].shape[0] == own[key].shape[0] and state[key].shape[2:] == own[key].shape[2:]:
         notes.append(f"{key}: {state[key].shape[1]} -> {own[key].shape[1]} input channels")
-        state[key] = adapt_first_conv(state[key], own[key].shape[1])
+        state[key] = adapt_input_channels(state[key], own[key].shape[1])
     missing = [k for k in own if k not in state]
     if missing:
         raise IncompatibleConfigError(f"{weights} lacks {len(missing)} of {name}'s tensors (e.g. {missing[:3]}).")
