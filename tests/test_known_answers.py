@@ -1,0 +1,459 @@
+"""Known answers: the numbers users read (top-1, top-5, per-class, per-head, loss), the settings a run starts
+from (recipe < -c file < flags), an exact resume's batches, and checkpoint round trips, each compared with an
+answer worked out by hand in this file, never with the output of the code under test.
+
+The evaluation model below returns logits looked up from fixed tables, so every expected figure is a count done
+on paper (the comments show the count).
+"""
+import hashlib
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from collab_zoo.contract import CollabModel, cross_entropy_loss
+from collab_zoo.errors import CorruptCheckpointError, IncompatibleConfigError
+from collab_zoo.training.args import RECIPES, parse_args, parse_validate_args
+from collab_zoo.training.checkpoint import (
+    CheckpointFolder, CheckpointHistory, expand_checkpoint_pattern, find_checkpoint_weights, flatten_state,
+    latest_checkpoint, restore_rng_state, rng_state, run_folder_of, save_tensors_and_json, unflatten_state,
+    verify_checkpoint, write_weights, MANIFEST,
+)
+from collab_zoo.training.evaluate import EvalResult, evaluate, score_loss
+from collab_zoo.training.loader import batches_per_epoch
+
+# --- evaluate(): hand-counted figures ------------------------------------------------------------------------------
+
+NUM_CLASSES = 8  # class 7 has no image: its per-class figure is 0, not a division by zero
+
+
+def _ranked(order, num_classes):
+    """Logits ranking the classes in ``order`` first to last (7, 6, 5, ...), the rest below in index order."""
+    order = list(order) + [c for c in range(num_classes) if c not in order]
+    row = torch.zeros(num_classes)
+    for position, c in enumerate(order):
+        row[c] = float(num_classes - 1 - position)
+    return row
+
+
+def _onehot(c, num_classes, value=1.5):
+    row = torch.zeros(num_classes)
+    row[c] = value
+    return row
+
+
+# (target, main head's ranking, aux head's top class). The method's scores are main + aux: the aux head's class
+# (+1.5) moves up exactly one place in the main head's ranking, so the scores' order is known by hand.
+SAMPLES = [
+    (0, [0, 1, 2, 3, 4, 5, 6], 0),   # scores 0,1,..: top1 hit, top5 hit; main hit, aux hit
+    (1, [2, 1, 0, 3, 4, 5, 6], 1),   # scores 1,2,..: top1 hit;             main miss, aux hit
+    (2, [2, 0, 1, 3, 4, 5, 6], 0),   # scores 0,2,..: top1 miss, top5 hit;  main hit, aux miss
+    (3, [0, 1, 2, 4, 5, 3, 6], 6),   # scores 0,1,2,4,5,6,3: target 7th: top5 miss; main miss, aux miss
+    (3, [0, 1, 2, 4, 3, 5, 6], 3),   # scores 0,1,2,3,..: target 4th: top5 hit; main miss, aux hit
+    (4, [0, 1, 2, 3, 5, 4, 6], 4),   # scores 0,1,2,3,4: target 5th (6th in main): top5 hit; main miss, aux hit
+    (5, [5, 0, 1, 2, 3, 4, 6], 0),   # scores 0,5,..: top1 miss, top5 hit;  main hit, aux miss
+    (6, [6, 0, 1, 2, 3, 4, 5], 6),   # top1 hit;                            main hit, aux hit
+    (0, [1, 2, 3, 4, 5, 6, 0], 0),   # scores 1,..,5,0,6: target 7th: top5 miss; main miss, aux hit
+    (0, [0, 1, 2, 3, 4, 5, 6], 1),   # scores 1,0,..: top1 miss, top5 hit;  main hit, aux miss
+]
+BATCHES = (4, 4, 2)  # uneven, so a mean of batch means is not the mean over images
+# Counted from the table: top-1 hits are samples 0, 1, 7 (3 of 10); top-5 misses are samples 3 and 8 (8 of 10);
+# the main head is right on 0, 2, 6, 7, 9 (5), the aux head on 0, 1, 4, 5, 7, 8 (6).
+# Per class (hits / images of that class): 0: 1/3 (sample 0 of 0, 8, 9), 1: 1/1, 2: 0/1, 3: 0/2, 4: 0/1, 5: 0/1,
+# 6: 1/1, 7: no images.
+EXPECTED = dict(count=10, top1=30.0, top5=80.0, head_top1={"aux": 60.0, "main": 50.0},
+                per_class=[100 / 3, 100.0, 0.0, 0.0, 0.0, 0.0, 100.0, 0.0])
+
+
+class TableModel(CollabModel):
+    """Two heads whose logits are looked up by the sample number each 'image' carries; scores = main + aux."""
+
+    head_names = ("aux", "main")
+
+    def __init__(self, samples, num_classes=NUM_CLASSES):
+        super().__init__()
+        self.register_buffer("aux", torch.stack([_onehot(a, num_classes) for _, _, a in samples]))
+        self.register_buffer("main", torch.stack([_ranked(order, num_classes) for _, order, _ in samples]))
+        self.anchor = nn.Parameter(torch.zeros(()))  # evaluate() takes the device from the parameters
+        self.modes_seen = []
+
+    def forward_heads(self, x):
+        self.modes_seen.append(self.training)
+        index = x[:, 0].long()
+        return self.aux[index] + self.anchor, self.main[index] + self.anchor
+
+    def predict(self, heads):
+        return heads[0] + heads[1]
+
+    def collab_loss(self, outputs, target, sample_weight=None):
+        return cross_entropy_loss(outputs, target, sample_weight)
+
+
+def _loader(samples=SAMPLES, sizes=BATCHES):
+    batches, start = [], 0
+    for size in sizes:
+        index = torch.arange(start, start + size)
+        images = index.float()[:, None]
+        target = torch.tensor([samples[i][0] for i in index.tolist()])
+        batches.append((images, target))
+        start += size
+    assert start == len(samples)
+    return batches
+
+
+def test_evaluate_gives_the_hand_counted_top1_top5_per_class_and_per_head_figures():
+    model = TableModel(SAMPLES)
+    model.train()
+    result = evaluate(model, _loader(), NUM_CLASSES)
+    assert result.count == EXPECTED["count"]
+    assert result.top1 == pytest.approx(EXPECTED["top1"])
+    assert result.top5 == pytest.approx(EXPECTED["top5"])
+    assert result.head_top1 == pytest.approx(EXPECTED["head_top1"])
+    assert list(result.head_top1) == ["aux", "main"]
+    assert result.per_class == pytest.approx(EXPECTED["per_class"])
+    assert result.loss is None
+    # Evaluated in eval mode, and the model is left in the mode it was in.
+    assert set(model.modes_seen) == {False} and model.training
+    model.eval()
+    evaluate(model, _loader(), NUM_CLASSES)
+    assert not model.training
+
+
+def test_evaluate_figures_do_not_depend_on_how_the_images_are_batched():
+    one_batch = evaluate(TableModel(SAMPLES), _loader(sizes=(10,)), NUM_CLASSES)
+    singles = evaluate(TableModel(SAMPLES), _loader(sizes=(1,) * 10), NUM_CLASSES)
+    for result in (one_batch, singles):
+        assert (result.top1, result.top5) == pytest.approx((EXPECTED["top1"], EXPECTED["top5"]))
+        assert result.per_class == pytest.approx(EXPECTED["per_class"])
+        assert result.head_top1 == pytest.approx(EXPECTED["head_top1"])
+
+
+def test_evaluate_loss_is_the_mean_over_images_not_over_batches():
+    # A loss that is each image's target number: its mean over the 10 images is 24 / 10 = 2.4
+    # (targets 0+1+2+3+3+4+5+6+0+0). The mean of the three batch means would be (1.5 + 4.5 + 0) / 3 = 2.0.
+    result = evaluate(TableModel(SAMPLES), _loader(), NUM_CLASSES,
+                      loss_fn=lambda heads, scores, target: target.float().mean())
+    assert result.loss == pytest.approx(2.4)
+    assert result.as_dict("val_") == pytest.approx({"val_loss": 2.4, "val_top1": 30.0, "val_top5": 80.0,
+                                                    "val_top1_aux": 60.0, "val_top1_main": 50.0})
+    assert list(result.as_dict()) == ["loss", "top1", "top5", "top1_aux", "top1_main"]
+
+
+def test_score_loss_is_the_cross_entropy_of_the_methods_scores():
+    # Two classes, scores (0, 0) and (ln 3, 0): -ln(1/2) and -ln(3/4); target 0 both times.
+    scores = torch.tensor([[0.0, 0.0], [float(np.log(3.0)), 0.0]])
+    expected = (np.log(2.0) + np.log(4.0 / 3.0)) / 2
+    heads = (torch.zeros(2, 2),)
+    assert float(score_loss(heads, scores, torch.tensor([0, 0]))) == pytest.approx(expected)
+
+
+def test_evaluate_reports_only_the_picked_heads_under_their_own_names():
+    result = evaluate(TableModel(SAMPLES), _loader(), NUM_CLASSES, head_indices=[1])
+    assert result.head_top1 == pytest.approx({"main": 50.0})
+    renamed = evaluate(TableModel(SAMPLES), _loader(), NUM_CLASSES, head_names=["first", "second"], head_indices=[0])
+    assert renamed.head_top1 == pytest.approx({"first": 60.0})
+
+
+def test_top5_is_not_reported_for_five_classes_or_fewer():
+    # Five classes: every label is in the top 5, so the figure would always be 100 and is left out.
+    samples = [(0, [1, 2, 3, 4, 0], 4), (3, [3, 0, 1, 2, 4], 3)]
+    result = evaluate(TableModel(samples, 5), _loader(samples, (2,)), 5)
+    # Sample 0: scores 1,2,3,4(+1.5 -> above 3),0: miss. Sample 1: 3 first: hit.
+    assert result.top5 is None and "top5" not in result.as_dict()
+    assert result.top1 == pytest.approx(50.0)
+    assert result.per_class == pytest.approx([0.0, 0.0, 0.0, 100.0, 0.0])
+    # Six classes: top-5 is reported and a label ranked 6th is a miss.
+    six = [(5, [0, 1, 2, 3, 4, 5], 0), (5, [0, 1, 2, 3, 5, 4], 0)]
+    result = evaluate(TableModel(six, 6), _loader(six, (2,)), 6)
+    assert result.top5 == pytest.approx(50.0) and result.top1 == 0.0
+
+
+def test_an_empty_loader_gives_zero_counts_not_a_division_error():
+    result = evaluate(TableModel(SAMPLES), [], NUM_CLASSES)
+    assert result.count == 0 and result.top1 == 0.0 and result.per_class == [0.0] * NUM_CLASSES
+
+
+def test_eval_result_as_dict_without_loss_or_top5():
+    result = EvalResult(count=3, top1=1.0, top5=None, head_top1={"h": 2.0}, per_class=[])
+    assert result.as_dict("x/") == {"x/top1": 1.0, "x/top1_h": 2.0}
+
+
+# --- recipes, config files and flags: defaults < --recipe < -c FILE < command line ----------------------------------
+
+def test_a_recipe_sets_its_papers_values_and_explicit_flags_win():
+    base = parse_args([])
+    recipe = parse_args(["--recipe", "dks-cifar-wrn"])
+    # The recipe's own values, as its paper states them (Sun et al. 2019 for WRN on CIFAR).
+    assert (recipe.batch_size, recipe.weight_decay, recipe.epochs, recipe.lr) == (128, 5e-4, 200, 0.1)
+    assert (recipe.sched, recipe.decay_milestones, recipe.decay_rate, recipe.warmup_epochs) == \
+        ("multistep", [60, 120, 160], 0.2, 0)
+    # What the recipe leaves open stays at the script's default.
+    assert (base.batch_size, base.epochs, base.sched, base.decay_rate) == (64, 30, "cosine", 0.1)
+    assert recipe.smoothing == base.smoothing == 0.0 and recipe.model == base.model
+    # Flags given on the command line win, before or after --recipe.
+    flagged = parse_args(["--lr", "0.3", "--recipe", "dks-cifar-wrn", "--epochs", "5", "--decay-rate", "0.5"])
+    assert (flagged.lr, flagged.epochs, flagged.decay_rate) == (0.3, 5, 0.5)
+    assert (flagged.batch_size, flagged.sched, flagged.decay_milestones) == (128, "multistep", [60, 120, 160])
+    assert set(flagged.explicit) == {"lr", "recipe", "epochs", "decay_rate"}
+
+
+def test_a_config_file_sits_between_the_recipe_and_the_flags(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("recipe: digits\nepochs: 7\nbatch_size: 16\nmomentum: 0.5\n")
+    args = parse_args(["-c", str(config), "--epochs", "9"])
+    assert args.epochs == 9                       # flag over file
+    assert args.batch_size == 16                  # file over recipe (digits: 64)
+    assert args.momentum == 0.5
+    assert (args.lr, args.sched, args.dataset) == (0.05, "cosine", "digits")   # the file's recipe, where unset
+    assert set(args.explicit) == {"config", "epochs", "recipe", "batch_size", "momentum"}
+    # A flag's --recipe beats the file's recipe.
+    other = parse_args(["-c", str(config), "--recipe", "dks-imagenet"])
+    assert (other.lr, other.sched, other.decay_epochs, other.epochs) == (0.1, "step", 30, 7)
+
+
+def test_every_recipe_names_only_real_flags():
+    defaults = vars(parse_args([]))
+    for name, values in RECIPES.items():
+        unknown = set(values) - set(defaults)
+        assert not unknown, f"recipe {name} sets {unknown}, which no flag has"
+        args = parse_args(["--recipe", name])
+        for key, value in values.items():
+            assert getattr(args, key) == value, (name, key)
+
+
+def test_validation_rules_accept_their_bounds_and_refuse_just_beyond(capsys):
+    # Bounds as the help says: momentum in [0, 1], smoothing in [0, 1), batch at least 1, lr_base above 0.
+    for ok in (["--momentum", "0"], ["--momentum", "1"], ["--smoothing", "0"], ["-b", "1"], ["--lr", "0"],
+               ["--warmup-epochs", "0"], ["--seed", "0"], ["--seed", str(2 ** 32 - 1)],
+               ["--scale", "0.5", "0.5"], ["--cutmix-minmax", "0.2", "0.8"], ["--input-size", "3", "8", "8"]):
+        parse_args(ok)
+    for bad, words in ((["--momentum", "1.01"], "--momentum must be between 0 and 1, got 1.01"),
+                       (["--smoothing", "1"], "--smoothing must be in [0, 1), got 1.0"),
+                       (["-b", "0"], "-b/--batch-size must be at least 1, got 0"),
+                       (["--lr-base", "0"], "--lr-base must be greater than 0, got 0.0"),
+                       (["--lr", "nan"], "--lr must be a finite number, got nan"),
+                       (["--seed", str(2 ** 32)], "--seed must be between 0 and 4294967295"),
+                       (["--scale", "0.9", "0.1"], "--scale takes min then max, got 0.9 > 0.1"),
+                       (["--scale", "0.9"], "--scale takes two numbers"),
+                       (["--input-size", "3", "8"], "--input-size takes C H W"),
+                       (["--cutmix-minmax", "0.2"], "--cutmix-minmax takes two numbers"),
+                       (["--lr-noise", "0.1", "0.2", "0.3"], "--lr-noise takes one or two"),
+                       (["--clip-mode", "l2"], "--clip-mode 'l2' is not one of norm, value, agc"),
+                       (["--opt", "adamww"], "did you mean"),
+                       (["--experiment", "a/b"], "must be a plain folder name"),
+                       (["--experiment", ".hidden"], "must be a plain folder name")):
+        with pytest.raises(SystemExit) as e:
+            parse_args(bad)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert words in err, (bad, err)
+
+
+def test_a_config_file_value_is_named_as_coming_from_the_file(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("momentum: 3\n")
+    with pytest.raises(SystemExit):
+        parse_args(["-c", str(config)])
+    assert "--momentum (set in the -c/--config file) must be between 0 and 1, got 3" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["-c", str(config), "--momentum", "2"])
+    err = capsys.readouterr().err
+    assert "--momentum must be between 0 and 1, got 2.0" in err and "config file" not in err
+
+
+def test_sizes_and_device_flags_are_normalised():
+    args = parse_args(["--input-size", "16", "--device", "cpu:0", "--opt", "lookahead_adamw"])
+    assert (args.img_size, args.input_size, args.cpu) == (16, None, True)
+    full = parse_args(["positional_dir", "--input-size", "1", "12", "12"])
+    assert full.input_size == (1, 12, 12) and full.data_dir == "positional_dir" and not full.cpu
+    v = parse_validate_args(["somewhere", "--model", "a", "b", "--input-size", "20", "--device", "cpu"])
+    assert (v.model, v.img_size, v.cpu, v.data_dir) == (["a", "b"], 20, True, "somewhere")
+
+
+# --- resume: the next batches and their augmentation are those of the uninterrupted epoch ---------------------------
+
+def test_a_resumed_epoch_draws_the_same_batches_with_the_same_augmentation():
+    from collab_zoo.data import DataSpec, build_data
+    from collab_zoo.training.loader import make_train_loader
+
+    args = parse_args(["--dataset", "digits", "--img-size", "8", "-b", "100", "--seed", "3",
+                       "--aa", "rand-m9-mstd0.5", "--reprob", "0.5"])
+    bundle = build_data(DataSpec(dataset="digits", input_size=8, seed=3))
+    device = torch.device("cpu")
+
+    def batches(epoch, skip=0, seed=None):
+        if seed is not None:
+            args.seed = seed
+        loader, total = make_train_loader(bundle.train, args, bundle, device, 1, 0, epoch, skip_batches=skip)
+        torch.manual_seed(1234 + skip)   # the process's own generators must not matter: the run restores them
+        random.seed(skip)
+        out = [(x.clone(), y.clone()) for x, y, *_ in loader]
+        args.seed = 3
+        return out, total
+
+    whole, total = batches(1)
+    n = len(bundle.train)
+    assert total == batches_per_epoch(n, 100, 1) == len(whole)
+    assert sum(len(y) for _, y in whole) == n
+    resumed, total_resumed = batches(1, skip=3)
+    assert total_resumed == total and len(resumed) == total - 3
+    for (x, y), (rx, ry) in zip(whole[3:], resumed):
+        assert torch.equal(y, ry) and torch.equal(x, rx)
+    # Another epoch (or seed) is another order: the order is a function of (seed, epoch), not fixed.
+    other, _ = batches(2)
+    assert not torch.equal(whole[0][1], other[0][1])
+    reseeded, _ = batches(1, seed=4)
+    assert not torch.equal(whole[0][1], reseeded[0][1])
+
+
+def test_batches_per_epoch_counts():
+    # 10 images, batch 4: 4 + 4 + 2 = 3 batches; 9 images: 4 + 5 (a last batch of one joins the one before).
+    assert batches_per_epoch(10, 4, 1) == 3
+    assert batches_per_epoch(9, 4, 1) == 2
+    assert batches_per_epoch(8, 4, 1) == 2
+    assert batches_per_epoch(1, 4, 1) == 1
+    # Two processes: 5 images each (ceil(9 / 2)), batch 4: 4 + 1 -> one batch of 5.
+    assert batches_per_epoch(9, 4, 2) == 1
+    assert batches_per_epoch(11, 2, 2) == 3   # 6 each: 2 + 2 + 2
+
+
+def test_rng_state_round_trips_through_a_checkpoint_folder(tmp_path):
+    random.seed(5)
+    np.random.seed(6)
+    torch.manual_seed(7)
+    saved = rng_state()
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(())))
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    save_tensors_and_json(folder, "rank0", {"rng": saved})
+    # Other draws in between, then a restore from the files (JSON turns the tuples into lists).
+    random.random(), np.random.rand(), torch.rand(3)
+    state = json.loads((folder / "rank0.json").read_text())
+    assert isinstance(state, dict)
+    from safetensors.torch import load_file
+
+    restore_rng_state(unflatten_state(state, load_file(folder / "rank0.safetensors"))["rng"])
+    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == expected
+
+
+# --- checkpoint round trips --------------------------------------------------------------------------------------
+
+def test_flatten_and_unflatten_give_back_the_same_nested_state():
+    state = {"a": torch.arange(3.0), 1: [torch.ones(2, 2), (2, "x", None)], "n": np.arange(4, dtype=np.uint8),
+             "f": np.float32(0.5), "i": np.int64(3), "b": True, "nested": {"t": (torch.zeros(1), 1.5)},
+             "e": {}, "l": []}
+    tree, tensors = flatten_state(state)
+    assert sorted(tensors) == ["1.0", "a", "n", "nested.t.0"]
+    assert tensors["n"].dtype == torch.int64
+    # Through JSON, as it is stored.
+    back = unflatten_state(json.loads(json.dumps(tree)), tensors)
+    assert list(back) == list(state)        # int keys stay ints (JSON objects would make them strings)
+    assert torch.equal(back["a"], torch.arange(3.0))
+    assert torch.equal(back[1][0], torch.ones(2, 2)) and back[1][1] == (2, "x", None)
+    assert isinstance(back[1][1], tuple)
+    assert back["n"].dtype == np.uint8 and back["n"].tolist() == [0, 1, 2, 3]
+    assert back["f"] == 0.5 and type(back["f"]) is float and back["i"] == 3 and back["b"] is True
+    assert isinstance(back["nested"]["t"], tuple) and back["nested"]["t"][1] == 1.5
+    assert back["e"] == {} and back["l"] == []
+    prefixed, named = flatten_state({"w": torch.ones(1)}, "opt")
+    assert list(named) == ["opt.w"] and prefixed == {"__dict__": [["w", {"__tensor__": "opt.w"}]]}
+    with pytest.raises(TypeError, match="neither str nor int"):
+        flatten_state({(1, 2): 0})
+    with pytest.raises(TypeError, match="cannot store set"):
+        flatten_state({"s": {1}})
+
+
+def _weights(value=1.0):
+    return {"w": torch.full((2, 3), value), "b": torch.arange(3.0)}
+
+
+def test_weight_checkpoint_round_trip_and_manifest(tmp_path):
+    folder = write_weights(tmp_path / "checkpoints" / "best", _weights(2.0), {"top1": 55.5}, _weights(3.0),
+                           {"model": "m"})
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert set(manifest["files"]) == {"model.safetensors", "ema.safetensors", "metrics.json", "run.json"}
+    for name, entry in manifest["files"].items():
+        data = (folder / name).read_bytes()
+        assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    checked = CheckpointFolder(folder)
+    assert not checked.legacy and checked.has("ema.safetensors") and not checked.has("state.json")
+    assert torch.equal(checked.tensors("model.safetensors")["w"], torch.full((2, 3), 2.0))
+    assert checked.json("metrics.json") == {"top1": 55.5}
+    path, run = find_checkpoint_weights(tmp_path)      # a run folder: its best checkpoint
+    assert path == folder / "model.safetensors" and run["args"] == {"model": "m"} and run["format"] == 3
+    ema, _ = find_checkpoint_weights(folder, use_ema=True)
+    assert ema == folder / "ema.safetensors"
+    assert run_folder_of(folder) == tmp_path
+    # One byte changed: refused, saying what is wrong in the message's own words.
+    data = bytearray((folder / "metrics.json").read_bytes())
+    data[0] ^= 1
+    (folder / "metrics.json").write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpointError, match="sha256 differs from the one its manifest recorded"):
+        verify_checkpoint(folder)
+    (folder / "metrics.json").write_bytes(b"{}")
+    with pytest.raises(CorruptCheckpointError, match="has 2 bytes, its manifest says"):
+        verify_checkpoint(folder)
+
+
+def test_resumable_state_round_trip(tmp_path):
+    last = tmp_path / "run" / "checkpoints" / "last"
+    last.mkdir(parents=True)
+    entries = save_tensors_and_json(last, "optimizer", {"state": {0: {"momentum": torch.ones(2)}}, "lr": 0.1})
+    state = {"format": 3, "progress": {"epoch": 1}, "args": {"model": "m"}, "world_size": 1, "experiment": "run"}
+    body = json.dumps(state).encode()
+    entries["state.json"] = {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    (last / "state.json").write_bytes(body)
+    (last / MANIFEST).write_text(json.dumps({"files": entries}))
+    found = latest_checkpoint(tmp_path / "run")
+    assert found.path == last and found.run_state() == state
+    optimizer = found.state("optimizer")
+    assert optimizer["lr"] == 0.1 and torch.equal(optimizer["state"][0]["momentum"], torch.ones(2))
+    # A state.json lacking what resuming needs is refused by name.
+    partial = {k: v for k, v in state.items() if k != "progress"}
+    body = json.dumps(partial).encode()
+    entries["state.json"] = {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    (last / "state.json").write_bytes(body)
+    (last / MANIFEST).write_text(json.dumps({"files": entries}))
+    with pytest.raises(CorruptCheckpointError, match="it lacks progress"):
+        latest_checkpoint(tmp_path / "run").run_state()
+    # A manifest naming a path outside the folder is refused.
+    (last / MANIFEST).write_text(json.dumps({"files": {"../x": {"size": 1, "sha256": "0"}}}))
+    with pytest.raises(CorruptCheckpointError, match="not a file of the folder"):
+        verify_checkpoint(last)
+    with pytest.raises(IncompatibleConfigError, match="no such folder"):
+        latest_checkpoint(tmp_path / "nowhere")
+
+
+def test_checkpoint_history_keeps_the_best_n_by_the_metric(tmp_path):
+    history = CheckpointHistory(tmp_path, max_history=2, decreasing=False)
+    kept = [history.offer(f"epoch-{i}", metric, _weights(), {"top1": metric})
+            for i, metric in enumerate([50.0, 70.0, 60.0, 40.0, 80.0])]
+    # 50 kept, 70 kept, 60 beats 50 (dropped), 40 beats nothing, 80 beats 60 (dropped).
+    assert kept == [True, True, True, False, True]
+    assert history.entries == [[80.0, "epoch-4"], [70.0, "epoch-1"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-1", "epoch-4"]
+    losses = CheckpointHistory(tmp_path / "loss", max_history=2, decreasing=True)
+    for i, metric in enumerate([0.5, 0.7, 0.3, 0.6]):
+        losses.offer(f"epoch-{i}", metric, _weights(), {})
+    assert losses.entries == [[0.3, "epoch-2"], [0.5, "epoch-0"]]
+    assert not CheckpointHistory(tmp_path / "none", 0, False).offer("epoch-0", 1.0, _weights(), {})
+    assert not (tmp_path / "none").exists()
+    # A resumed run's history (entries read back from JSON as lists) carries on with the same set.
+    resumed = CheckpointHistory(tmp_path, 2, False, entries=json.loads(json.dumps(history.entries)))
+    assert not resumed.offer("epoch-5", 75.0 - 10, _weights(), {})
+    assert resumed.offer("epoch-5", 75.0, _weights(), {})
+    assert resumed.entries == [[80.0, "epoch-4"], [75.0, "epoch-5"]]
+
+
+def test_checkpoint_patterns_skip_staging_and_previous_twins(tmp_path):
+    for name in ("epoch-10", "epoch-2", ".incoming-epoch-3", "epoch-2.previous", "epoch-7.previous"):
+        (tmp_path / name).mkdir()
+    found = [p.rsplit("/", 1)[-1] for p in expand_checkpoint_pattern(str(tmp_path / "*"))]
+    # natural order (2 before 10); a .previous whose folder exists is left out; one without its folder stays.
+    assert found == ["epoch-2", "epoch-7.previous", "epoch-10"]
+    assert expand_checkpoint_pattern("plain/path") == ["plain/path"]
+    with pytest.raises(FileNotFoundError, match="the pattern matches nothing"):
+        expand_checkpoint_pattern(str(tmp_path / "nothing-*"))
