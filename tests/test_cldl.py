@@ -86,6 +86,48 @@ def test_loss_matches_hand_arithmetic(num_heads, variant):
     assert parts["ce_head0"].item() == pytest.approx(F.cross_entropy(heads[0], torch.tensor(TARGET)).item(), rel=1e-6)
 
 
+def _hand_weighted_loss(heads, target, lambdas, variant, weights):
+    """The loss with per-sample weights: each head's per-sample T_m * C_m scaled by the sample's weight, then
+    averaged over the batch (sum_b w_b * l_b / B)."""
+    batch = len(target)
+    total = 0.0
+    for m in range(len(heads)):
+        for b in range(batch):
+            probs = [_softmax(h[b]) for h in heads]
+            y = target[b]
+            total += lambdas[m] * weights[b] * _hand_t([p[y] for p in probs], m, variant) * -math.log(probs[m][y]) / batch
+    return total
+
+
+@pytest.mark.parametrize("variant", ["cldl", "cldl_minus", "ds"])
+def test_sample_weights_known_answer(variant):
+    heads = [torch.tensor(h) for h in HEADS4[:3]]
+    target = torch.tensor(TARGET)
+    plain, plain_parts = cldl_loss(heads, target, LAMBDAS[3], variant)
+    ones, ones_parts = cldl_loss(heads, target, LAMBDAS[3], variant, sample_weight=torch.ones(3))
+    assert ones.item() == pytest.approx(plain.item(), rel=1e-6)
+    assert all(ones_parts[k].item() == pytest.approx(v.item(), rel=1e-6) for k, v in plain_parts.items())
+    weights = [0.5, 0.0, 2.0]
+    total, _ = cldl_loss(heads, target, LAMBDAS[3], variant, sample_weight=torch.tensor(weights))
+    assert total.item() == pytest.approx(_hand_weighted_loss(HEADS4[:3], TARGET, LAMBDAS[3], variant, weights), rel=1e-5)
+    # Weight 0 on samples 1 and 2: only sample 0 is left, in every head's term (T_m included): its own loss / B.
+    dropped, _ = cldl_loss(heads, target, LAMBDAS[3], variant, sample_weight=torch.tensor([1.0, 0.0, 0.0]))
+    alone = _hand_loss([[h[0]] for h in HEADS4[:3]], TARGET[:1], LAMBDAS[3], variant)
+    assert dropped.item() == pytest.approx(alone / 3, rel=1e-5)
+    with pytest.raises(IncompatibleConfigError, match="one weight per sample"):
+        cldl_loss(heads, target, LAMBDAS[3], variant, sample_weight=torch.ones(2))
+
+
+def test_model_collab_loss_takes_sample_weights():
+    torch.manual_seed(0)
+    model = collab_zoo.create_model("cldl_nin_mnist", num_classes=4).train()
+    heads = model(torch.randn(2, 1, 28, 28))
+    raw = [[row.tolist() for row in h.detach()] for h in heads]
+    total, _ = model.collab_loss(heads, torch.tensor([1, 3]), sample_weight=torch.tensor([0.25, 1.0]))
+    assert total.item() == pytest.approx(
+        _hand_weighted_loss(raw, [1, 3], [0.3, 0.3, 1.0], "cldl", [0.25, 1.0]), rel=1e-4)
+
+
 def test_paper_default_weights_and_single_head_is_softmax_loss():
     heads = [torch.tensor(h) for h in HEADS4[:3]]
     assert cldl_loss(heads, torch.tensor(TARGET))[0].item() == pytest.approx(

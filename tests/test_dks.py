@@ -67,6 +67,59 @@ def test_temperature_and_weights():
     assert total.item() == pytest.approx(_hand_loss(HEADS, TARGET, "bidirectional", 3.0, alpha, 0.25), rel=1e-5)
 
 
+def _hand_weighted_loss(heads, target, weights, pairs="bidirectional"):
+    """Eq. 4 with per-sample weights, in plain Python: every term is a per-sample quantity, each scaled by the
+    sample's weight and averaged over the batch (sum_b w_b * l_b / B, the contract's weighted mean)."""
+    m_count, batch = len(heads), len(target)
+    total = 0.0
+    for b in range(batch):
+        sample = 0.0
+        for m in range(m_count):
+            sample += -math.log(_softmax(heads[m][b])[target[b]])
+        for t in range(m_count):
+            for s in range(m_count):
+                keep = {"bidirectional": t != s, "top_down": t > s, "bottom_up": t < s, "none": False}[pairs]
+                if keep:
+                    p_t, p_s = _softmax(heads[t][b]), _softmax(heads[s][b])
+                    sample += -sum(pt * math.log(ps) for pt, ps in zip(p_t, p_s))
+        total += weights[b] * sample
+    return total / batch
+
+
+@pytest.mark.parametrize("divergence", ["cross_entropy", "kl"])
+def test_sample_weights_of_one_change_nothing(divergence):
+    heads = [torch.tensor(h) for h in HEADS]
+    plain = dks_loss(heads, torch.tensor(TARGET), divergence=divergence)
+    weighted = dks_loss(heads, torch.tensor(TARGET), divergence=divergence, sample_weight=torch.ones(2))
+    assert weighted[0].item() == pytest.approx(plain[0].item(), rel=1e-6)
+    assert {k: round(v.item(), 5) for k, v in weighted[1].items()} == {k: round(v.item(), 5) for k, v in plain[1].items()}
+
+
+@pytest.mark.parametrize("pairs", ["bidirectional", "top_down", "none"])
+def test_sample_weights_known_answer(pairs):
+    heads = [torch.tensor(h) for h in HEADS]
+    total, _ = dks_loss(heads, torch.tensor(TARGET), pairs=pairs, sample_weight=torch.tensor([2.0, 0.5]))
+    assert total.item() == pytest.approx(_hand_weighted_loss(HEADS, TARGET, [2.0, 0.5], pairs), rel=1e-5)
+    # A zero weight removes the sample from every term: half (1 of B=2) of sample 0's loss alone, as in the hand value.
+    dropped, _ = dks_loss(heads, torch.tensor(TARGET), pairs=pairs, sample_weight=torch.tensor([1.0, 0.0]))
+    alone = _hand_loss([[h[0]] for h in HEADS], TARGET[:1], pairs)
+    assert dropped.item() == pytest.approx(alone / 2, rel=1e-5)
+
+
+def test_model_collab_loss_takes_sample_weights():
+    torch.manual_seed(0)
+    model = collab_zoo.create_model("dks_resnet20", num_classes=4).train()
+    heads = model(torch.randn(3, 3, 16, 16))
+    target = torch.tensor([0, 1, 2])
+    raw = [[row.tolist() for row in h.detach()] for h in heads]
+    weights = [0.0, 1.5, 1.0]
+    total, parts = model.collab_loss(heads, target, sample_weight=torch.tensor(weights))
+    assert total.item() == pytest.approx(_hand_weighted_loss(raw, target.tolist(), weights), rel=1e-4)
+    assert set(parts) == {"ce_aux_stage1", "ce_aux_stage2", "ce_main", "synergy", "total"}
+    with pytest.raises(IncompatibleConfigError, match="one weight per sample"):
+        model.collab_loss(heads, target, sample_weight=torch.ones(2))
+
+
 def test_pair_masks():
     assert pair_mask(3, "bidirectional").sum() == 6  # the paper: 3 heads, 6 ordered pairs
     assert pair_mask(3, "top_down").tolist() == [[False] * 3, [True, False, False], [True, True, False]]

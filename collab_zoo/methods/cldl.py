@@ -92,7 +92,7 @@ from ..backbones.nin import NIN_LAYOUTS, NetworkInNetwork
 from ..builder import build_zoo_model
 from ..convert import read_torch_checkpoint, register_converter, strip_prefix
 from ..contract import (BackboneWrapper, Heads, LossParts, exempt_from_conformance, inherit_conformance_exemptions,
-                        is_soft_target, is_tracing)
+                        is_soft_target, is_tracing, weighted_mean)
 from ..errors import IncompatibleConfigError, StateDictMismatchError
 from ..registry import base_cfg, cifar_cfg, mnist_cfg, zoo_default_cfgs, zoo_model
 
@@ -246,8 +246,15 @@ def _at_target(values: Tensor, target: Tensor) -> Tensor:
 
 
 def cldl_loss(heads: Sequence[Tensor], target: Tensor, lambdas: Optional[Sequence[float]] = None,
-              variant: str = "cldl", head_names: Optional[Sequence[str]] = None) -> Tuple[Tensor, LossParts]:
+              variant: str = "cldl", head_names: Optional[Sequence[str]] = None,
+              sample_weight: Optional[Tensor] = None) -> Tuple[Tensor, LossParts]:
     """``L = sum_m lambda_m * mean_batch(T_m * C_m)`` with the variant's T (see the module docstring).
+
+    ``sample_weight`` ([B], optional): every term of L is per-sample (head m's ``T_m * C_m`` on each sample), so
+    each head's batch mean is ``weighted_mean``; the reported ``ce_<name>`` is weighted the same way. ``T_m`` of a
+    sample is read from the companions' probabilities *of that sample*, so a sample of weight 0 drops out of the
+    loss entirely. ``t_<name>`` is a diagnostic, not a loss term: the plain batch mean of T, unweighted. CLDL has
+    no term that is not per-sample (weight decay is the optimizer's).
 
     ``parts``: per head ``ce_<name>`` (C, unscaled), ``t_<name>`` (mean T), ``loss_<name>`` (T * C), and ``total``.
     """
@@ -255,11 +262,17 @@ def cldl_loss(heads: Sequence[Tensor], target: Tensor, lambdas: Optional[Sequenc
     names = list(head_names) if head_names is not None else [f"head{i}" for i in range(num_heads)]
     weights = _check_lambdas(lambdas, num_heads)
     per_candidate, modulation = candidate_losses(heads, variant)
-    head_losses = _at_target(per_candidate, target).mean(dim=-1)                         # [M]
+    if sample_weight is not None and tuple(sample_weight.shape) != (per_candidate.shape[1],):
+        raise IncompatibleConfigError(
+            f"sample_weight must hold one weight per sample, shape [{per_candidate.shape[1]}]; got "
+            f"{tuple(sample_weight.shape)}.")
+    at_target = _at_target(per_candidate, target)                                         # [M, B]
+    head_losses = torch.stack([weighted_mean(at_target[m], sample_weight) for m in range(num_heads)])  # [M]
     total = (per_candidate.new_tensor(weights) * head_losses).sum()
     with torch.no_grad():
         confidence = -F.log_softmax(torch.stack([h.float() for h in heads]), dim=-1)
-        ce = _at_target(confidence, target).mean(dim=-1)
+        ce_at_target = _at_target(confidence, target)
+        ce = torch.stack([weighted_mean(ce_at_target[m], sample_weight) for m in range(num_heads)])
         mean_t = _at_target(modulation, target).mean(dim=-1)
     parts: LossParts = {}
     for i, name in enumerate(names):
@@ -779,11 +792,14 @@ class CLDLModel(BackboneWrapper):
         checkpointed = self.grad_checkpointing and torch.is_grad_enabled() and not is_tracing()
         return self._view.forward_heads(x, self.placement, self.aux_heads, checkpointed)
 
-    def collab_loss(self, outputs: Heads, target: Tensor) -> Tuple[Tensor, LossParts]:
+    def collab_loss(self, outputs: Heads, target: Tensor,
+                    sample_weight: Optional[Tensor] = None) -> Tuple[Tensor, LossParts]:
+        """``cldl_loss`` with this model's lambdas and variant. Under ``sample_weight`` ([B]) every head's
+        per-sample ``T_m * C_m`` is reduced with ``weighted_mean``; CLDL has no term that is not per-sample."""
         if len(outputs) != self.num_heads:
             raise IncompatibleConfigError(
                 f"CLDL expects {self.num_heads} head outputs (the train-mode forward), got {len(outputs)}.")
-        return cldl_loss(outputs, target, self.lambdas, self.loss, self.head_names)
+        return cldl_loss(outputs, target, self.lambdas, self.loss, self.head_names, sample_weight)
 
     def predict(self, heads: Heads) -> Tensor:
         """``-S(y)`` of Eq. 9 (larger is better) or, with ``inference="main"``, the main head's logits."""

@@ -41,7 +41,8 @@ from ..backbones.staged import StagedNet
 from ..builder import build_zoo_model
 from ..convert import (add_hub_arguments, as_state_dict, check_state_dict_keys, finish_hub_folder,
                        read_torch_checkpoint, register_converter, strip_prefix)
-from ..contract import BackboneWrapper, Heads, LossParts, inherit_conformance_exemptions, is_tracing
+from ..contract import (BackboneWrapper, CollabModel, Heads, LossParts, forward_heads_of, head_names_of,
+                        inherit_conformance_exemptions, is_tracing, weighted_mean)
 from ..errors import IncompatibleConfigError
 from ..registry import base_cfg, cifar_cfg, zoo_default_cfgs, zoo_model
 
@@ -70,14 +71,19 @@ def pair_mask(num_heads: int, pairs: str, device=None) -> Tensor:
 
 def dks_loss(heads: Sequence[Tensor], target: Tensor, pairs: str = "bidirectional", temperature: float = 1.0,
              alpha: Optional[Sequence[float]] = None, beta: Optional[Union[float, Tensor]] = None,
-             divergence: str = "cross_entropy", head_names: Optional[Sequence[str]] = None
-             ) -> Tuple[Tensor, LossParts]:
+             divergence: str = "cross_entropy", head_names: Optional[Sequence[str]] = None,
+             sample_weight: Optional[Tensor] = None) -> Tuple[Tensor, LossParts]:
     """The DKS objective over all heads at once (one batched contraction, no loop over pairs).
 
     ``alpha``: per-head CE weights (default 1). ``beta``: a scalar or an [M, M] teacher-by-student matrix
     (default 1). ``divergence="kl"`` is the released code's ``KL(p_m || p_n)`` with its 1e-8 smoothing: the
     same gradient as the paper's cross-entropy, a value lower by the teachers' entropy. No T^2 factor, as in
     the released code. Computed in float32 so that bf16 or extreme logits stay finite.
+
+    ``sample_weight`` ([B], optional): both terms are per-sample (each head's cross-entropy, and each sample's
+    sum over pairs of its pairwise divergence), so each is reduced with ``weighted_mean``; DKS has no term that is
+    not per-sample. A sample of weight 0 drops out of every term (its teachers' probabilities included, which
+    only ever act on that same sample).
     """
     if divergence not in DIVERGENCES:
         raise IncompatibleConfigError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}.")
@@ -90,7 +96,11 @@ def dks_loss(heads: Sequence[Tensor], target: Tensor, pairs: str = "bidirectiona
     if alpha_t.numel() != num_heads:
         raise IncompatibleConfigError(f"alpha needs one weight per head ({num_heads}), got {alpha_t.numel()}.")
 
-    ce = torch.stack([F.cross_entropy(z, target) for z in logits])         # [M]
+    if sample_weight is not None and tuple(sample_weight.shape) != (logits.shape[1],):
+        raise IncompatibleConfigError(
+            f"sample_weight must hold one weight per sample, shape [{logits.shape[1]}]; got {tuple(sample_weight.shape)}.")
+    ce = torch.stack([weighted_mean(F.cross_entropy(z, target, reduction="none"), sample_weight)
+                      for z in logits])                                   # [M]
     total = (alpha_t * ce).sum()
     parts: LossParts = {f"ce_{n}": c.detach() for n, c in zip(names, ce)}
 
@@ -99,20 +109,21 @@ def dks_loss(heads: Sequence[Tensor], target: Tensor, pairs: str = "bidirectiona
         log_p = F.log_softmax(logits / temperature, dim=-1)              # [M, B, K]
         teacher = log_p.detach().exp()
         if divergence == "cross_entropy":
-            # H(p_m, p_n) for every (teacher m, student n) pair, averaged over the batch.
-            pairwise = -torch.einsum("mbk,nbk->mn", teacher, log_p) / logits.shape[1]
+            # H(p_m, p_n) for every (teacher m, student n) pair and sample.
+            pairwise = -torch.einsum("mbk,nbk->mnb", teacher, log_p)
         else:
             smoothed_t = teacher + 1e-8
             smoothed_s = (log_p.exp() + 1e-8).log()
-            neg_entropy = (smoothed_t * smoothed_t.log()).sum(-1).mean(-1)          # [M]
-            cross = torch.einsum("mbk,nbk->mn", smoothed_t, smoothed_s) / logits.shape[1]
-            pairwise = neg_entropy[:, None] - cross
+            neg_entropy = (smoothed_t * smoothed_t.log()).sum(-1)                   # [M, B]
+            cross = torch.einsum("mbk,nbk->mnb", smoothed_t, smoothed_s)
+            pairwise = neg_entropy[:, None, :] - cross
         if beta is None:
             weights = mask.float()
         else:
             beta_t = torch.as_tensor(beta, dtype=logits.dtype, device=logits.device)
             weights = mask.float() * (beta_t if beta_t.dim() else beta_t.expand(num_heads, num_heads))
-        synergy = (weights * pairwise).sum()
+        per_sample = torch.einsum("mn,mnb->b", weights, pairwise)                  # [B]
+        synergy = weighted_mean(per_sample, sample_weight)
         total = total + synergy
         parts["synergy"] = synergy.detach()
     parts["total"] = total.detach()
@@ -342,12 +353,15 @@ class DKSModel(BackboneWrapper):
         # The auxiliary heads are not needed to predict: the plain backbone's forward, nothing more.
         return self.backbone(x)
 
-    def collab_loss(self, outputs: Heads, target: Tensor) -> Tuple[Tensor, LossParts]:
+    def collab_loss(self, outputs: Heads, target: Tensor,
+                    sample_weight: Optional[Tensor] = None) -> Tuple[Tensor, LossParts]:
+        """Eq. 4 over every head (``dks_loss``). Under ``sample_weight`` ([B]) each head's cross-entropy and each
+        sample's synergy sum are reduced with ``weighted_mean``; DKS has no term that is not per-sample."""
         if len(outputs) != len(self.head_names):
             raise IncompatibleConfigError(
                 f"DKS expects {len(self.head_names)} head outputs (train-mode forward), got {len(outputs)}.")
         return dks_loss(outputs, target, self.pairs, self.temperature, self.alpha, self.beta, self.divergence,
-                        self.head_names)
+                        self.head_names, sample_weight)
 
     # -- weights (a bare backbone checkpoint loads under backbone.; the heads, training-only, start fresh) ---
     def export(self) -> nn.Module:
