@@ -106,6 +106,46 @@ def test_fusion_gradient_is_the_formulas_derivative():
         torch.testing.assert_close(got, expected)
 
 
+def _log_domain_fusion(factors: np.ndarray, eps: float):
+    """The fusion and its capped per-factor derivative as the log-domain version computed them (numpy, float64):
+    ``log z = log(prod v + eps) / T``; ``log dz/dv_t = sum_{s != t} log v_s + (1/T - 1) log(P + eps) - log T``,
+    capped at 64."""
+    num = factors.shape[0]
+    with np.errstate(divide="ignore"):
+        logs = np.log(factors)
+    log_total = np.logaddexp(logs.sum(0), np.log(eps))
+    others = np.stack([np.delete(logs, t, axis=0).sum(0) for t in range(num)])
+    log_grad = np.minimum(others + (1.0 / num - 1.0) * log_total - np.log(num), 64.0)
+    return np.exp(log_total / num), np.exp(log_grad)
+
+
+@pytest.mark.parametrize("num,dtype", [(2, torch.float32), (3, torch.float32), (4, torch.float32),
+                                       (8, torch.float32), (3, torch.bfloat16), (9, torch.float32),
+                                       (3, torch.float64)])
+def test_fast_fusion_equals_the_log_domain_version(num, dtype):
+    """Values and gradients within 1e-6 relative of the log-domain formula, over silent, ordinary and huge
+    responses (the capped derivative included)."""
+    torch.manual_seed(30 + num)
+    shape = (num, 6, 7)
+    scale = torch.tensor([0.0, 1e-3, 1.0, 30.0, 1e12, 1e20])[torch.randint(0, 6, shape)]
+    factors = (torch.rand(shape) * scale).to(dtype)
+    factors[:, 0, 0] = 0.0                                   # every branch silent: the floor
+    factors[0, 1, :] = 0.0                                   # one branch silent, others huge: the cap
+    factors[1:, 1, :] = 1e30
+    eps = 10.0 ** -num
+    expected, expected_grad = _log_domain_fusion(_np(factors), eps)
+    assert expected_grad.max() == pytest.approx(np.exp(64.0)), "the case reaches the cap"
+    leaf = factors.clone().requires_grad_()
+    fused = dcl_fuse(leaf)
+    upstream = torch.rand(fused.shape, dtype=torch.float64)
+    (fused.double() * upstream).sum().backward()
+    rtol = 1e-6 if dtype != torch.bfloat16 else 8e-3   # bf16 results are rounded to its 8-bit mantissa
+    np.testing.assert_allclose(_np(fused), expected, rtol=rtol, atol=0)
+    np.testing.assert_allclose(_np(leaf.grad), (upstream.numpy() * expected_grad), rtol=max(rtol, 1e-6), atol=0)
+    with torch.no_grad():
+        np.testing.assert_allclose(_np(dcl_fuse(factors)), _np(fused), rtol=0, atol=0)
+
+
 def test_stochastic_training_trains_exactly_two_branches_per_step():
     torch.manual_seed(4)
     module = DCLModule(6, 5, [3, 3, 3, 3], mode="stochastic").train()
