@@ -38,9 +38,10 @@ code differs is an option with a name:
 ``Omega = sum_i [ varphi_{y_i} / R_{y_i} log p(y_i|x_i) - sum_{l != y_i} varphi_l / (R - R_l) log p(C_l|x_i) ]``,
 so with class frequencies ``f_l = R_l / R`` the batch mean of
 ``omega_i = sum_l q_il varphi_l / f_l log p_il - sum_l (1 - q_il) varphi_l / (1 - f_l) log p_il``
-(``q_i`` the one-hot or soft target) estimates ``Omega / R`` without bias, for any batch. Balanced classes
-(``f_l = 1/N``, the default) give own-class weights ``N varphi_l`` and other-class weights
-``N varphi_l / (N - 1)``.
+(``q_i`` the one-hot or soft target) estimates ``Omega / R`` without bias, for any batch drawn uniformly from
+the training set. The frequencies are the training set's (``set_class_counts``, below), never assumed: with
+balanced classes (``f_l = 1/N``) the own-class weights are ``N varphi_l`` and the other-class weights
+``N varphi_l / (N - 1)``, but on an imbalanced set a rare class's own images weigh ``varphi_l / f_l``, more.
 
 What Eq. 3 amounts to, written in the logits z: ``omega_i = sum_l a_il z_l - c_{y_i} logsumexp(z_i)`` with
 ``c_y = N varphi_y - N (1 - varphi_y) / (N - 1)``. With uniform importance (round 1) ``c_y = 0``: the
@@ -94,6 +95,33 @@ importance after the last round), the held-out record of each round (``class_err
 - ``write_figures(dir)``: the importance after each round and each class's held-out accuracy per round
   (the paper's Fig. 2a-b / 3a-b), classes ranked by their round-1 accuracy.
 
+**Members of any method (composition).** A member is any zoo or timm model trained in one round: a plain
+network, or a DKS, CLDL or DCL model. A member with its own ``collab_loss`` trains with it in its round, every
+image weighted by its class's importance: ``sample_weight = varphi_t(C_{y_i}) / mean_batch varphi_t(C_y)`` (a soft
+target's expectation of varphi), so that with hard targets a cross-entropy term reduced by the contract's
+``weighted_mean`` is exactly the released code's weighted cross-entropy. The member's method decides which of
+its terms are per-sample and takes the weight there (its docstring says how it treats the others); the
+weights average 1 over the batch, so a term that is not per-sample keeps its scale relative to the weighted
+ones, and boosting adds nothing else to it. The loss parts keep the member's own names, prefixed
+``member<t>_`` (``member1_ce_main``, ``member1_synergy``, ...). The ensemble combines each member's eval-mode
+scores, its own inference rule (DKS's main head, CLDL's Eq. 9 scores ``-S(y)``, DCL's fused network), read as
+logits: ``f_t = softmax(scores)`` in Eq. 4 and Eq. 9. ``forward_heads`` shows every head of every member
+(``member1_aux_layer2``, ..., ``member1_main``; a plain member is one head, ``member1``), ``predict`` applies
+each member's rule to its heads, and a round's module is the member itself (its heads, its inference rule).
+What cannot be honoured is an error at construction: a member whose ``collab_loss`` takes no
+``sample_weight``, a member that trains in several rounds itself (an ensemble of ensembles), and
+``objective="margin"`` with a member that has its own loss (Eq. 2-3 replace a single network's loss; they
+cannot be laid over another method's).
+
+**The members' eval forward** (``ensemble_forward``): ``"separate"`` runs the members one after another,
+``"batched"`` as one forward vmapped over their stacked weights (``torch.func``), ``"auto"`` (default) the
+first on the CPU, where it is faster, and the second on CUDA. Both give the same scores.
+
+**The training set's class frequencies** (the margin objective, Eq. 3): ``model.set_class_counts(source)``
+records R_l from the round's training loader, its dataset (``targets``) or its targets, in the ``class_counts``
+buffer (saved with the model); ``objective="margin"`` without them is an error, not a silent balanced
+assumption. ``weighted_ce`` does not use them.
+
 **timm's interface.** ``forward_features`` puts the members' features side by side (``num_features`` is their
 sum), ``forward_head`` splits them back. A traced, scripted, exported or compiled model computes Eq. 9 from
 the round buffers inside the graph, running every member (a member outside F gets weight 0), so the graph
@@ -109,6 +137,8 @@ densenet121), ``complementary_alexnet_x4`` (torchvision's AlexNet) on ImageNet; 
 (LeCun et al.'s 784-300-10 MLP) on MNIST; and ``complementary``, any timm model times any tau:
 ``create_model("complementary", member="resnet18", tau=3)``.
 """
+import contextlib
+import inspect
 import logging
 import math
 import os
@@ -126,8 +156,10 @@ from torch import Tensor, nn
 from ..builder import build_zoo_model
 from ..convert import (add_hub_arguments, as_state_dict, check_state_dict_keys, finish_hub_folder,
                        read_torch_checkpoint, register_converter, strip_prefix)
-from ..contract import (CollabModel, Heads, LossParts, TrainingRound, classifier_module_name, group_ordinals,
-                        heads_of, inherit_conformance_exemptions, is_soft_target, is_tracing)
+from ..contract import (CollabModel, Heads, LossParts, TrainingRound, classifier_module_name,
+                        deterministic_mode_of, forward_heads_of, group_ordinals, head_names_of, heads_of,
+                        inherit_conformance_exemptions, is_soft_target, is_tracing, model_display_name, num_rounds_of,
+                        parameters_left_unused_of, predict_of, weighted_mean)
 from ..errors import IncompatibleConfigError
 from ..registry import base_cfg, cifar_cfg, mnist_cfg, zoo_default_cfgs, zoo_model
 
@@ -137,7 +169,7 @@ __all__ = [
     "ComplementaryEnsemble", "ClassStats", "Gamma", "heldout_class_stats", "fill_unmeasured", "weighted_error",
     "boosting_gamma", "update_importance", "normalise_importance", "member_weights_from_gammas",
     "ensemble_log_probs", "margin_objective", "weighted_cross_entropy", "class_weighted_loss",
-    "ERROR_KINDS", "EXPONENTS", "OBJECTIVES", "ON_WEAK", "DEFAULT_MU", "MIN_ERROR", "WEAK_MEMBER_GAMMA",
+    "importance_sample_weights", "class_counts_of", "ENSEMBLE_FORWARDS", "ERROR_KINDS", "EXPONENTS", "OBJECTIVES", "ON_WEAK", "DEFAULT_MU", "MIN_ERROR", "WEAK_MEMBER_GAMMA",
     "EnsembleFeatureGraph", "read_complementary_round", "convert_complementary",
 ]
 
@@ -145,6 +177,7 @@ ERROR_KINDS = ("soft", "hard")
 EXPONENTS = ("paper", "code")
 OBJECTIVES = ("margin", "weighted_ce")
 ON_WEAK = ("clamp", "raise")
+ENSEMBLE_FORWARDS = ("auto", "separate", "batched")
 DEFAULT_MU = 0.7
 MIN_ERROR = 1e-6
 WEAK_MEMBER_GAMMA = 1.0 - 1e-3
@@ -369,18 +402,29 @@ def _target_rows(target: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor
     return F.one_hot(target.long(), num_classes).to(dtype)
 
 
-def margin_objective(logits: Tensor, target: Tensor, importance: Tensor,
-                     class_frequency: Optional[Tensor] = None) -> Tuple[Tensor, LossParts]:
+def _check_sample_weight(sample_weight: Optional[Tensor], batch: int) -> Optional[Tensor]:
+    if sample_weight is None:
+        return None
+    if sample_weight.dim() != 1 or sample_weight.shape[0] != batch:
+        raise IncompatibleConfigError(
+            f"sample_weight must be one weight per sample, shape [{batch}]; got {tuple(sample_weight.shape)}.")
+    return sample_weight
+
+
+def margin_objective(logits: Tensor, target: Tensor, importance: Tensor, class_frequency: Optional[Tensor] = None,
+                     sample_weight: Optional[Tensor] = None) -> Tuple[Tensor, LossParts]:
     """-Omega_t (Eq. 2-3) estimated on a batch; hard or soft targets.
 
     Per image, ``omega_i = sum_l q_il varphi_l / f_l log p_il - sum_l (1 - q_il) varphi_l / (1 - f_l) log p_il``
-    (``f_l`` = R_l / R, uniform by default); the loss is ``-mean_i omega_i``. The indicator 1(y_i = C_l) enters
-    linearly, so a soft target's probabilities take its place.
+    (``f_l`` = R_l / R, the training set's class frequencies; uniform when not given); the loss is
+    ``-weighted_mean(omega, sample_weight)``. The indicator 1(y_i = C_l) enters linearly, so a soft target's
+    probabilities take its place.
     """
     z = logits.float()
     num_classes = z.shape[-1]
     if num_classes < 2:
         raise IncompatibleConfigError("the margin objective needs at least two classes.")
+    sample_weight = _check_sample_weight(sample_weight, z.shape[0])
     log_p = F.log_softmax(z, dim=-1)
     q = _target_rows(target, num_classes, z.dtype)
     varphi = importance.to(device=z.device, dtype=z.dtype)
@@ -388,37 +432,84 @@ def margin_objective(logits: Tensor, target: Tensor, importance: Tensor,
     if class_frequency is None:
         frequency = torch.full_like(varphi, 1.0 / num_classes)
     else:
-        frequency = class_frequency.to(device=z.device, dtype=z.dtype)
-        frequency = frequency / frequency.sum()
+        frequency = class_frequency.to(device=z.device, dtype=torch.float64)
+        frequency = (frequency / frequency.sum()).to(z.dtype)
         if bool((frequency <= 0).any()) or bool((frequency >= 1).any()):
-            raise IncompatibleConfigError("class frequencies must be positive for every class and below 1.")
+            raise IncompatibleConfigError(
+                "class frequencies must be positive for every class and below 1: the margin objective (Eq. 3) "
+                "averages over each class's own images and over the other classes' images, so every class needs "
+                "training images and at least two classes must have them.")
     own = (q * log_p * (varphi / frequency)).sum(-1)
     other = ((1.0 - q) * log_p * (varphi / (1.0 - frequency))).sum(-1)
     omega = own - other
-    loss = -omega.mean()
-    return loss, {"own_log_conf": own.mean().detach(), "other_log_conf": other.mean().detach(),
-                  "total": loss.detach()}
+    loss = -weighted_mean(omega, sample_weight)
+    return loss, {"own_log_conf": weighted_mean(own, sample_weight).detach(),
+                  "other_log_conf": weighted_mean(other, sample_weight).detach(), "total": loss.detach()}
 
 
-def weighted_cross_entropy(logits: Tensor, target: Tensor, importance: Tensor) -> Tuple[Tensor, LossParts]:
+def weighted_cross_entropy(logits: Tensor, target: Tensor, importance: Tensor,
+                           sample_weight: Optional[Tensor] = None) -> Tuple[Tensor, LossParts]:
     """The released code's loss: cross-entropy with class weights = importance, divided by the batch's
-    summed weight, ``sum_i sum_l q_il w_l (-log p_il) / sum_i sum_l q_il w_l`` (for hard targets exactly
-    ``F.cross_entropy(logits, target, weight=importance)``)."""
+    summed weight, ``sum_i s_i sum_l q_il w_l (-log p_il) / sum_i sum_l q_il w_l`` (for hard targets and no
+    ``sample_weight`` exactly ``F.cross_entropy(logits, target, weight=importance)``). ``sample_weight`` s_i
+    scales each image's term, as the contract's ``weighted_mean`` does (not renormalised)."""
     z = logits.float()
+    sample_weight = _check_sample_weight(sample_weight, z.shape[0])
     log_p = F.log_softmax(z, dim=-1)
     q = _target_rows(target, z.shape[-1], z.dtype)
     weighted_q = q * importance.to(device=z.device, dtype=z.dtype)
-    loss = -(weighted_q * log_p).sum() / weighted_q.sum()
+    per_sample = -(weighted_q * log_p).sum(-1)
+    if sample_weight is not None:
+        per_sample = per_sample * sample_weight.to(per_sample.dtype)
+    loss = per_sample.sum() / weighted_q.sum()
     return loss, {"weighted_ce": loss.detach(), "total": loss.detach()}
 
 
-def class_weighted_loss(objective: str, logits: Tensor, target: Tensor, importance: Tensor
+def class_weighted_loss(objective: str, logits: Tensor, target: Tensor, importance: Tensor,
+                        class_frequency: Optional[Tensor] = None, sample_weight: Optional[Tensor] = None
                         ) -> Tuple[Tensor, LossParts]:
     """The round's training objective by name: ``"margin"`` (paper) or ``"weighted_ce"`` (released code)."""
     _check_choice("objective", objective, OBJECTIVES)
     if objective == "margin":
-        return margin_objective(logits, target, importance)
-    return weighted_cross_entropy(logits, target, importance)
+        return margin_objective(logits, target, importance, class_frequency, sample_weight)
+    return weighted_cross_entropy(logits, target, importance, sample_weight)
+
+
+def importance_sample_weights(target: Tensor, importance: Tensor) -> Tensor:
+    """Each image's weight in a composed member's round: its class's importance (a soft target's expectation
+    of it, ``sum_l q_il varphi_l``), divided by the batch mean so that the weights average 1.
+
+    With hard targets, ``weighted_mean(ce_i, w)`` is then exactly the released code's weighted cross-entropy,
+    ``sum_i varphi_{y_i} ce_i / sum_i varphi_{y_i}``; and a member's terms that are not per-sample keep their
+    scale relative to the weighted ones."""
+    varphi = importance.detach().to(device=target.device, dtype=torch.float32)
+    if is_soft_target(target):
+        raw = target.detach().float() @ varphi
+    else:
+        raw = varphi[target.long()]
+    return raw / raw.mean().clamp(min=torch.finfo(raw.dtype).tiny)
+
+
+def class_counts_of(source: Any, num_classes: int) -> Tensor:
+    """R_l, the number of images of each class, from a training set: a tensor or sequence of class indices, a
+    dataset with ``targets`` (every collab_zoo and torchvision dataset), or a loader (its dataset's ``targets``,
+    else the targets of every batch it yields, read once)."""
+    targets: Any = source
+    if isinstance(source, torch.utils.data.DataLoader):
+        targets = getattr(source.dataset, "targets", None)
+        if targets is None:
+            targets = torch.cat([torch.as_tensor(batch[1]).reshape(-1) for batch in source]) if len(source) else []
+    elif not isinstance(source, (Tensor, list, tuple)) and hasattr(source, "targets"):
+        targets = source.targets
+    try:
+        targets = torch.as_tensor(targets)
+    except (TypeError, ValueError, RuntimeError):
+        raise IncompatibleConfigError(
+            f"class counts come from class indices, a dataset with `targets` or a loader; got "
+            f"{type(source).__name__}.") from None
+    if is_soft_target(targets):
+        raise IncompatibleConfigError("class counts need class indices, not soft (mixup/cutmix) targets.")
+    return torch.bincount(_class_indices(targets, targets.numel(), num_classes), minlength=num_classes)
 
 
 # --- the model -----------------------------------------------------------------------------------------------------
@@ -428,29 +519,74 @@ def _main_logits(output: Union[Tensor, Sequence[Tensor]]) -> Tensor:
 
 
 class _RoundObjective:
-    """Round t's loss, reading the model's importance row at call time (so it follows device moves)."""
+    """Round t's loss, reading the model's importance row at call time (so it follows device moves).
+
+    A plain member: the class-weighted objective on its logits. A member with its own ``collab_loss`` (DKS,
+    CLDL, DCL, ...): that loss, every image weighted by its class's importance (``importance_sample_weights``).
+    Part names are the objective's or the member's own, prefixed ``member<t>_``."""
 
     def __init__(self, model: "ComplementaryEnsemble", index: int):
         self.model, self.index = model, index
 
-    def __call__(self, outputs: Union[Tensor, Sequence[Tensor]], target: Tensor) -> Tuple[Tensor, LossParts]:
-        loss, parts = class_weighted_loss(self.model.objective, _main_logits(outputs), target,
-                                          self.model.importance[self.index])
-        return loss, {f"member{self.index + 1}_{k}" if k != "total" else k: v for k, v in parts.items()}
+    def __call__(self, outputs: Union[Tensor, Sequence[Tensor]], target: Tensor,
+                 sample_weight: Optional[Tensor] = None) -> Tuple[Tensor, LossParts]:
+        model, index = self.model, self.index
+        if model.member_has_own_loss[index]:
+            weights = importance_sample_weights(target, model.importance[index])
+            if sample_weight is not None:
+                weights = weights * _check_sample_weight(sample_weight, weights.shape[0]).to(weights)
+            loss, parts = model.members[index].collab_loss(heads_of(outputs), target, sample_weight=weights)
+        else:
+            loss, parts = class_weighted_loss(model.objective, _main_logits(outputs), target, model.importance[index],
+                                              model.training_class_frequency(), sample_weight)
+        named = {f"member{index + 1}_{k}" if k != "total" else k: v for k, v in parts.items()}
+        named.setdefault("total", loss.detach())
+        return loss, named
+
+
+def _member_has_own_loss(member: nn.Module, objective: str) -> bool:
+    """Whether a member trains with its own ``collab_loss`` (weighted per sample by the round's class importance)
+    or with the round's class-weighted objective (a plain network); an error for a member boosting cannot train
+    as asked, so that no combination falls back to another loss without saying so."""
+    name = model_display_name(member)
+    rounds = num_rounds_of(member)
+    if rounds != 1:
+        raise IncompatibleConfigError(
+            f"member {name} trains in {rounds} rounds of its own, but a boosting round trains its member in one: "
+            "an ensemble of boosting ensembles is not defined. Use a single-round model as the member (a plain "
+            "network, or a DKS, CLDL or DCL model).")
+    loss = getattr(member, "collab_loss", None)
+    if loss is None:
+        return False
+    parameters = inspect.signature(loss).parameters
+    if "sample_weight" not in parameters and not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        raise IncompatibleConfigError(
+            f"member {name}'s collab_loss takes no sample_weight, so a boosting round cannot weight its loss by "
+            "class importance (it would have to drop the member's own objective for plain cross-entropy, which "
+            "this zoo does not do silently). Its method needs collab_loss(outputs, target, sample_weight=None) "
+            "with contract.weighted_mean; until then use a plain network as the member.")
+    if objective == "margin":
+        raise IncompatibleConfigError(
+            f"objective='margin' (Eq. 2-3) replaces the loss of a single-head network; member {name} trains with "
+            "its own collab_loss, which a round can only weight per image by class importance. Use "
+            "objective='weighted_ce' (the default: the member's own loss, importance-weighted), or a plain "
+            "network as the member for the margin objective.")
+    return True
 
 
 class ComplementaryEnsemble(CollabModel):
     """tau networks trained in class-level boosting rounds, combined by Eq. 9. See the module docstring."""
 
-    __jit_unused_properties__ = ["tau", "num_classes", "num_features", "head_hidden_size", "feature_info"]
+    __jit_unused_properties__ = ["tau", "num_classes", "num_features", "head_hidden_size", "feature_info",
+                                 "training_only_prefixes"]
     leaves_parameters_unused = True
     # The buffers that carry the boosting run from round to round (and through a checkpoint).
     ROUND_STATE = ("gammas", "importance", "class_error", "class_accuracy", "class_measured", "weighted_errors",
-                   "rounds_completed", "current_round")
+                   "rounds_completed", "current_round", "class_counts")
 
     def __init__(self, members: Sequence[nn.Module], mu: float = DEFAULT_MU, error: str = "soft",
                  exponent: str = "paper", objective: str = "weighted_ce", on_weak: str = "clamp",
-                 min_error: float = MIN_ERROR):
+                 min_error: float = MIN_ERROR, ensemble_forward: str = "auto"):
         super().__init__()
         members = list(members)
         if not members:
@@ -459,15 +595,28 @@ class ComplementaryEnsemble(CollabModel):
         if len(classes) != 1:
             raise IncompatibleConfigError(f"every member must have the same number of classes, got {sorted(classes)}.")
         for name, value, choices in (("error", error, ERROR_KINDS), ("exponent", exponent, EXPONENTS),
-                                     ("objective", objective, OBJECTIVES), ("on_weak", on_weak, ON_WEAK)):
+                                     ("objective", objective, OBJECTIVES), ("on_weak", on_weak, ON_WEAK),
+                                     ("ensemble_forward", ensemble_forward, ENSEMBLE_FORWARDS)):
             _check_choice(name, value, choices)
         self.mu = _check_mu(mu)
         boosting_gamma(0.0, self.mu, on_weak, min_error)  # validates min_error against mu
         self.error, self.exponent, self.objective, self.on_weak = error, exponent, objective, on_weak
         self.min_error = float(min_error)
+        self.ensemble_forward = ensemble_forward
+        self._batched_refused = False
+        self.member_has_own_loss = tuple(_member_has_own_loss(m, objective) for m in members)
         self.members = nn.ModuleList(members)
         self.num_rounds = len(members)
-        self.head_names = tuple(f"member{i + 1}" for i in range(len(members)))
+        # A member with its own heads shows them all (member<t>_<head>); a plain member is one head, member<t>.
+        names: List[str] = []
+        counts: List[int] = []
+        for index, (member, own) in enumerate(zip(members, self.member_has_own_loss)):
+            member_names = head_names_of(member) if own else ("main",)
+            counts.append(len(member_names))
+            names += [f"member{index + 1}"] if len(member_names) == 1 else [
+                f"member{index + 1}_{h}" for h in member_names]
+        self.heads_per_member = tuple(counts)
+        self.head_names = tuple(names)
         self._register_round_state(classes.pop())
 
     def _register_round_state(self, num_classes: int) -> None:
@@ -484,13 +633,16 @@ class ComplementaryEnsemble(CollabModel):
             "weighted_errors": torch.zeros(tau, device=device),
             "rounds_completed": torch.zeros((), dtype=torch.long, device=device),
             "current_round": torch.zeros((), dtype=torch.long, device=device),
+            # R_l of the training set, for the margin objective (0 everywhere: not given yet); integers, so that
+            # model.half() cannot round them.
+            "class_counts": torch.zeros(columns, dtype=torch.long, device=device),
         }
         for name, value in state.items():
             self.register_buffer(name, value)
 
     def extra_repr(self) -> str:
         return (f"tau={self.tau}, mu={self.mu}, error={self.error!r}, exponent={self.exponent!r}, "
-                f"objective={self.objective!r}, on_weak={self.on_weak!r}")
+                f"objective={self.objective!r}, on_weak={self.on_weak!r}, ensemble_forward={self.ensemble_forward!r}")
 
     # -- sizes --------------------------------------------------------------------------------------------
     @property
@@ -543,26 +695,49 @@ class ComplementaryEnsemble(CollabModel):
         return self
 
     # -- the contract -------------------------------------------------------------------------------------
+    def _member_heads(self, index: int, x: Tensor) -> List[Tensor]:
+        member = self.members[index]
+        if self.member_has_own_loss[index]:
+            return list(forward_heads_of(member, x))
+        return [_main_logits(member(x))]
+
     def forward_heads(self, x: Tensor) -> Heads:
+        """Every member's heads side by side (``head_names``): a plain member's logits, or all heads of a member
+        with its own (the logits its own inference rule reads). In training, the members of other rounds run in
+        eval mode without gradient."""
         active = self._active_index()
-        outputs = []
-        for index, member in enumerate(self.members):
+        outputs: List[Tensor] = []
+        for index in range(self.tau):
             if self.training and index != active:
                 if is_tracing():  # a graph cannot hold no_grad around a call; detaching cuts the same gradient
-                    outputs.append(_main_logits(member(x)).detach())
+                    outputs += [h.detach() for h in self._member_heads(index, x)]
                 else:
                     with torch.no_grad():
-                        outputs.append(_main_logits(member(x)))
+                        outputs += self._member_heads(index, x)
             else:
-                outputs.append(_main_logits(member(x)))
+                outputs += self._member_heads(index, x)
         return tuple(outputs)
 
+    def member_scores(self, heads: Heads) -> List[Tensor]:
+        """Each member's scores by its own inference rule (CLDL's Eq. 9, DKS's main head, a plain network's
+        logits), from the heads of ``forward_heads``."""
+        if len(heads) != sum(self.heads_per_member):
+            raise IncompatibleConfigError(
+                f"expected the {sum(self.heads_per_member)} heads of forward_heads ({', '.join(self.head_names)}), "
+                f"got {len(heads)}.")
+        scores: List[Tensor] = []
+        start = 0
+        for index, count in enumerate(self.heads_per_member):
+            chunk = tuple(heads[start:start + count])
+            start += count
+            scores.append(predict_of(self.members[index], chunk) if self.member_has_own_loss[index] else chunk[0])
+        return scores
+
     def predict(self, heads: Heads) -> Tensor:
-        if len(heads) != self.tau:
-            raise IncompatibleConfigError(f"expected {self.tau} member logits, got {len(heads)}.")
+        scores = self.member_scores(heads)
         weights = self.member_weights()
         used = [i for i in range(self.tau) if weights[i] > 0]
-        return _mix_log_probs([heads[i] for i in used], weights[used])
+        return _mix_log_probs([scores[i] for i in used], weights[used])
 
     def forward_inference(self, x: Tensor) -> Tensor:
         if torch.jit.is_scripting():
@@ -577,7 +752,54 @@ class ComplementaryEnsemble(CollabModel):
     def _log_f_of_used_members(self, x: Tensor) -> Tensor:
         weights = self.member_weights()
         used = [i for i in range(self.tau) if weights[i] > 0]
-        return _mix_log_probs([_main_logits(self.members[i](x)) for i in used], weights[used])
+        return _mix_log_probs(self.scores_of_members(x, used), weights[used])
+
+    # -- the members' eval forwards: one after another, or batched over members ------------------------------
+    def _batched(self, x: Tensor, count: int) -> bool:
+        """Whether to run the members as one batched (vmapped) forward. "auto": on CUDA, where one launch per
+        layer for all members can beat one per member; on the CPU separate forwards are faster (a batched
+        convolution becomes a grouped one there: benchmarks/results/composition_forward.json)."""
+        if count < 2 or self.ensemble_forward == "separate":
+            return False
+        if self.ensemble_forward == "batched":
+            return True
+        return x.device.type == "cuda" and not self._batched_refused
+
+    def scores_of_members(self, x: Tensor, indices: Optional[Sequence[int]] = None) -> List[Tensor]:
+        """Eval-mode scores of the members ``indices`` (default: all) on ``x``, each by its own inference rule;
+        the same values by either path (``ensemble_forward``)."""
+        indices = list(range(self.tau)) if indices is None else list(indices)
+        if self._batched(x, len(indices)):
+            try:
+                return self._batched_scores(x, indices)
+            except (RuntimeError, ValueError, NotImplementedError) as error:
+                if self.ensemble_forward == "batched":
+                    raise IncompatibleConfigError(
+                        f"ensemble_forward='batched': these members cannot run as one vmapped forward ({error}). "
+                        "Use ensemble_forward='separate' (or 'auto').") from error
+                self._batched_refused = True
+                _logger.info("The members cannot run as one vmapped forward (%s); running them one by one.", error)
+        return [_main_logits(self.members[i](x)) for i in indices]
+
+    def _batched_scores(self, x: Tensor, indices: Sequence[int]) -> List[Tensor]:
+        from torch.func import functional_call, vmap
+
+        members = [self.members[i] for i in indices]
+        if any(m.training for m in members):
+            raise RuntimeError("members in training mode update their statistics and cannot be batched")
+        carrier = members[0]
+        named = [dict(m.named_parameters()) for m in members]
+        buffers = [dict(m.named_buffers()) for m in members]
+        if any(n.keys() != named[0].keys() for n in named) or any(b.keys() != buffers[0].keys() for b in buffers):
+            raise RuntimeError("the members differ in their parameters")
+        # torch.stack keeps the autograd graph: gradients still reach each member's own parameters.
+        params = {k: torch.stack([n[k] for n in named]) for k in named[0]}
+        stacked_buffers = {k: torch.stack([b[k] for b in buffers]) for k in buffers[0]}
+
+        def run(p: Dict[str, Tensor], b: Dict[str, Tensor], inputs: Tensor) -> Tensor:
+            return _main_logits(functional_call(carrier, (p, b), (inputs,)))
+
+        return list(vmap(run, in_dims=(0, 0, None))(params, stacked_buffers, x).unbind(0))
 
     def _member_weights_in_graph(self) -> Tensor:
         """``member_weights()`` from the round buffers with tensor operations only (float64, the buffers'
@@ -601,18 +823,58 @@ class ComplementaryEnsemble(CollabModel):
         return torch.logsumexp(log_p + log_w.view(-1, 1, 1), dim=0)
 
     def parameters_left_unused(self) -> Set[str]:
-        """Every member but the one whose round is in progress: boosting trains one network per round."""
+        """Every member but the one whose round is in progress (boosting trains one network per round), and
+        what that member's own step leaves out (e.g. a stochastic DCL draw's idle branches)."""
         active = self._active_index()
-        return {f"members.{i}.{name}" for i, member in enumerate(self.members) if i != active
-                for name, _ in member.named_parameters()}
+        unused = {f"members.{i}.{name}" for i, member in enumerate(self.members) if i != active
+                  for name, _ in member.named_parameters()}
+        return unused | {f"members.{active}.{name}" for name in parameters_left_unused_of(self.members[active])}
 
-    def collab_loss(self, outputs: Heads, target: Tensor) -> Tuple[Tensor, LossParts]:
+    def deterministic_mode(self):
+        """The deterministic counterpart of the training member's random choices (its own deterministic_mode)."""
+        return deterministic_mode_of(self.members[self._active_index()])
+
+    def collab_loss(self, outputs: Heads, target: Tensor,
+                    sample_weight: Optional[Tensor] = None) -> Tuple[Tensor, LossParts]:
+        """The round in progress's objective on its member's heads (see ``_RoundObjective``); ``sample_weight``
+        multiplies the class-importance weighting per image."""
         outputs = heads_of(outputs)
-        if len(outputs) != self.tau:
+        if len(outputs) != len(self.head_names):
             raise IncompatibleConfigError(
-                f"collab_loss expects the {self.tau} member logits of a train-mode forward, got {len(outputs)}.")
+                f"collab_loss expects the {len(self.head_names)} heads of a train-mode forward "
+                f"({', '.join(self.head_names)}), got {len(outputs)}.")
         active = self._active_index()
-        return _RoundObjective(self, active)(outputs[active], target)
+        start = sum(self.heads_per_member[:active])
+        own = outputs[start:start + self.heads_per_member[active]]
+        return _RoundObjective(self, active)(own, target, sample_weight)
+
+    # -- the training set's class frequencies (the margin objective) --------------------------------------------
+    def set_class_counts(self, source: Any) -> Tensor:
+        """Record R_l, the training set's images per class, which the margin objective (Eq. 3) divides by: from
+        the round's training loader, its dataset, or its targets (``class_counts_of``). Returns the counts."""
+        counts = class_counts_of(source, self.num_classes)
+        with torch.no_grad():
+            self.class_counts.copy_(counts.to(self.class_counts.device))
+        return counts
+
+    def training_class_frequency(self) -> Optional[Tensor]:
+        """f_l = R_l / R for the margin objective (None for weighted_ce, which does not use it)."""
+        if self.objective != "margin":
+            return None
+        counts = self.class_counts
+        if not bool((counts > 0).any()):
+            raise IncompatibleConfigError(
+                "objective='margin' estimates Eq. 2-3 with the training set's class frequencies R_l / R, and none "
+                "were given: call model.set_class_counts(train_loader) (or its dataset, or its targets) before "
+                "training a round.")
+        return counts.to(torch.float64) / counts.sum()
+
+    @property
+    def training_only_prefixes(self) -> Tuple[str, ...]:
+        """The members' own training-only parts (e.g. DKS's auxiliary heads): the ensemble's inference, each
+        member's inference rule, does not need them."""
+        return tuple(f"members.{i}.{prefix}" for i, member in enumerate(self.members)
+                     for prefix in getattr(member, "training_only_prefixes", ()))
 
     # -- rounds -------------------------------------------------------------------------------------------
     def _check_round(self, index: int) -> int:
@@ -634,21 +896,31 @@ class ComplementaryEnsemble(CollabModel):
         with torch.no_grad():
             self.current_round.fill_(index)
         self.train(self.training)
+        start = sum(self.heads_per_member[:index])
+        objective = (f"its own collab_loss, each image weighted by its class's importance (row {index})"
+                     if self.member_has_own_loss[index] else
+                     f"the {self.objective} objective, classes weighted by importance row {index}")
         return TrainingRound(
             index=index, module=self.members[index], loss=_RoundObjective(self, index),
-            head_names=(self.head_names[index],), needs_heldout=True,
-            description=(f"complementary round {index + 1}/{self.tau}: member {index + 1} with the {self.objective} "
-                         f"objective, classes weighted by importance row {index}"))
+            head_names=tuple(self.head_names[start:start + self.heads_per_member[index]]), needs_heldout=True,
+            description=f"complementary round {index + 1}/{self.tau}: member {index + 1} with {objective}")
 
     def _round_logits(self, index: int, heldout_logits: Union[Tensor, Sequence[Tensor]]) -> Tensor:
+        """Member ``index``'s held-out scores by its own inference rule, from: one tensor (those scores), the
+        member's heads (what ``training_round(index).module`` gives; its ``predict`` applies), or every head of
+        the ensemble's ``forward_heads``."""
         heads = heads_of(heldout_logits)
+        count = self.heads_per_member[index]
         if len(heads) == 1:
             return heads[0]
-        if len(heads) == self.tau:
-            return heads[index]
+        if len(heads) == sum(self.heads_per_member):
+            start = sum(self.heads_per_member[:index])
+            heads = heads[start:start + count]
+        if len(heads) == count:
+            return predict_of(self.members[index], tuple(heads)) if self.member_has_own_loss[index] else heads[0]
         raise IncompatibleConfigError(
-            f"complete_round takes the held-out logits of member {index + 1} (a tuple with one tensor, or all "
-            f"{self.tau} members' logits); got {len(heads)} tensors.")
+            f"complete_round takes member {index + 1}'s held-out scores (a tuple with one tensor), its {count} "
+            f"heads, or all {sum(self.heads_per_member)} heads of the ensemble; got {len(heads)} tensors.")
 
     @torch.no_grad()
     def _forget_rounds_after(self, index: int) -> None:
@@ -751,7 +1023,11 @@ class ComplementaryEnsemble(CollabModel):
         outputs = [_main_logits(m.forward_head(c, pre_logits=pre_logits)) for m, c in zip(self.members, chunks)]
         if pre_logits or self.num_classes <= 0:
             return torch.cat(outputs, dim=self._channel_dim(self.members[0], outputs[0]))
-        return self.predict(tuple(outputs))
+        # Each member's own forward_head: for a member whose inference reads heads on earlier layers (CLDL's
+        # Eq. 9), that is its main head; model(x) applies the full rule.
+        weights = self.member_weights()
+        used = [i for i in range(self.tau) if weights[i] > 0]
+        return _mix_log_probs([outputs[i] for i in used], weights[used])
 
     def forward_intermediates(self, x: Tensor, indices=None, norm: bool = False, stop_early: bool = False,
                               output_fmt: str = "NCHW", intermediates_only: bool = False):
@@ -806,8 +1082,14 @@ class ComplementaryEnsemble(CollabModel):
         return f"members.{self.tau - 1}.{classifier_module_name(last)}" if name_only else last.get_classifier()
 
     def classifier_names(self) -> Tuple[str, ...]:
-        # classifier_module_name: many timm models' get_classifier() takes no name_only (DenseNet among them).
-        return tuple(f"members.{i}.{classifier_module_name(m)}" for i, m in enumerate(self.members))
+        """Every classifier of every member: a plain member's one, each head's of a member with several."""
+        names: List[str] = []
+        for i, member in enumerate(self.members):
+            # classifier_module_name: many timm models' get_classifier() takes no name_only (DenseNet among them).
+            own = tuple(member.classifier_names()) if self.member_has_own_loss[i] and hasattr(
+                member, "classifier_names") else (classifier_module_name(member),)
+            names += [f"members.{i}.{name}" for name in own if name]
+        return tuple(names)
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """A new classifier for every member. The members' outputs change, so the boosting record (gammas,
@@ -827,6 +1109,9 @@ class ComplementaryEnsemble(CollabModel):
         """A checkpoint for another class count: its per-class boosting record cannot apply, so the round state
         starts fresh (rounds run again from round 1, from the checkpoint's member weights)."""
         theirs = state_dict.get("importance")
+        if theirs is not None and "class_counts" not in state_dict:
+            # Written before the ensemble kept its training set's class counts: not given, as for a new model.
+            state_dict = dict(state_dict, class_counts=torch.zeros_like(self.class_counts))
         if theirs is not None and tuple(theirs.shape) != tuple(self.importance.shape):
             _logger.info("The checkpoint's boosting record is for %s classes; it starts fresh for %d.",
                          theirs.shape[-1], self.num_classes)
@@ -898,7 +1183,7 @@ class ComplementaryEnsemble(CollabModel):
 
 # --- building and registration -----------------------------------------------------------------------------------
 
-_ENSEMBLE_ARGS = ("mu", "error", "exponent", "objective", "on_weak", "min_error")
+_ENSEMBLE_ARGS = ("mu", "error", "exponent", "objective", "on_weak", "min_error", "ensemble_forward")
 
 
 def _load_first_member(member: nn.Module, arch: str, weights: Any, num_classes: int, in_chans: int,
