@@ -79,10 +79,12 @@ class TableModel(CollabModel):
         self.register_buffer("main", torch.stack([_ranked(order, num_classes) for _, order, _ in samples]))
         self.anchor = nn.Parameter(torch.zeros(()))  # evaluate() takes the device from the parameters
         self.modes_seen = []
+        self.layouts_seen = []   # True: the plain NCHW layout
 
     def forward_heads(self, x):
         self.modes_seen.append(self.training)
-        index = x[:, 0].long()
+        self.layouts_seen.append(x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last))
+        index = x[:, 0, 0, 0].long()
         return self.aux[index] + self.anchor, self.main[index] + self.anchor
 
     def predict(self, heads):
@@ -92,15 +94,16 @@ class TableModel(CollabModel):
         return cross_entropy_loss(outputs, target, sample_weight)
 
 
-def _loader(samples=SAMPLES, sizes=BATCHES):
-    batches, start = [], 0
+def _loader(samples=SAMPLES, sizes=BATCHES, start=0):
+    """Batches of 2x2 two-channel 'images' holding their sample number, with the samples' targets."""
+    batches = []
     for size in sizes:
         index = torch.arange(start, start + size)
-        images = index.float()[:, None]
+        images = index.float()[:, None, None, None].expand(-1, 2, 2, 2).contiguous()
         target = torch.tensor([samples[i][0] for i in index.tolist()])
         batches.append((images, target))
         start += size
-    assert start == len(samples)
+    assert start <= len(samples)
     return batches
 
 
@@ -140,6 +143,75 @@ def test_evaluate_loss_is_the_mean_over_images_not_over_batches():
     assert result.as_dict("val_") == pytest.approx({"val_loss": 2.4, "val_top1": 30.0, "val_top5": 80.0,
                                                     "val_top1_aux": 60.0, "val_top1_main": 50.0})
     assert list(result.as_dict()) == ["loss", "top1", "top5", "top1_aux", "top1_main"]
+
+
+def test_evaluate_loss_sees_the_heads_and_the_scores_of_each_batch():
+    # The target's score per image, from the table: main's value is 7 - the target's place in the ranking, plus
+    # 1.5 where the aux head names the target. Scores: 8.5 7.5 7 2 4.5 3.5 7 8.5 2.5 7 (mean 58 / 10 = 5.8);
+    # the main head alone: 7 6 7 2 3 2 7 7 1 7 (mean 4.9).
+    def target_value(logits, target):
+        return logits.gather(1, target[:, None]).mean()
+
+    by_scores = evaluate(TableModel(SAMPLES), _loader(), NUM_CLASSES,
+                         loss_fn=lambda heads, scores, target: target_value(scores, target))
+    by_main = evaluate(TableModel(SAMPLES), _loader(), NUM_CLASSES,
+                       loss_fn=lambda heads, scores, target: target_value(heads[1], target))
+    assert (by_scores.loss, by_main.loss) == pytest.approx((5.8, 4.9))
+
+
+def test_evaluate_hands_the_model_channels_last_images_when_asked():
+    model = TableModel(SAMPLES)
+    plain = evaluate(model, _loader(), NUM_CLASSES)
+    assert model.layouts_seen == [True] * len(BATCHES)
+    model.layouts_seen.clear()
+    fast = evaluate(model, _loader(), NUM_CLASSES, channels_last=True)
+    assert model.layouts_seen == [False] * len(BATCHES)
+    assert (fast.top1, fast.top5, fast.per_class) == (plain.top1, plain.top5, plain.per_class)
+
+
+def test_a_single_image_scores_100_or_0():
+    right = evaluate(TableModel(SAMPLES[:1]), _loader(SAMPLES[:1], (1,)), NUM_CLASSES)
+    assert (right.count, right.top1, right.top5) == (1, 100.0, 100.0)
+    assert right.head_top1 == {"aux": 100.0, "main": 100.0}
+    wrong = evaluate(TableModel(SAMPLES[3:4]), _loader(SAMPLES[3:4], (1,)), NUM_CLASSES)
+    assert (wrong.count, wrong.top1, wrong.top5) == (1, 0.0, 0.0)
+
+
+def _sharded_rank(rank, world, store_path, out_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.FileStore(store_path, world), rank=rank, world_size=world)
+    try:
+        # Rank 0 has samples 0-4 (batches of 4 and 1), rank 1 samples 5-9 (batches of 3 and 2).
+        shards = {0: ((4, 1), 0), 1: ((3, 2), 5)}
+        sizes, start = shards[rank]
+        result = evaluate(TableModel(SAMPLES), _loader(SAMPLES, sizes, start), NUM_CLASSES,
+                          loss_fn=lambda heads, scores, target: target.float().mean())
+        with open(f"{out_path}.{rank}", "w") as f:
+            json.dump(dict(count=result.count, top1=result.top1, top5=result.top5, heads=result.head_top1,
+                           per_class=result.per_class, loss=result.loss), f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_sharded_evaluation_sums_to_the_single_process_figures(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")   # the processes inherit the imported modules: seconds, not tens
+    procs = [context.Process(target=_sharded_rank, args=(rank, 2, str(tmp_path / "store"), str(tmp_path / "r")))
+             for rank in range(2)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+    assert [proc.exitcode for proc in procs] == [0, 0]
+    for rank in range(2):
+        result = json.loads((tmp_path / f"r.{rank}").read_text())
+        # Every process reports the whole set's figures, each image counted once.
+        assert result["count"] == 10 and result["loss"] == pytest.approx(2.4)
+        assert (result["top1"], result["top5"]) == pytest.approx((EXPECTED["top1"], EXPECTED["top5"]))
+        assert result["heads"] == pytest.approx(EXPECTED["head_top1"])
+        assert result["per_class"] == pytest.approx(EXPECTED["per_class"])
 
 
 def test_score_loss_is_the_cross_entropy_of_the_methods_scores():

@@ -1,0 +1,239 @@
+"""Mutation testing of the modules users' numbers come from, with mutmut 3 (a dev-only tool: `pip install
+mutmut==3.8.1`; it is not a dependency of collab_zoo and not part of the default test command).
+
+    nice -n 10 python benchmarks/mutation.py                      # the training modules, at HEAD
+    nice -n 10 python benchmarks/mutation.py registry weights     # chosen modules
+    python benchmarks/mutation.py --commit <sha> methods-dks      # a committed state of the tree
+
+Each module is mutated in its own copy of a committed tree (``git archive <commit>`` under /tmp), so nothing
+tracked in the checkout changes and work in progress elsewhere in the tree is not measured; mutmut's
+configuration is written into the copy's setup.cfg. Each module runs against a FAST selection of tests (the files
+that state its known answers), listed in MODULES; the rest of the suite may kill more.
+
+Two behaviour-preserving rewrites are applied to the copy before mutating, because mutmut 3 skips every function
+that carries a decorator other than @staticmethod/@classmethod: a module-level ``@torch.no_grad()`` decorator is
+moved below its function as ``f = torch.no_grad()(f)`` (the same function object results), so ``evaluate()`` is
+mutated too. ``@property`` and other decorated methods stay skipped (listed under ``not_mutated``).
+
+Results go to benchmarks/results/mutation.json: per module killed / survived / no-tests / timeout / total, the
+score (killed / (total - no_tests)), and each survivor with its diff line, classified:
+  * ``message-text``: the mutant only changes the wording inside a string literal of a message (help text, log or
+    error wording) - non-equivalent, but checking every word of every message is not worth a test;
+  * ``other``: everything else, each listed with its reason in benchmarks/results/MUTATION.md.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "mutation.json"
+KNOWN = "tests/test_known_answers.py"
+
+# name -> (module path, fast test selection)
+MODULES: Dict[str, Dict[str, Any]] = {
+    "evaluate": dict(path="collab_zoo/training/evaluate.py", tests=[KNOWN]),
+    "args": dict(path="collab_zoo/training/args.py",
+                 tests=[KNOWN, "tests/test_train.py::test_every_flag_has_help_text_and_timm_helpers_are_used"]),
+    "checkpoint": dict(path="collab_zoo/training/checkpoint.py", tests=[KNOWN]),
+    "registry": dict(path="collab_zoo/registry.py", tests=["tests/test_registry.py"]),
+    "weights": dict(path="collab_zoo/weights.py", tests=["tests/test_weights.py"]),
+    "methods-dks": dict(path="collab_zoo/methods/dks.py", tests=["tests/test_dks.py"]),
+    "methods-cldl": dict(path="collab_zoo/methods/cldl.py", tests=["tests/test_cldl.py"]),
+    "methods-dcl": dict(path="collab_zoo/methods/dcl.py", tests=["tests/test_dcl.py"]),
+    "methods-complementary": dict(path="collab_zoo/methods/complementary.py", tests=["tests/test_complementary.py"]),
+}
+DEFAULT = ["evaluate", "args", "checkpoint"]
+
+# Dump statuses and diffs from inside the copy (mutmut reads its config from the working directory).
+_DUMP = r"""
+import json, sys
+from pathlib import Path
+from mutmut.mutation.data import SourceFileMutationData
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+from mutmut.stats import status_by_exit_code
+path = Path(sys.argv[1])
+m = SourceFileMutationData(path=path)
+m.load()
+out = {}
+for key, code in m.exit_code_by_key.items():
+    status = status_by_exit_code[code]
+    diff = get_diff_for_mutant(key, path=path) if status != "killed" else ""
+    out[key] = dict(status=status, diff=diff)
+print(json.dumps(out))
+"""
+
+
+def _commit(ref: str) -> str:
+    return subprocess.check_output(["git", "-C", str(ROOT), "rev-parse", ref], text=True).strip()
+
+
+def _copy_tree(commit: str, dest: Path) -> None:
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    archive = subprocess.Popen(["git", "-C", str(ROOT), "archive", commit], stdout=subprocess.PIPE)
+    subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout, check=True)
+    if archive.wait() != 0:
+        raise SystemExit(f"git archive {commit} failed")
+
+
+def _undecorate_no_grad(source: str) -> str:
+    """``@torch.no_grad()`` on a module-level function, moved below it as an assignment (same function)."""
+    tree = ast.parse(source)
+    lines = source.splitlines(keepends=True)
+    edits = []
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and len(node.decorator_list) == 1 \
+                and ast.unparse(node.decorator_list[0]) == "torch.no_grad()":
+            edits.append((node.decorator_list[0].lineno, node.end_lineno, node.name))
+    for deco_line, end_line, name in reversed(edits):
+        lines.insert(end_line, f"\n\n{name} = torch.no_grad()({name})\n")
+        del lines[deco_line - 1]
+    return "".join(lines)
+
+
+def _decorated(source: str) -> List[str]:
+    names = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.decorator_list:
+            kinds = {ast.unparse(d) for d in node.decorator_list}
+            if not kinds <= {"staticmethod", "classmethod"}:
+                names.append(f"{node.name} (@{', @'.join(sorted(kinds))})")
+    return names
+
+
+_STRING_CHANGE = re.compile(r"""(['"])XX|XX(['"])""")
+
+
+def _classify(diff: str) -> str:
+    removed = [line[1:] for line in diff.splitlines() if line.startswith("-") and not line.startswith("---")]
+    added = [line[1:] for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    if len(removed) == 1 and len(added) == 1:
+        before, after = removed[0], added[0]
+        if _STRING_CHANGE.search(after) and _STRING_CHANGE.sub(r"\1\2", after) == before:
+            return "message-text"
+        # A string's case changed (mutmut's lower/upper mutation of a literal) and nothing else.
+        if before.lower() == after.lower() and before != after and ('"' in before or "'" in before):
+            return "message-text"
+    return "other"
+
+
+def run_module(name: str, commit: str, work: Path, max_children: int, limit_s: int) -> Dict[str, Any]:
+    spec = MODULES[name]
+    tree = work / name
+    _copy_tree(commit, tree)
+    target = tree / spec["path"]
+    original = target.read_text()
+    target.write_text(_undecorate_no_grad(original))
+    selection = "\n    ".join(spec["tests"])
+    (tree / "setup.cfg").write_text(
+        "[mutmut]\n"
+        "source_paths=collab_zoo\n"
+        f"only_mutate={spec['path']}\n"
+        f"pytest_add_cli_args_test_selection=\n    {selection}\n"
+        "pytest_add_cli_args=\n    -p\n    no:cacheprovider\n"
+        "also_copy=\n    tests\n    train.py\n    validate.py\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    started = time.time()
+    log = tree / "mutmut-run.log"
+    with open(log, "w") as out:
+        try:
+            proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)],
+                                  cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=limit_s)
+            interrupted = proc.returncode != 0
+        except subprocess.TimeoutExpired:
+            interrupted = True
+    elapsed = time.time() - started
+    dump = subprocess.run([sys.executable, "-c", _DUMP, spec["path"]], cwd=tree, env=env, capture_output=True,
+                          text=True)
+    if dump.returncode != 0:
+        tail = log.read_text()[-2000:]
+        raise SystemExit(f"{name}: mutmut produced no results.\n{dump.stderr[-2000:]}\n--- run log ---\n{tail}")
+    mutants = json.loads(dump.stdout)
+    counts: Dict[str, int] = {}
+    for m in mutants.values():
+        counts[m["status"]] = counts.get(m["status"], 0) + 1
+    survivors = []
+    for key, m in sorted(mutants.items(), key=lambda kv: _natural(kv[0])):
+        if m["status"] in ("survived", "timeout", "suspicious", "not checked"):
+            changed = [line for line in m["diff"].splitlines() if line.startswith("+") and not line.startswith("+++")]
+            survivors.append(dict(mutant=key.split(".")[-1], status=m["status"], kind=_classify(m["diff"]),
+                                  change=" / ".join(s.strip() for s in changed)[:300]))
+    total = len(mutants)
+    killed = counts.get("killed", 0)
+    no_tests = counts.get("no tests", 0)
+    text = sum(1 for s in survivors if s["kind"] == "message-text" and s["status"] == "survived")
+    tested = max(total - no_tests, 1)
+    return dict(
+        module=spec["path"], tests=spec["tests"], commit=commit, seconds=round(elapsed, 1),
+        interrupted=interrupted, total=total, killed=killed, survived=counts.get("survived", 0),
+        no_tests=no_tests, timeout=counts.get("timeout", 0), other=counts,
+        score=round(killed / tested, 4),
+        survived_message_text=text,
+        score_without_message_text=round(killed / max(tested - text, 1), 4),
+        not_mutated=_decorated(_undecorate_no_grad(original)),
+        survivors=survivors,
+    )
+
+
+def _natural(key: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("modules", nargs="*", default=DEFAULT, help=f"from: {', '.join(MODULES)} (default: "
+                                                              f"{' '.join(DEFAULT)})")
+    p.add_argument("--commit", default="HEAD", help="the committed state to mutate (default: HEAD)")
+    p.add_argument("--max-children", type=int, default=2, help="mutants run at once")
+    p.add_argument("--limit-s", type=int, default=840, help="wall-clock limit per module (a run stopped there is "
+                                                            "recorded as interrupted)")
+    p.add_argument("--work", default=None, help="folder for the copies (default: a new one under /tmp)")
+    p.add_argument("--keep", action="store_true", help="keep the copies (mutants/ and the run log)")
+    p.add_argument("--out", default=str(RESULTS), help="results JSON, merged per module")
+    args = p.parse_args(argv)
+    unknown = [m for m in args.modules if m not in MODULES]
+    if unknown:
+        p.error(f"unknown module(s) {unknown}; choose from {', '.join(MODULES)}")
+    try:
+        import mutmut  # noqa: F401
+    except ImportError:
+        p.error("mutmut is not installed: pip install mutmut==3.8.1 (a dev-only tool)")
+    commit = _commit(args.commit)
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="collab-zoo-mutation-"))
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    results.setdefault("modules", {})
+    try:
+        for name in args.modules:
+            print(f"{name}: mutating {MODULES[name]['path']} at {commit[:12]} ...", flush=True)
+            result = run_module(name, commit, work, args.max_children, args.limit_s)
+            results["modules"][name] = result
+            import mutmut
+
+            results["tool"] = f"mutmut {getattr(mutmut, '__version__', '3.8.1')}"
+            out.write_text(json.dumps(results, indent=2) + "\n")
+            print(f"{name}: {result['killed']}/{result['total']} killed, {result['survived']} survived "
+                  f"({result['survived_message_text']} message text), {result['no_tests']} not reached by the "
+                  f"selected tests; score {result['score']:.1%} ({result['score_without_message_text']:.1%} without "
+                  f"message text) in {result['seconds']:.0f} s", flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
