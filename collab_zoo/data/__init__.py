@@ -2,7 +2,8 @@
 
 Every source hands out (PIL image, class index) pairs, as an image folder does: a folder or ``.tar`` split read
 through timm's readers (``timm.data.create_dataset``), any other map-style set ``create_dataset`` makes
-(``torch/...``, ``hfds/...``), or a built-in set (``digits``, ``multidigit-II``, ``multidigit-III``; no download).
+(``torch/...``, ``hfds/...``), or a built-in set (``digits``, ``multidigit-II``, ``multidigit-III``, ``mnist5k``,
+``mnist-II``, ``mnist-III``; no download, built once and then read from the on-disk cache, see ``builtin``).
 ``ImageSamples`` views a source through its own transform (timm's ``create_transform``; ``create_loader`` sets
 it), optionally a subset of it (a process's shard, a held-out part), and can draw each sample's random
 augmentation from (seed, epoch, index) alone, so the order of loading, the worker processes and an interrupted
@@ -27,13 +28,19 @@ import torch
 from torch.utils.data import Dataset, IterableDataset
 
 from ..errors import IncompatibleConfigError
-from .builtin import BuiltinImages, channel_stats, digits_split, make_multidigit, to_uint8, upsample
+from .builtin import (LEVELS, BuiltinImages, cached_arrays, channel_stats, make_multidigit, source_split, to_uint8,
+                      upsample)
 
 __all__ = ["DataSpec", "DataBundle", "ImageSamples", "build_data", "BUILTIN", "FOLDER_NAMES", "heldout_split",
+           "builtin_num_classes", "builtin_split",
            "DataError", "resolve_dataset_name", "TIMM_TRAIN_AUGMENTATION", "BUILTIN_TRAIN_AUGMENTATION",
            "seed_all", "preserved_rng", "sample_key"]
 
-BUILTIN = ("digits", "multidigit-II", "multidigit-III")
+BUILTIN = ("digits", "multidigit-II", "multidigit-III", "mnist5k", "mnist-II", "mnist-III")
+# Single digits: the digit source each set is; multi-digit sets: (digit source, digits per number).
+_SINGLE_DIGIT = {"digits": "digits", "mnist5k": "mnist"}
+_MULTI_DIGIT = {"multidigit-II": ("digits", 2), "multidigit-III": ("digits", 3), "mnist-II": ("mnist", 2),
+                "mnist-III": ("mnist", 3)}
 FOLDER_NAMES = ("", "folder", "imagefolder")
 _TRAIN_NAMES = ("train", "training")
 _EVAL_NAMES = ("validation", "val", "valid", "eval", "evaluation", "test")
@@ -80,6 +87,16 @@ class DataSpec:
     val_num_samples: Optional[int] = None
     input_key: Optional[str] = None
     target_key: Optional[str] = None
+    cache_dir: Optional[str] = None          # built-in sets' cache (None: $COLLAB_ZOO_CACHE or the user cache)
+
+
+def builtin_num_classes(name: Optional[str]) -> Optional[int]:
+    """The class count of a built-in set (None for any other name)."""
+    if name in _SINGLE_DIGIT:
+        return 10
+    if name in _MULTI_DIGIT:
+        return 10 ** _MULTI_DIGIT[name][1]
+    return None
 
 
 # --- sampling each sample's augmentation from (seed, epoch, index) ----------------------------------------------
@@ -379,31 +396,50 @@ def _square_side(input_size) -> Optional[int]:
     return int(size[-1])
 
 
+def builtin_split(name: str, split: str, size: int, level: int = 1, count: int = 0, seed: int = 0,
+                  cache_dir: Optional[str] = None) -> Tuple[np.ndarray, torch.Tensor]:
+    """One split of a built-in set as [N, size, size] uint8 grey levels and [N] labels, from the cache when it
+    holds them. Multi-digit sets depend on (level, count, seed); the test split is drawn with seed + 1."""
+    if name in _SINGLE_DIGIT:
+        key: Dict[str, Any] = dict(name=name, split=split, size=size)
+
+        def build():
+            data = source_split(_SINGLE_DIGIT[name], split)
+            return dict(images=to_uint8(upsample(data.images, size)), labels=data.labels.numpy())
+    else:
+        source, num_digits = _MULTI_DIGIT[name]
+        key = dict(name=name, split=split, size=size, level=level, count=count, seed=seed)
+
+        def build():
+            images, labels = make_multidigit(num_digits, level, split, count, seed + (split == "test"), size,
+                                             source=source)
+            return dict(images=to_uint8(images), labels=labels.numpy())
+    arrays = cached_arrays(key, build, cache_dir)
+    return arrays["images"], torch.from_numpy(arrays["labels"].astype(np.int64))
+
+
 def _builtin(spec: DataSpec, need_train: bool) -> DataBundle:
     from torchvision.transforms import RandomCrop
 
     name = spec.dataset
     side = _square_side(spec.input_size)
-    if name != "digits":
-        from .builtin import LEVELS
-
-        levels = len(LEVELS[2 if name == "multidigit-II" else 3])
+    if name in _MULTI_DIGIT:
+        levels = len(LEVELS[_MULTI_DIGIT[name][1]])
         if not 1 <= spec.md_level <= levels:
             raise DataError(f"--md-level {spec.md_level}: {name} has levels 1 to {levels}.")
-    if name == "digits":
-        size = side or 32
-        train_raw, test_raw = digits_split("train"), digits_split("test")
-        train_images, train_labels = upsample(train_raw.images, size), train_raw.labels
-        test_images, test_labels = upsample(test_raw.images, size), test_raw.labels
+    if name in _SINGLE_DIGIT:
+        size = side or (32 if name == "digits" else 28)
+        split_args: Dict[str, Any] = dict(size=size, cache_dir=spec.cache_dir)
+        train_u8, train_labels = builtin_split(name, "train", **split_args)
+        test_u8, test_labels = builtin_split(name, "test", **split_args)
         class_names = [str(i) for i in range(10)]
         shift = max(1, size // 16)
     else:
-        num_digits = 2 if name == "multidigit-II" else 3
+        num_digits = _MULTI_DIGIT[name][1]
         size = side or 28
-        train_images, train_labels = make_multidigit(num_digits, spec.md_level, "train", spec.md_train_size,
-                                                     spec.seed, size)
-        test_images, test_labels = make_multidigit(num_digits, spec.md_level, "test", spec.md_test_size,
-                                                   spec.seed + 1, size)
+        split_args = dict(size=size, level=spec.md_level, seed=spec.seed, cache_dir=spec.cache_dir)
+        train_u8, train_labels = builtin_split(name, "train", count=spec.md_train_size, **split_args)
+        test_u8, test_labels = builtin_split(name, "test", count=spec.md_test_size, **split_args)
         class_names = [str(i).zfill(num_digits) for i in range(10 ** num_digits)]
         shift = 0  # the layouts already jitter; shifting would move digits out of the number's box
     channels = spec.in_chans
@@ -413,7 +449,6 @@ def _builtin(spec: DataSpec, need_train: bool) -> DataBundle:
     channels = channels or 1
     if channels not in (1, 3):
         raise DataError(f"{name} is grayscale: in_chans must be 1 (or 3 to replicate it), got {channels}.")
-    train_u8, test_u8 = to_uint8(train_images), to_uint8(test_images)
     mean, std = channel_stats(torch.from_numpy(train_u8).float()[:, None] / 255.0)
     mean, std = mean * channels, std * channels
     test = ImageSamples(BuiltinImages(test_u8, test_labels, class_names))
