@@ -15,6 +15,15 @@ from collab_zoo.methods.dks import DKSModel, dks_loss, pair_mask
 
 from conftest import ROOT, subprocess_env
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small inputs: extra intra-op threads only contend for a shared machine's cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 DKS_MODELS = ["dks_resnet18", "dks_resnet50", "dks_resnet152", "dks_resnet20", "dks_resnet32", "dks_resnet110", "dks_wrn28_4",
               "dks_wrn28_10", "dks_densenet40_k12", "dks_densenet100_k12", "dks_mobilenet"]
 
@@ -286,15 +295,191 @@ def test_dks_on_any_timm_resnet_family_model():
     # resnet50d down-samples its shortcut with average pooling; the heads' blocks must too.
     shortcut = d.aux_heads[0].stages[0][0].downsample
     assert isinstance(shortcut[0], torch.nn.AvgPool2d)
-    model = collab_zoo.create_model("dks", backbone="resnet34", num_classes=4, attach=("layer3",), aux="simple")
-    assert model.head_names == ("aux_layer3", "main") and len(model.aux_heads[0].stages) == 0
+    model = collab_zoo.create_model("dks", backbone="resnet34", num_classes=4, attach=("layer3",), aux="ap_2fc")
+    assert model.head_names == ("aux_layer3", "main")
     model.train()
     heads = model(torch.randn(2, 3, 64, 64))
     model.collab_loss(heads, torch.tensor([0, 1]))[0].backward()
     with pytest.raises(IncompatibleConfigError, match="attach point"):
         collab_zoo.create_model("dks", backbone="resnet34", attach=("layer4",))
-    with pytest.raises(IncompatibleConfigError, match="staged backbone"):
-        DKSModel(timm.create_model("vit_tiny_patch16_224"))
+
+
+def test_simple_heads_are_gone_with_a_message_naming_the_choices():
+    with pytest.raises(IncompatibleConfigError, match="'blocks'.*'ap_2fc', 'ap_conv_2fc', 'narrow', 'shallow'"):
+        collab_zoo.create_model("dks_resnet20", aux="simple")
+    with pytest.raises(IncompatibleConfigError, match="aux must be one of"):
+        collab_zoo.create_model("dks_resnet20", aux="deep")
+
+
+# Head parameters = training parameters - exported backbone parameters, per aux kind. The "blocks" column of the
+# five DHM-defined ResNets is issue 18's table (DHM's definitions, computed independently); WRN-28-10's is the
+# released DKS code's (20,145,060 + 107,464,420). The rest are this zoo's rule, pinned so that a layout change shows.
+HEAD_COUNTS = {  # name: (classes, {aux: head parameters})
+    "dks_resnet18": (1000, dict(blocks=41_794_000, ap_2fc=1_223_632, ap_conv_2fc=3_322_832, narrow=11_575_504,
+                                shallow=18_194_896)),
+    "dks_resnet50": (1000, dict(blocks=74_965_968, ap_2fc=7_247_824, ap_conv_2fc=40_810_448, narrow=21_771_728,
+                                shallow=32_592_848)),
+    "dks_resnet152": (1000, dict(blocks=91_723_728, ap_2fc=7_247_824, ap_conv_2fc=40_810_448, narrow=25_972_688,
+                                 shallow=32_592_848)),
+    "dks_resnet20": (100, dict(blocks=957_128, ap_2fc=16_200, ap_conv_2fc=49_224, narrow=255_176, shallow=273_736)),
+    "dks_resnet32": (100, dict(blocks=1_677_640, ap_2fc=16_200, ap_conv_2fc=49_224, narrow=435_720, shallow=273_736)),
+    "dks_resnet110": (100, dict(blocks=6_036_296, ap_2fc=16_200, ap_conv_2fc=49_224, narrow=1_527_560,
+                                shallow=273_736)),
+    "dks_wrn28_4": (100, dict(blocks=20_471_368, ap_2fc=101_064, ap_conv_2fc=626_376, narrow=5_324_872,
+                              shallow=4_242_504)),
+    "dks_wrn28_10": (100, dict(blocks=127_609_480, ap_2fc=436_680, ap_conv_2fc=3_716_040, narrow=33_110_920,
+                               shallow=26_211_720)),
+    "dks_densenet40_k12": (100, dict(blocks=1_703_720, ap_2fc=298_568, ap_conv_2fc=2_364_744, narrow=845_408,
+                                     shallow=304_088)),
+    "dks_densenet100_k12": (100, dict(blocks=11_494_120, ap_2fc=1_619_048, ap_conv_2fc=15_415_464,
+                                      narrow=5_501_608, shallow=1_333_688)),
+    "dks_mobilenet": (100, dict(blocks=6_791_112, ap_2fc=993_480, ap_conv_2fc=9_386_184, narrow=2_089_160,
+                                shallow=2_032_584)),
+}
+
+
+def test_every_registered_dks_model_has_its_head_counts_pinned():
+    assert set(collab_zoo.list_models("dks_*")) == set(HEAD_COUNTS)
+
+
+@pytest.mark.parametrize("name", sorted(HEAD_COUNTS))
+def test_head_parameter_counts_per_aux_kind(name):
+    classes, expected = HEAD_COUNTS[name]
+    found = {}
+    for aux in expected:
+        with torch.device("meta"):
+            model = collab_zoo.create_model(name, num_classes=classes, aux=aux)
+        found[aux] = _count(model) - _count(model.export())
+    assert found == expected
+    assert len(set(found.values())) == len(found)
+
+
+def test_issue_18_layouts_head_by_head():
+    """DHM's per-head counts from issue 18 (head after stage 2 / after stage 3)."""
+    expected = {"dks_resnet18": (1000, [9_825_768, 31_968_232]), "dks_resnet50": (1000, [16_297_960, 58_668_008]),
+                "dks_resnet152": (1000, [33_055_720, 58_668_008]), "dks_resnet32": (100, [298_212, 1_379_428]),
+                "dks_resnet110": (100, [816_356, 5_219_940])}
+    for name, (classes, per_head) in expected.items():
+        with torch.device("meta"):
+            model = collab_zoo.create_model(name, num_classes=classes)
+        assert [_count(h) for h in model.aux_heads] == per_head, name
+
+
+def test_head_kinds_against_their_definitions():
+    """Each kind built as its definition says, checked by hand arithmetic on ResNet-32 (16/32/64 channels, 10
+    classes), not by the code that builds it."""
+    k = 10
+    ap = collab_zoo.create_model("dks_resnet32", num_classes=k, aux="ap_2fc")
+    # AP + FC(C -> 64) + ReLU + FC(64 -> K) on stage 1 (16 ch) and stage 2 (32 ch).
+    assert [_count(h) for h in ap.aux_heads] == [16 * 64 + 64 + 64 * k + k, 32 * 64 + 64 + 64 * k + k]
+    conv = collab_zoo.create_model("dks_resnet32", num_classes=k, aux="ap_conv_2fc")
+    # AP by the down-sampling the main path still does (x4 after stage 1, x2 after stage 2), 3x3 conv to 64 + BN,
+    # then FC 64 -> 64, FC 64 -> K.
+    assert [h.pre[0].stride for h in conv.aux_heads] == [4, 2]
+    assert [_count(h) for h in conv.aux_heads] == [c * 64 * 9 + 2 * 64 + 64 * 64 + 64 + 64 * k + k for c in (16, 32)]
+    x = torch.randn(2, 3, 32, 32)
+    conv.train()
+    assert all(h.shape == (2, k) for h in conv(x))
+    blocks = collab_zoo.create_model("dks_resnet32", num_classes=k)
+    narrow = collab_zoo.create_model("dks_resnet32", num_classes=k, aux="narrow")
+    shallow = collab_zoo.create_model("dks_resnet32", num_classes=k, aux="shallow")
+    # blocks: [[5 @32, 3 @64], [5 @128]]; narrow: the same at half width; shallow: one block per stage, same width.
+    layout = lambda m: [[(len(s), s[0].conv1.out_channels) for s in h.stages] for h in m.aux_heads]  # noqa: E731
+    assert layout(blocks) == [[(5, 32), (3, 64)], [(5, 128)]]
+    assert layout(narrow) == [[(5, 16), (3, 32)], [(5, 64)]]
+    assert layout(shallow) == [[(1, 32), (1, 64)], [(1, 128)]]
+
+
+def test_default_attach_points_and_layout_rule():
+    model = collab_zoo.create_model("dks_resnet20", num_classes=10)
+    # ResNet-20 (n=3) is not in DHM's tables: half depth (rounded up) for the earlier head, full depth at double
+    # width for the head nearest the output.
+    assert [[(len(s), s[0].conv1.out_channels) for s in h.stages] for h in model.aux_heads] == [
+        [(2, 32), (2, 64)], [(3, 128)]]
+    assert model.head_names == ("aux_stage1", "aux_stage2", "main")
+
+
+GENERIC = [("convnext_atto", {}, ("aux_stages_1", "aux_stages_2"), ["stem", "stages.0", "stages.1", "stages.2"]),
+           ("efficientnet_b0", {}, ("aux_blocks_2", "aux_blocks_4"), ["conv_stem", "bn1"] + [f"blocks.{i}" for i in range(5)]),
+           ("regnety_002", {}, ("aux_s2", "aux_s3"), ["stem", "s1", "s2", "s3"]),
+           ("mobilenetv3_small_050", {}, ("aux_blocks_1", "aux_blocks_3"), ["conv_stem", "bn1"] + [f"blocks.{i}" for i in range(4)]),
+           ("vit_tiny_patch16_224", dict(img_size=32), ("aux_blocks_4", "aux_blocks_8"),
+            ["cls_token", "pos_embed", "patch_embed"] + [f"blocks.{i}" for i in range(9)])]
+
+
+def _train_eval_export(model, reference_name, reference_kwargs, x, y):
+    """One training step (every parameter gets a gradient, no hook left behind), then eval and export: the
+    exported network is exactly the backbone (keys, values and outputs), and loads strictly into a fresh build."""
+    model.train()
+    heads = model(x)
+    assert len(heads) == len(model.head_names) and all(h.shape == (x.shape[0], 5) for h in heads)
+    loss, parts = model.collab_loss(heads, y)
+    loss.backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    assert all(not m._forward_hooks for m in model.backbone.modules())
+    assert {f"ce_{n}" for n in model.head_names} <= set(parts) and "synergy" in parts
+    model.eval()
+    exported = model.export().eval()
+    mine, theirs = model.backbone.state_dict(), exported.state_dict()
+    assert list(mine) == list(theirs) and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    fresh = timm.create_model(reference_name, num_classes=5, **reference_kwargs).eval()
+    fresh.load_state_dict(theirs, strict=True)
+    with torch.no_grad():
+        scores = model(x)
+        assert torch.equal(exported(x), scores) and torch.equal(fresh(x), scores)
+    return exported
+
+
+@pytest.mark.parametrize("backbone,kwargs,names,before_last_head", GENERIC, ids=[g[0] for g in GENERIC])
+def test_dks_on_timm_families_trains_evaluates_and_exports(backbone, kwargs, names, before_last_head):
+    torch.manual_seed(0)
+    model = collab_zoo.create_model("dks", backbone=backbone, num_classes=5, **kwargs)
+    assert model.head_names == names + ("main",)
+    _train_eval_export(model, backbone, kwargs, torch.randn(2, 3, 32, 32), torch.tensor([1, 3]))
+    # The last head is the backbone's own later blocks, closing layers and head: exactly the backbone's tensors
+    # outside what runs up to the attach point (listed by hand above), with the same shapes.
+    dropped = tuple(before_last_head)
+    expected = {k: v.shape for k, v in model.backbone.state_dict().items()
+                if not any(k == d or k.startswith(d + ".") for d in dropped)}
+    assert {k: v.shape for k, v in model.aux_heads[-1].donor.state_dict().items()} == expected
+
+
+@pytest.mark.parametrize("name", ["dcl_wrn16", "dcl_lenet_cifar"])
+def test_dks_on_dcl_networks_exports_the_dcl_network(name):
+    from collab_zoo.methods.dcl import DCLModel, DCLModule
+
+    torch.manual_seed(0)
+    model = collab_zoo.create_model("dks", backbone=name, num_classes=5)
+    assert len(model.head_names) == 3
+    exported = _train_eval_export(model, name, {}, torch.randn(2, 3, 32, 32), torch.tensor([0, 4]))
+    assert isinstance(exported, DCLModel) and any(isinstance(m, DCLModule) for m in exported.modules())
+    assert not any(n.startswith("aux_heads") for n in exported.state_dict())
+
+
+def test_combinations_that_cannot_be_honoured_fail_at_construction():
+    with pytest.raises(IncompatibleConfigError, match="one head trained in one round"):
+        collab_zoo.create_model("dks", backbone="cldl_nin", num_classes=5)
+    with pytest.raises(IncompatibleConfigError, match="mode='deterministic'"):
+        collab_zoo.create_model("dks", backbone="dcl_lenet", num_classes=5)   # A3S: stochastic branches
+    with pytest.raises(IncompatibleConfigError, match="aux='blocks'"):
+        collab_zoo.create_model("dks", backbone="convnext_atto", num_classes=5, aux="narrow")
+    with pytest.raises(IncompatibleConfigError, match="not a timm model"):
+        collab_zoo.create_model("dks", backbone="no_such_net")
+
+
+def test_export_is_independent_of_the_training_model():
+    """export() hands over a copy: changing one never changes the other."""
+    model = collab_zoo.create_model("dks", backbone="convnext_atto", num_classes=5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x).clone()
+        exported = model.export()
+        for p in exported.parameters():
+            p.zero_()
+        assert torch.equal(model(x), before)
+        for p in model.parameters():
+            p.add_(1.0)
+        assert all(torch.count_nonzero(p) == 0 for p in exported.parameters())
 
 
 def test_configurable_heads():

@@ -41,8 +41,8 @@ from ..backbones.staged import StagedNet
 from ..builder import build_zoo_model
 from ..convert import (add_hub_arguments, as_state_dict, check_state_dict_keys, finish_hub_folder,
                        read_torch_checkpoint, register_converter, strip_prefix)
-from ..contract import (BackboneWrapper, CollabModel, Heads, LossParts, forward_heads_of, head_names_of,
-                        inherit_conformance_exemptions, is_tracing, weighted_mean)
+from ..contract import (BackboneWrapper, Heads, LossParts, classifier_module_name, forward_heads_of, head_names_of,
+                        inherit_conformance_exemptions, is_tracing, model_display_name, weighted_mean)
 from ..errors import IncompatibleConfigError
 from ..registry import base_cfg, cifar_cfg, zoo_default_cfgs, zoo_model
 
@@ -132,8 +132,24 @@ def dks_loss(heads: Sequence[Tensor], target: Tensor, pairs: str = "bidirectiona
 
 # --- auxiliary heads ---------------------------------------------------------------------------------------------
 
+AUX_KINDS = ("blocks", "ap_2fc", "ap_conv_2fc", "narrow", "shallow")
+
+# Per-network head layouts the authors' released code defines (blocks per copied stage, width multipliers), for the
+# default two heads. WRN: the DKS code (head 1: n blocks at 32k then n // 2 at 64k; head 2: n blocks at 128k).
+# ResNets: the DHM code the DKS supplement's design became (see the module docstring).
+RELEASED_LAYOUTS: Dict[str, Tuple[List[List[int]], List[List[float]]]] = {
+    "resnet18": ([[1, 2], [2]], [[1.0, 1.0], [2.0]]),
+    "resnet50": ([[3, 2], [3]], [[1.0, 1.0], [2.0]]),
+    "resnet152": ([[18, 2], [3]], [[1.0, 1.0], [2.0]]),
+    "cifar_resnet32": ([[5, 3], [5]], [[1.0, 1.0], [2.0]]),
+    "cifar_resnet110": ([[9, 9], [18]], [[1.0, 1.0], [2.0]]),
+    "wrn28_4": ([[4, 2], [4]], [[1.0, 1.0], [2.0]]),
+    "wrn28_10": ([[4, 2], [4]], [[1.0, 1.0], [2.0]]),
+}
+
+
 class AuxHead(nn.Module):
-    """Stages copied from the backbone (possibly none), its closing norm, global pooling and one FC."""
+    """Stages copied from the backbone, its closing norm, global pooling and one FC."""
 
     def __init__(self, stages: nn.Module, final_norm: nn.Module, num_features: int, num_classes: int):
         super().__init__()
@@ -143,6 +159,9 @@ class AuxHead(nn.Module):
         self.global_pool = SelectAdaptivePool2d(pool_type="avg", flatten=True)
         self.fc = nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
 
+    def classifier_name(self) -> str:
+        return "fc"
+
     def reset_classifier(self, num_classes: int) -> None:
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -150,26 +169,84 @@ class AuxHead(nn.Module):
         return self.fc(self.global_pool(self.final_norm(self.stages(x))))
 
 
+class PooledHead(nn.Module):
+    """Table 3's simpler heads. ``ap_2fc``: global average pooling, FC + ReLU, FC. ``ap_conv_2fc``: average
+    pooling down to the main path's resolution (kernel = stride = the down-sampling the head would otherwise miss,
+    so the equal-down-sampling rule still holds), one 3x3 conv + BN + ReLU, then the same pooling and two FCs.
+    The supplement gives no widths: the conv and the hidden FC take the backbone's final width (``hidden``)."""
+
+    def __init__(self, in_channels: int, hidden: int, num_classes: int, pool_stride: Optional[int] = None):
+        super().__init__()
+        self.hidden = hidden
+        if pool_stride is None:
+            self.pre = nn.Identity()
+            width = in_channels
+        else:
+            self.pre = nn.Sequential(nn.AvgPool2d(pool_stride, pool_stride),
+                                     nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False),
+                                     nn.BatchNorm2d(hidden), nn.ReLU(inplace=True))
+            width = hidden
+        self.global_pool = SelectAdaptivePool2d(pool_type="avg", flatten=True)
+        self.fc1 = nn.Linear(width, hidden)
+        self.act = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(hidden, num_classes) if num_classes > 0 else nn.Identity()
+
+    def classifier_name(self) -> str:
+        return "fc"
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.fc = nn.Linear(self.hidden, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.act(self.fc1(self.global_pool(self.pre(x)))))
+
+
+class DonorHead(nn.Module):
+    """A fresh copy of the backbone with everything up to the attach point removed: the backbone's own later
+    blocks, its closing layers and its own classifier head (any model with ``feature_info``)."""
+
+    def __init__(self, donor: nn.Module):
+        super().__init__()
+        self.donor = donor
+
+    def classifier_name(self) -> str:
+        name = classifier_module_name(self.donor)
+        if name is None:
+            raise IncompatibleConfigError(f"{type(self.donor).__name__} does not name its classifier.")
+        return f"donor.{name}"
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.donor.reset_classifier(num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.donor.forward_head(self.donor.forward_features(x))
+
+
 def default_head_layout(stage_blocks: Sequence[int], attach: Sequence[int]) -> Tuple[List[List[int]], List[List[float]]]:
-    """Blocks and width multipliers of the stages each head copies: the later stages, intermediate ones at
-    half depth (rounded up), the last at full depth; the head nearest the output at double width."""
+    """Blocks and width multipliers of the stages each head copies, for networks the released code does not
+    define: the head nearest the output copies its later stages, the intermediate ones at half depth (rounded
+    up) and the last at full depth and double width; every other head copies its later stages at half depth
+    (rounded up) and the backbone's width. (This reproduces DHM's ResNet-50, ResNet-152 and ResNet-110 layouts;
+    its ResNet-18 and ResNet-32 ones, which differ, are in RELEASED_LAYOUTS.)"""
     last = len(stage_blocks) - 1
     nearest = max(attach)
     blocks, widths = [], []
     for a in attach:
         later = list(range(a + 1, last + 1))
-        blocks.append([stage_blocks[i] if i == last else math.ceil(stage_blocks[i] / 2) for i in later])
-        widths.append([2.0 if (a == nearest and i == last) else 1.0 for i in later])
+        full_last = a == nearest
+        blocks.append([stage_blocks[i] if (full_last and i == last) else math.ceil(stage_blocks[i] / 2) for i in later])
+        widths.append([2.0 if (full_last and i == last) else 1.0 for i in later])
     return blocks, widths
 
 
 class _StagedView:
     """Stages of one of the zoo's StagedNet backbones."""
 
+    generic = False
+
     def __init__(self, backbone: StagedNet):
         self.backbone = backbone
         self.stage_names = [f"stage{i + 1}" for i in range(len(backbone.stages))]
-        self.first_conv = None
 
     def stem(self, x: Tensor) -> Tensor:
         return self.backbone.stem(x)
@@ -185,6 +262,11 @@ class _StagedView:
 
     def stage_channels(self) -> List[int]:
         return [info["num_chs"] for info in self.backbone.feature_info]
+
+    def reduction_after(self, stage: int) -> int:
+        """How much more the main path down-samples after stage ``stage``."""
+        info = self.backbone.feature_info
+        return int(info[-1]["reduction"]) // int(info[stage + 1]["reduction"])
 
     def build_head(self, after: int, blocks: Sequence[int], widths: Sequence[float], num_classes: int) -> AuxHead:
         channels = self.stage_channels()[after + 1]
@@ -204,6 +286,7 @@ class _TimmResNetView:
     its configuration match the backbone exactly.
     """
 
+    generic = False
     stage_names = ["layer1", "layer2", "layer3", "layer4"]
 
     def __init__(self, backbone: nn.Module, arch: str, donor_kwargs: Dict[str, Any]):
@@ -227,9 +310,11 @@ class _TimmResNetView:
     def stage_channels(self) -> List[int]:
         return [info["num_chs"] for info in self.backbone.feature_info]
 
+    def reduction_after(self, stage: int) -> int:
+        info = self.backbone.feature_info
+        return int(info[-1]["reduction"]) // int(info[stage + 1]["reduction"])
+
     def build_head(self, after: int, blocks: Sequence[int], widths: Sequence[float], num_classes: int) -> AuxHead:
-        if not blocks:  # a simple head: pooling and a classifier straight on the attach point
-            return AuxHead(nn.Sequential(), nn.Identity(), self.stage_channels()[after + 1], num_classes)
         expansion = type(self.stages()[-1][0]).expansion
         planes = [self.stage_channels()[i + 1] // expansion for i in range(4)]
         layers = self.stage_blocks()
@@ -242,6 +327,119 @@ class _TimmResNetView:
         return AuxHead(nn.Sequential(*copied), nn.Identity(), planes[3] * expansion, num_classes)
 
 
+def _drop_through(module: nn.Module, path: Sequence[str]) -> None:
+    """Replace, in registration order, every submodule up to and including ``path`` by an identity: what the
+    forward runs before the attach point. (timm models and the zoo's networks register their layers in the order
+    their forward runs them.)"""
+    for name, child in list(module.named_children()):
+        if name == path[0]:
+            if len(path) == 1:
+                setattr(module, name, nn.Identity())
+            else:
+                _drop_through(child, path[1:])
+            return
+        setattr(module, name, nn.Identity())
+    raise IncompatibleConfigError(f"{type(module).__name__} has no submodule {path[0]!r} (named by feature_info).")
+
+
+def _keep_output(store: Dict[int, Tensor], level: int):
+    def hook(module: nn.Module, inputs: Any, output: Tensor) -> None:
+        store[level] = output
+    return hook
+
+
+class _FeatureLevelView:
+    """Any model with timm's ``feature_info`` (ConvNeXt, EfficientNet, RegNet, MobileNetV3, ViT, ..., and the
+    zoo's own networks, DCL ones included). Attach points are feature levels (``feature_info`` indices or module
+    names); a head is a ``DonorHead``: a freshly built copy of the backbone from the level's next block on, so it
+    has exactly the main path's later blocks (and therefore its down-samplings) and its own classifier head.
+    The training forward reads the attach points with forward hooks, removed again when it returns, so the
+    backbone (and ``export()``) is the plain network."""
+
+    generic = True
+
+    def __init__(self, backbone: nn.Module, arch: Optional[str], donor_kwargs: Dict[str, Any]):
+        info = getattr(backbone, "feature_info", None)
+        if not info:
+            raise IncompatibleConfigError(
+                f"DKS needs a backbone with stages: one with timm's feature_info (any model that supports "
+                f"features_only), a zoo StagedNet or a timm ResNet; {type(backbone).__name__} has no feature_info.")
+        info = info.get_dicts() if hasattr(info, "get_dicts") else list(info)
+        for method in ("forward_features", "forward_head", "reset_classifier"):
+            if not hasattr(backbone, method):
+                raise IncompatibleConfigError(
+                    f"DKS builds its heads from the backbone's later blocks and its own head: "
+                    f"{type(backbone).__name__} lacks timm's {method}().")
+        self.backbone, self.arch, self.donor_kwargs = backbone, arch, donor_kwargs
+        self.stage_names = [str(i["module"]) for i in info]
+        self.reductions = [int(i.get("reduction", 1)) for i in info]
+        for name in self.stage_names:
+            backbone.get_submodule(name)  # a feature_info that names a missing module fails here, not in training
+
+    def stages(self) -> List[str]:
+        return self.stage_names
+
+    def default_attach(self) -> Tuple[int, ...]:
+        """The paper's rule (a head after each stage that ends before a down-sampling), the last two such levels;
+        a backbone that never down-samples (ViT) gets heads at a third and two thirds of its depth."""
+        ends = [i for i in range(len(self.reductions) - 1) if self.reductions[i + 1] > self.reductions[i]]
+        if len(ends) >= 2:
+            return tuple(ends[-2:])
+        count = len(self.stage_names)
+        picks = sorted({count // 3, (2 * count) // 3} - {count - 1})
+        if not picks:
+            raise IncompatibleConfigError(
+                f"{type(self.backbone).__name__} has {count} feature level(s): no room for an auxiliary head.")
+        return tuple(picks)
+
+    def _fresh_copy(self) -> nn.Module:
+        if self.arch is not None:
+            return timm.create_model(self.arch, pretrained=False, num_classes=self.backbone.num_classes,
+                                     **self.donor_kwargs)
+        donor = copy.deepcopy(self.backbone)
+        for module in donor.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        return donor
+
+    def build_donor_head(self, level: int) -> DonorHead:
+        donor = self._fresh_copy()
+        _drop_through(donor, self.stage_names[level].split("."))
+        if hasattr(donor, "_pos_embed"):
+            # A ViT's tokens at the attach point already carry the class token and position embedding.
+            for name in ("cls_token", "reg_token", "pos_embed"):
+                if getattr(donor, name, None) is not None:
+                    setattr(donor, name, None)
+        return DonorHead(donor)
+
+    def forward_heads(self, x: Tensor, attach: Sequence[int], heads: nn.ModuleList) -> Heads:
+        taps: Dict[int, Tensor] = {}
+        handles = [self.backbone.get_submodule(self.stage_names[level]).register_forward_hook(_keep_output(taps, level))
+                   for level in attach]
+        try:
+            main = forward_heads_of(self.backbone, x)[-1]
+        finally:
+            for handle in handles:
+                handle.remove()
+        return (*[head(taps[level]) for level, head in zip(attach, heads)], main)
+
+
+def _check_backbone_composes(backbone: nn.Module) -> None:
+    """DKS adds heads to a network with one head trained in one round, whose training step runs every parameter."""
+    names = head_names_of(backbone)
+    rounds = int(getattr(backbone, "num_rounds", 1))
+    if len(names) != 1 or rounds != 1:
+        raise IncompatibleConfigError(
+            f"DKS adds auxiliary heads to a network with one head trained in one round; {model_display_name(backbone)} "
+            f"has heads {list(names)} and {rounds} round(s), with an objective of its own that DKS would override. "
+            "Put DKS inside instead (e.g. complementary with member='dks_resnet20').")
+    if getattr(backbone, "leaves_parameters_unused", False):
+        raise IncompatibleConfigError(
+            f"{model_display_name(backbone)} leaves some parameters unused in a training step (stochastic DCL "
+            "branches); DKS heads copy the backbone's later blocks, stochastic layers included, and each copy would "
+            "draw its own branches. Build it with mode='deterministic' to put DKS on it.")
+
+
 def _view_of(backbone: nn.Module, arch: Optional[str], donor_kwargs: Dict[str, Any]):
     if isinstance(backbone, StagedNet):
         return _StagedView(backbone)
@@ -249,61 +447,103 @@ def _view_of(backbone: nn.Module, arch: Optional[str], donor_kwargs: Dict[str, A
         if arch is None:
             raise IncompatibleConfigError("DKS on a timm ResNet needs its timm architecture name (arch=...).")
         return _TimmResNetView(backbone, arch, donor_kwargs)
-    raise IncompatibleConfigError(
-        f"DKS needs a staged backbone: one of the zoo's CIFAR networks or a timm ResNet-family model "
-        f"(resnet*, resnext*, seresnet*, ...); got {type(backbone).__name__}. Use aux='simple' heads on other "
-        "models through their timm feature_info, or wrap your network as a collab_zoo StagedNet.")
+    return _FeatureLevelView(backbone, arch, donor_kwargs)
 
 
 # --- the model ---------------------------------------------------------------------------------------------------
 
 class DKSModel(BackboneWrapper):
-    """A backbone with DKS auxiliary heads. ``backbone`` keeps its own key names under ``backbone.``."""
+    """A backbone with DKS auxiliary heads. ``backbone`` keeps its own key names under ``backbone.``.
+
+    ``aux`` (see the module docstring): ``"blocks"`` (default), ``"narrow"``, ``"shallow"``, ``"ap_2fc"``,
+    ``"ap_conv_2fc"``. ``attach``: stage indices or names (StagedNet, timm ResNet), feature levels
+    (``feature_info`` indices or module names) on any other backbone; None = the network's default.
+    """
 
     training_only_prefixes = ("aux_heads",)
 
-    def __init__(self, backbone: nn.Module, arch: Optional[str] = None, attach: Sequence[Union[int, str]] = (1, 2),
+    def __init__(self, backbone: nn.Module, arch: Optional[str] = None,
+                 attach: Optional[Sequence[Union[int, str]]] = None,
                  head_blocks: Optional[Sequence[Sequence[int]]] = None,
                  head_widths: Optional[Sequence[Sequence[float]]] = None, aux: str = "blocks",
                  pairs: str = "bidirectional", temperature: float = 1.0, alpha: Optional[Sequence[float]] = None,
                  beta: Optional[float] = None, divergence: str = "cross_entropy",
                  donor_kwargs: Optional[Dict[str, Any]] = None):
         super().__init__()
-        if aux not in ("blocks", "simple"):
-            raise IncompatibleConfigError(f"aux must be 'blocks' (the paper's heads) or 'simple' (pool + FC), got {aux!r}.")
+        if aux == "simple":
+            raise IncompatibleConfigError(
+                f"aux='simple' (pool + one FC) is gone: it was none of the paper's Table 3 heads. Choose one of "
+                f"{AUX_KINDS}: 'blocks' (the designed heads, default), 'ap_2fc', 'ap_conv_2fc', 'narrow', 'shallow'.")
+        if aux not in AUX_KINDS:
+            raise IncompatibleConfigError(f"aux must be one of {AUX_KINDS}, got {aux!r}.")
         pair_mask(2, pairs)  # validates the name early
         if divergence not in DIVERGENCES:
             raise IncompatibleConfigError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}.")
+        _check_backbone_composes(backbone)
         self.backbone = backbone
         self.arch = arch
         self.pairs, self.temperature, self.divergence, self.aux = pairs, float(temperature), divergence, aux
         self.beta = beta
         self._view = _view_of(backbone, arch, dict(donor_kwargs or {}))
         num_stages = len(self._view.stages())
+        if attach is None:
+            attach = self._view.default_attach() if self._view.generic else (num_stages - 3, num_stages - 2)
         self.attach = tuple(self._stage_index(a, num_stages) for a in attach)
-        if list(self.attach) != sorted(set(self.attach)):
+        if list(self.attach) != sorted(set(self.attach)) or not self.attach:
             raise IncompatibleConfigError(f"attach points must be distinct and in order, got {list(attach)}.")
         if alpha is not None and len(alpha) != len(self.attach) + 1:
             raise IncompatibleConfigError(f"alpha needs {len(self.attach) + 1} weights (aux heads + main).")
         self.alpha = tuple(alpha) if alpha is not None else None
         num_classes = backbone.num_classes
-        if aux == "simple":
-            head_blocks = [[] for _ in self.attach]
-            head_widths = [[] for _ in self.attach]
+        self.head_blocks, self.head_widths = None, None
+        if self._view.generic:
+            if aux != "blocks" or head_blocks is not None or head_widths is not None:
+                raise IncompatibleConfigError(
+                    f"on {type(backbone).__name__} DKS heads are copies of the backbone's own later blocks "
+                    f"(aux='blocks'); aux={aux!r}, head_blocks and head_widths need a backbone whose stages can be "
+                    "rebuilt at another depth or width: a zoo StagedNet (CIFAR ResNet, WRN, DenseNet, MobileNet) or "
+                    "a timm ResNet.")
+            heads = [self._view.build_donor_head(a) for a in self.attach]
+        elif aux in ("ap_2fc", "ap_conv_2fc"):
+            if head_blocks is not None or head_widths is not None:
+                raise IncompatibleConfigError(f"aux={aux!r} heads copy no blocks: drop head_blocks/head_widths.")
+            channels = self._view.stage_channels()
+            heads = [PooledHead(channels[a + 1], channels[-1], num_classes,
+                                self._view.reduction_after(a) if aux == "ap_conv_2fc" else None) for a in self.attach]
+        else:
+            head_blocks, head_widths = self._layout(head_blocks, head_widths, num_stages)
+            if aux == "narrow":
+                head_widths = [[w / 2 for w in ws] for ws in head_widths]
+            elif aux == "shallow":
+                head_blocks = [[1 for _ in bs] for bs in head_blocks]
+            self.head_blocks, self.head_widths = head_blocks, head_widths
+            heads = [self._view.build_head(a, b, w, num_classes) for a, b, w in zip(self.attach, head_blocks, head_widths)]
+        self.aux_heads = nn.ModuleList(heads)
+        # A wrapped zoo network (DCL) names its levels under its own "backbone." prefix, which says nothing here.
+        self.head_names = tuple("aux_" + self._view.stage_names[a].removeprefix("backbone.").replace(".", "_")
+                                for a in self.attach) + ("main",)
+
+    def _layout(self, head_blocks, head_widths, num_stages: int):
+        """The blocks/widths each head copies: given, the released code's for this network, or the general rule."""
+        released = RELEASED_LAYOUTS.get(self.arch or "")
+        default_attach = (num_stages - 3, num_stages - 2)
+        if released is not None and self.attach == default_attach:
+            default_blocks, default_widths = released
         else:
             default_blocks, default_widths = default_head_layout(self._view.stage_blocks(), self.attach)
-            head_blocks = [list(b) for b in head_blocks] if head_blocks is not None else default_blocks
-            head_widths = [list(w) for w in head_widths] if head_widths is not None else default_widths
-        for a, b, w in zip(self.attach, head_blocks, head_widths):
-            expected = num_stages - 1 - a if aux == "blocks" else 0
+        blocks = [list(b) for b in head_blocks] if head_blocks is not None else [list(b) for b in default_blocks]
+        widths = [list(w) for w in head_widths] if head_widths is not None else [list(w) for w in default_widths]
+        if len(blocks) != len(self.attach) or len(widths) != len(self.attach):
+            raise IncompatibleConfigError(
+                f"head_blocks and head_widths need one entry per head ({len(self.attach)}); got {len(blocks)} and "
+                f"{len(widths)}.")
+        for a, b, w in zip(self.attach, blocks, widths):
+            expected = num_stages - 1 - a
             if len(b) != expected or len(w) != expected:
                 raise IncompatibleConfigError(
                     f"the head after {self._view.stage_names[a]} copies {expected} later stage(s); got blocks {b} "
                     f"and widths {w}.")
-        self.head_blocks, self.head_widths = head_blocks, head_widths
-        self.aux_heads = nn.ModuleList(
-            [self._view.build_head(a, b, w, num_classes) for a, b, w in zip(self.attach, head_blocks, head_widths)])
-        self.head_names = tuple(f"aux_{self._view.stage_names[a]}" for a in self.attach) + ("main",)
+        return blocks, widths
 
     def _stage_index(self, point: Union[int, str], num_stages: int) -> int:
         if isinstance(point, str):
@@ -324,7 +564,8 @@ class DKSModel(BackboneWrapper):
             head.reset_classifier(num_classes)
 
     def classifier_names(self) -> Tuple[str, ...]:
-        return tuple(f"aux_heads.{i}.fc" for i in range(len(self.aux_heads))) + (self.get_classifier(name_only=True),)
+        return tuple(f"aux_heads.{i}.{head.classifier_name()}" for i, head in enumerate(self.aux_heads)) + (
+            self.get_classifier(name_only=True),)
 
     def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True):
         self.aux_heads = nn.ModuleList()  # a feature extractor needs no auxiliary heads
@@ -339,6 +580,8 @@ class DKSModel(BackboneWrapper):
 
     def forward_heads(self, x: Tensor) -> Heads:
         view = self._view
+        if view.generic:
+            return view.forward_heads(x, self.attach, self.aux_heads)
         x = view.stem(x)
         aux_logits: List[Tensor] = []
         heads_by_stage = dict(zip(self.attach, self.aux_heads))
@@ -435,20 +678,27 @@ def _build(variant: str, backbone: str, pretrained: bool, backbone_defaults: Opt
     return build_zoo_model(builder, variant, pretrained, **kwargs)
 
 
-def _wrn_layout(depth: int) -> Dict[str, Any]:
-    """The released WRN code's heads: after stage 1, n blocks at 32k then n//2 at 64k; after stage 2,
-    n blocks at 128k (double width)."""
-    n = (depth - 4) // 6
-    return dict(attach=(0, 1), head_blocks=[[n, n // 2], [n]], head_widths=[[1.0, 1.0], [2.0]])
-
-
 @zoo_model
 def dks(pretrained: bool = False, backbone: str = "resnet50", **kwargs) -> DKSModel:
-    """DKS on any timm ResNet-family model: ``create_model("dks", backbone="resnet50d", num_classes=10)``.
-    Heads after layer2 and layer3 by default (``attach=("layer2", "layer3")``)."""
-    if not timm.is_model(backbone):
-        raise IncompatibleConfigError(f"backbone {backbone!r} is not a timm model.")
-    return _build("dks", backbone, pretrained, dks_defaults=dict(attach=("layer2", "layer3")), **kwargs)
+    """DKS on any timm or zoo model with stages: ``create_model("dks", backbone="convnext_atto", num_classes=10)``.
+
+    timm ResNets get heads after layer2 and layer3 built by the released design; any other model with
+    ``feature_info`` gets heads that copy its own later blocks (see the module docstring); DCL networks included.
+    The model's input size, normalisation and first-conv/classifier names come from the backbone's config."""
+    if not isinstance(backbone, str) or not timm.is_model(backbone):
+        raise IncompatibleConfigError(f"backbone {backbone!r} is not a timm model name (see timm.list_models()).")
+    reference = timm.models.get_pretrained_cfg(backbone)
+    if reference is not None and kwargs.get("pretrained_cfg") is None:
+        prefixed = lambda v: f"backbone.{v}" if isinstance(v, str) else (  # noqa: E731
+            type(v)(f"backbone.{x}" for x in v) if isinstance(v, (tuple, list)) else v)
+        overlay = dict(first_conv=prefixed(reference.first_conv), classifier=prefixed(reference.classifier),
+                       input_size=reference.input_size, pool_size=reference.pool_size, mean=reference.mean,
+                       std=reference.std, crop_pct=reference.crop_pct, interpolation=reference.interpolation,
+                       num_classes=reference.num_classes)
+        overlay = {k: v for k, v in overlay.items() if v is not None}
+        overlay.update(kwargs.pop("pretrained_cfg_overlay", None) or {})
+        kwargs["pretrained_cfg_overlay"] = overlay
+    return _build("dks", backbone, pretrained, **kwargs)
 
 
 @zoo_model
@@ -490,13 +740,13 @@ def dks_resnet110(pretrained: bool = False, **kwargs) -> DKSModel:
 @zoo_model
 def dks_wrn28_4(pretrained: bool = False, **kwargs) -> DKSModel:
     """WRN-28-4 with the released code's DKS heads."""
-    return _build("dks_wrn28_4", "wrn28_4", pretrained, dks_defaults=_wrn_layout(28), **kwargs)
+    return _build("dks_wrn28_4", "wrn28_4", pretrained, **kwargs)
 
 
 @zoo_model
 def dks_wrn28_10(pretrained: bool = False, **kwargs) -> DKSModel:
     """WRN-28-10 with the released code's DKS heads (main 36.5M, heads 20.1M and 107.5M parameters)."""
-    return _build("dks_wrn28_10", "wrn28_10", pretrained, dks_defaults=_wrn_layout(28), **kwargs)
+    return _build("dks_wrn28_10", "wrn28_10", pretrained, **kwargs)
 
 
 @zoo_model
