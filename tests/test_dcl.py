@@ -1,6 +1,7 @@
 """DCL (Deep Collaborative Learning): the module against its formula, the two training strategies, the
 replacement helper, the paper's sizes, numerics, and every dcl_* model and baseline through the contract."""
 import itertools
+import operator
 import subprocess
 import sys
 
@@ -281,6 +282,74 @@ def test_replace_with_dcl_in_a_timm_resnet():
     loss = F.cross_entropy(model.train()(x), torch.tensor([1, 2]))
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+class _DCLLeafTracer(torch.fx.Tracer):
+    def is_leaf_module(self, m, qualname):
+        return isinstance(m, DCLModule) or super().is_leaf_module(m, qualname)
+
+
+def _consumers(model: nn.Module, name: str):
+    """What takes the output of the module ``name`` in ``model``'s traced forward: module names or functions."""
+    graph = _DCLLeafTracer().trace(model)
+    node = next(n for n in graph.nodes if n.op == "call_module" and n.target == name)
+    return [u.target for u in node.users]
+
+
+@pytest.mark.parametrize("widen,params,weights", [(4, 2_486_746, 2_483_120), (8, 9_912_794, 9_905_584)])
+def test_wrn16_puts_dcl_where_bn_and_relu_follow_never_into_a_residual_sum(widen, params, weights):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # the default placement raises no "feeds a sum" warning
+        model = collab_zoo.create_model("dcl_wrn16", widen_factor=widen, num_classes=10)
+    assert model.layer == "stages.2.1.conv0"
+    assert _consumers(model.backbone, "stages.2.1.conv0") == ["stages.2.1.bn1"]
+    base = timm.create_model(f"wrn16_{widen}", num_classes=10)
+    assert _consumers(base, "stages.2.1.conv1") == [operator.add], "the other conv of the block feeds the sum"
+    k = 64 * widen
+    dcl_weights = 2 * (9 * k * (k // 4) + (k // 4) * k)
+    assert sum(p.numel() for p in model.dcl_module.parameters()) == dcl_weights
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert sum(p.numel() for p in model.parameters() if p.dim() > 1) == weights
+    assert weights == sum(p.numel() for p in base.parameters() if p.dim() > 1) - 9 * k * k + dcl_weights
+
+    literal = collab_zoo.create_model("dcl_wrn16", widen_factor=widen, num_classes=10, layer="fc")
+    assert literal.dcl_module is literal.backbone.fc and literal.dcl_module.widths == [3, 3]
+
+
+def test_replace_with_dcl_warns_when_the_layer_feeds_a_sum():
+    import warnings
+
+    model = timm.create_model("wrn16_4", num_classes=10)
+    with pytest.warns(UserWarning, match="goes straight into a sum"):
+        replace_with_dcl(model, "stages.2.1.conv1", branches=2, width_ratio=0.25)
+    resnet = timm.create_model("resnet18", num_classes=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        replace_with_dcl(resnet, "layer4.1.conv1", branches=2, width=64)   # BN + ReLU follow
+        replace_with_dcl(resnet, "layer4.1.conv2", branches=2, width=64)   # BN follows, then the sum
+        replace_with_dcl(resnet, "fc", branches=2, width=4)
+
+
+@pytest.mark.parametrize("variant", ["A2", "A3D"])
+def test_positive_mapping_init_starts_fused_units_off_the_floor(variant):
+    torch.manual_seed(13)
+    x = torch.randn(64, 1, 28, 28)
+    fused = {}
+    share_at_floor = {}
+    for init in ("positive", "signed"):
+        model = collab_zoo.create_model("dcl_lenet", variant=variant, num_classes=100, mapping_init=init).eval()
+        model.dcl_module.register_forward_hook(lambda m, i, out: fused.__setitem__("z", out.detach()))
+        with torch.no_grad():
+            model(x)
+        share_at_floor[init] = float(((fused["z"] - 0.1).abs() < 1e-6).float().mean())
+        signs = [bool((b.mapping.weight >= 0).all()) for b in model.dcl_module.branches]
+        assert all(signs) == (init == "positive")
+    # signed weights: a unit is off the floor only where every branch is positive, ~1/2**T of them
+    assert share_at_floor["signed"] > 0.6 and share_at_floor["positive"] < 0.01, share_at_floor
+    with pytest.raises(IncompatibleConfigError, match="mapping_init"):
+        DCLModule(4, 4, [2, 2], mapping_init="zero")
 
 
 def test_replace_with_dcl_says_what_is_wrong():

@@ -36,6 +36,13 @@ Where the paper is silent, and what this module does:
   Sec. 3.1 writes ``y = theta^T x``, but Sec. 3.2 expands the fused unit into ``prod_t relu(theta_t^T x)`` and
   reads it as "all T filters are fired", which needs the rectifier, and Sec. 3.3 counts DCL as added depth;
   without it the two stages of a branch collapse into one low-rank linear map.
+* **Initialisation of the mappings** (``mapping_init``). The paper gives none. With signed weights each
+  ``v_t`` is zero at about half of the units, and a fused unit sits at the floor (no gradient into any branch)
+  unless every branch is positive there: ~75% of the units for T = 2, ~87% for T = 3, at the start. By default
+  (``"positive"``) each ``W_t`` keeps its drawn magnitudes (the backbone's initialiser) with the signs dropped
+  and scaled by ``1 / sqrt(M_t)`` (a sum of M_t positive terms grows like M_t, a signed one like its root),
+  so ``v_t > 0`` wherever any of the branch's filters fires and training starts off the floor; the signs are
+  free to change from the first step. ``mapping_init="signed"`` keeps the weights as drawn.
 * **Biases** follow the replaced layer (a layer with a bias gives branches and mappings with biases, as
   Caffe's layers have); the paper's equations omit every bias, the replaced layer's included. The paper's
   sizes count weights only, so neither choice moves them.
@@ -60,15 +67,21 @@ baseline (see ``complexity_rows``; ``python -m collab_zoo.methods.dcl`` prints t
 * ``dcl_bignet`` (vs ``bignet``): BigNet's 256 -> 1024 conv3x3 on the 3x3 map -> 2 branches of 256;
   5,742,272 -> 5,086,912 weights with 10 classes (the paper's 5.74M -> 5.09M, 11.41% fewer).
 * ``dcl_wrn16`` (vs ``wrn16_4``; ``widen_factor=8`` vs ``wrn16_8``). A WRN has no hidden FC layer: its only
-  FC is the classifier after global pooling. We replace the *last 3x3 convolution* (``stages.2.1.conv1``,
-  64k -> 64k filters) by 2 branches of 1/4 of its filters: it is the network's largest filter bank at the
-  top, the kind of layer DCL is for ("a convolutional layer with a large number of filters, e.g. the
-  fully connected layers"); 1/4 of a 10-way classifier (SVHN, CIFAR-10) is not a whole number of filters;
-  and the paper's own study (Sec. 4.1.3) found DCL on the output layer unstable and kept only the hidden
-  position. ``layer="fc"`` gives the literal reading (the classifier, ceil(K/4) filters per branch).
-  The width is not stated. WRN-16-4 is the default: the narrower of the two WRN-16s, and the paper's WRN
-  errors (5.54 / 25.52 on CIFAR-10 / 100) are high for a WRN-16, which argues against the wider one.
-  ``widen_factor=8`` builds the WRN-16-8 version.
+  FC is the classifier after global pooling. We replace the *last block's first 3x3 convolution*
+  (``stages.2.1.conv0``, 64k -> 64k filters) by 2 branches of 1/4 of its filters. Why this layer: DCL
+  replaces layers whose output next meets a ReLU (the paper's FC layers, ``z = relu(theta^T x)``), and this
+  convolution's output goes through BN and ReLU before anything else. The block's *second* convolution, of
+  the same size, feeds the residual sum directly: there the fused output, at least 0.1 everywhere, could
+  only add to the sum (``replace_with_dcl`` warns about such layers). It is also the network's largest
+  filter bank at the top, the kind of layer DCL is for ("a convolutional layer with a large number of
+  filters, e.g. the fully connected layers"); 1/4 of a 10-way classifier (SVHN, CIFAR-10) is not a whole
+  number of filters; and the paper's own study (Sec. 4.1.3) found DCL on the output layer unstable and kept
+  only the hidden position. Sizes (10 classes): WRN-16-4 replaces 589,824 weights by 2 x (9 x 256 x 64 +
+  64 x 256) = 327,680, 2,748,890 -> 2,486,746 parameters (9.55% fewer weights); WRN-16-8 replaces 2,359,296
+  by 1,310,720, 10,961,370 -> 9,912,794. ``layer="fc"`` gives the literal reading (the classifier, ceil(K/4)
+  filters per branch). The width is not stated. WRN-16-4 is the default: the narrower of the two WRN-16s,
+  and the paper's WRN errors (5.54 / 25.52 on CIFAR-10 / 100) are high for a WRN-16, which argues against the
+  wider one. ``widen_factor=8`` builds the WRN-16-8 version.
 * ``dcl_alexnet`` (vs ``alexnet_caffe``): fc6 (9216 -> 4096) -> 2 branches of 1024: exactly 10,485,760 fewer
   weights, the paper's 16.82%.
 
@@ -90,7 +103,9 @@ if __name__ == "__main__":  # ``python -m collab_zoo.methods.dcl``: use the pack
 
 import contextlib
 import math
+import operator
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
@@ -116,6 +131,7 @@ __all__ = [
 ]
 
 MODES = ("deterministic", "stochastic")
+MAPPING_INITS = ("positive", "signed")
 # Per-factor derivatives of the fusion are capped at e**64 (~6e27): far beyond any useful gradient, and
 # small enough that an upstream gradient times it stays finite in float32 and bfloat16.
 _LOG_GRAD_CAP = 64.0
@@ -317,7 +333,8 @@ class DCLModule(nn.Module):
                  kernel_size: Union[int, Tuple[int, int], None] = None, stride: Union[int, Tuple[int, int]] = 1,
                  padding: Union[int, str, Tuple[int, int]] = 0, dilation: Union[int, Tuple[int, int]] = 1,
                  padding_mode: str = "zeros", mode: str = "deterministic", eps: Optional[float] = None,
-                 branch_act: bool = True, bias: bool = True, device=None, dtype=None):
+                 branch_act: bool = True, bias: bool = True, mapping_init: str = "positive", device=None,
+                 dtype=None):
         super().__init__()
         widths = [int(w) for w in widths]
         if len(widths) < 2 or any(w < 1 for w in widths):
@@ -326,6 +343,9 @@ class DCLModule(nn.Module):
             raise IncompatibleConfigError(f"DCL mode must be one of {MODES} (the paper's D and S), got {mode!r}.")
         if eps is not None and not eps > 0:
             raise IncompatibleConfigError(f"eps must be positive (it bounds the root's gradient), got {eps}.")
+        if mapping_init not in MAPPING_INITS:
+            raise IncompatibleConfigError(f"mapping_init must be one of {MAPPING_INITS}, got {mapping_init!r}.")
+        self.mapping_init = mapping_init
         self.in_channels, self.out_channels = in_channels, out_channels
         if isinstance(kernel_size, int):
             kernel_size = (kernel_size, kernel_size)
@@ -344,11 +364,29 @@ class DCLModule(nn.Module):
             branches.append(DCLBranch(filters, mapping, branch_act))
         self.branches = nn.ModuleList(branches)
         self.last_active: Tuple[int, ...] = tuple(range(len(widths)))
+        self.apply_mapping_init()
+
+    @torch.no_grad()
+    def apply_mapping_init(self) -> None:
+        """``mapping_init="positive"``: each mapping ``W_t`` keeps its initial magnitudes with the signs dropped,
+        so ``v_t = relu(W_t relu(theta_t x))`` is positive wherever any of the branch's filters fires (scaled by
+        ``1 / sqrt(M_t)`` to keep the responses' size). With signed
+        weights each v_t is zero for about half of the units, and a fused unit is at the floor (0.1) unless every
+        branch is positive there: about 75% (T = 2) or 87% (T = 3) of the units at the start, which get no
+        gradient into any branch. ``"signed"`` keeps the initialisation as drawn. Call again after re-drawing
+        the weights (``DCLModel`` does, after the backbone's own initialisation)."""
+        if self.mapping_init == "positive":
+            for branch in self.branches:
+                weight = branch.mapping.weight
+                # A sum of M_t positive terms grows like M_t where a signed one grows like sqrt(M_t): dividing by
+                # sqrt(M_t) keeps the responses at about the scale the signed weights give.
+                weight.abs_().div_(math.sqrt(weight.shape[1]))
 
     @classmethod
     def replacing(cls, layer: nn.Module, branches: int = 2, width: Union[int, Sequence[int], None] = None,
                   width_ratio: Optional[float] = None, mode: str = "deterministic", eps: Optional[float] = None,
-                  branch_act: bool = True, bias: Optional[bool] = None) -> "DCLModule":
+                  branch_act: bool = True, bias: Optional[bool] = None, mapping_init: str = "positive"
+                  ) -> "DCLModule":
         """A DCL module with the geometry of ``layer`` (an ``nn.Linear`` or ungrouped ``nn.Conv2d``), on its
         device and dtype. ``bias=None`` keeps the layer's choice."""
         factory = dict(device=layer.weight.device, dtype=layer.weight.dtype)
@@ -356,7 +394,7 @@ class DCLModule(nn.Module):
         if isinstance(layer, nn.Linear):
             widths = branch_widths(layer.out_features, branches, width, width_ratio)
             return cls(layer.in_features, layer.out_features, widths, mode=mode, eps=eps, branch_act=branch_act,
-                       bias=bias, **factory)
+                       bias=bias, mapping_init=mapping_init, **factory)
         if isinstance(layer, nn.Conv2d):
             if layer.groups != 1:
                 raise IncompatibleConfigError(
@@ -366,7 +404,7 @@ class DCLModule(nn.Module):
             return cls(layer.in_channels, layer.out_channels, widths, kernel_size=layer.kernel_size,
                        stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
                        padding_mode=layer.padding_mode, mode=mode, eps=eps, branch_act=branch_act, bias=bias,
-                       **factory)
+                       mapping_init=mapping_init, **factory)
         raise IncompatibleConfigError(
             f"DCL replaces an nn.Linear or nn.Conv2d; got {type(layer).__name__}.")
 
@@ -424,21 +462,43 @@ class DCLModule(nn.Module):
         kind = "linear" if self.kernel_size is None else f"conv {self.kernel_size}"
         eps = "10^-T" if self.eps is None else f"{self.eps:g}"
         return (f"{self.in_channels} -> {self.out_channels}, {kind}, widths={self.widths}, mode={self.mode}, "
-                f"eps={eps}, branch_act={self.branch_act}")
+                f"eps={eps}, branch_act={self.branch_act}, mapping_init={self.mapping_init}")
 
 
 def _named_replaceable_layers(model: nn.Module) -> List[str]:
     return [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and n]
 
 
+_SUMS = {operator.add, operator.iadd, torch.add, "add", "add_"}
+
+
+def feeds_a_sum(model: nn.Module, name: str) -> Optional[bool]:
+    """Whether the output of the layer ``name`` goes straight into an addition (a residual sum) in ``model``'s
+    forward, read from a torch.fx trace; None where the model does not trace."""
+    try:
+        graph = torch.fx.Tracer().trace(model)
+    except Exception:  # data-dependent control flow, shape checks on real values: no answer
+        return None
+    for node in graph.nodes:
+        if node.op == "call_module" and node.target == name:
+            return any((user.op in ("call_function", "call_method")) and user.target in _SUMS for user in node.users)
+    return None
+
+
 def replace_with_dcl(model: nn.Module, name: str, branches: int = 2, width: Union[int, Sequence[int], None] = None,
                      width_ratio: Optional[float] = None, mode: str = "deterministic", eps: Optional[float] = None,
-                     branch_act: bool = True, bias: Optional[bool] = None) -> DCLModule:
+                     branch_act: bool = True, bias: Optional[bool] = None, mapping_init: str = "positive"
+                     ) -> DCLModule:
     """Put a DCL module in place of the ``nn.Linear`` / ``nn.Conv2d`` called ``name`` (a dotted module name)
     inside ``model``, in place; returns the new module (freshly initialised, on the layer's device/dtype).
 
     ``replace_with_dcl(model, "fc6", branches=2, width=1024)``. A stochastic module with more than 2
     branches marks ``model.leaves_parameters_unused = True`` (the contract's flag for data-parallel wrappers).
+
+    Warns when the layer's output feeds a sum directly (a residual block's last convolution): the fused
+    output is at least the floor ``eps ** (1/T)`` (0.1) everywhere, so such a branch can only add to the sum,
+    where the replaced layer could also subtract. DCL belongs where the output next meets a ReLU (or BN and
+    ReLU), as the paper's FC layers do.
     """
     try:
         layer = model.get_submodule(name)
@@ -454,7 +514,12 @@ def replace_with_dcl(model: nn.Module, name: str, branches: int = 2, width: Unio
         raise IncompatibleConfigError(
             f"{name!r} is a {type(layer).__name__}; DCL replaces an nn.Linear or nn.Conv2d. Candidates: "
             f"{', '.join(_named_replaceable_layers(model)[-12:])}.")
-    module = DCLModule.replacing(layer, branches, width, width_ratio, mode, eps, branch_act, bias)
+    if feeds_a_sum(model, name):
+        warnings.warn(f"DCL in place of {name!r}: that layer's output goes straight into a sum (a residual "
+                      "connection). DCL's fused output is at least its floor (0.1) everywhere, so there it can only "
+                      "add; replace a layer whose output next goes through a ReLU or BatchNorm + ReLU instead (in a "
+                      "pre-activation block, its first convolution).", UserWarning, stacklevel=2)
+    module = DCLModule.replacing(layer, branches, width, width_ratio, mode, eps, branch_act, bias, mapping_init)
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, module)
@@ -491,12 +556,12 @@ class DCLModel(BackboneWrapper):
     def __init__(self, backbone: nn.Module, layer: str, branches: int = 2,
                  width: Union[int, Sequence[int], None] = None, width_ratio: Optional[float] = None,
                  mode: str = "deterministic", eps: Optional[float] = None, branch_act: bool = True,
-                 bias: Optional[bool] = None):
+                 bias: Optional[bool] = None, mapping_init: str = "positive"):
         super().__init__()
         self.backbone = backbone
         self.layer = layer
         self.dcl_options = dict(branches=branches, width=width, width_ratio=width_ratio, mode=mode, eps=eps,
-                                branch_act=branch_act, bias=bias)
+                                branch_act=branch_act, bias=bias, mapping_init=mapping_init)
         self.replaces_classifier = layer == classifier_module_name(backbone)
         if self.replaces_classifier and getattr(backbone, "num_classes", 1) <= 0:
             raise IncompatibleConfigError(
@@ -506,6 +571,7 @@ class DCLModel(BackboneWrapper):
     def _install(self) -> None:
         module = replace_with_dcl(self.backbone, self.layer, **self.dcl_options)
         _initialise_like_backbone(self.backbone, self.layer, module)
+        module.apply_mapping_init()  # after the backbone's own initialisation drew the weights anew
 
     @property
     def dcl_module(self) -> Optional[DCLModule]:
@@ -619,7 +685,7 @@ default_cfgs = zoo_default_cfgs({
                             crop_pct=227 / 256, fixed_input_size=True, pool_size=(6, 6)),
 })
 
-_DCL_OPTIONS = ("layer", "branches", "width", "width_ratio", "mode", "eps", "branch_act", "bias")
+_DCL_OPTIONS = ("layer", "branches", "width", "width_ratio", "mode", "eps", "branch_act", "bias", "mapping_init")
 
 
 class _DCLBuilder:
@@ -673,10 +739,11 @@ def dcl_bignet(pretrained: bool = False, **kwargs) -> DCLModel:
 
 @zoo_model
 def dcl_wrn16(pretrained: bool = False, **kwargs) -> DCLModel:
-    """WRN-16-4 (``widen_factor=8``: WRN-16-8) with its last 3x3 conv replaced by 2 DCL branches of 1/4 of its
-    filters; ``layer="fc"`` puts DCL on the classifier instead (see the module docstring)."""
+    """WRN-16-4 (``widen_factor=8``: WRN-16-8) with the last block's first 3x3 conv (``stages.2.1.conv0``, whose
+    output goes through BN and ReLU) replaced by 2 DCL branches of 1/4 of its filters; ``layer="fc"`` puts DCL on
+    the classifier instead (see the module docstring)."""
     return _build("dcl_wrn16", "wrn16_4", pretrained,
-                  dict(layer="stages.2.1.conv1", branches=2, width_ratio=1 / 4), **kwargs)
+                  dict(layer="stages.2.1.conv0", branches=2, width_ratio=1 / 4), **kwargs)
 
 
 @zoo_model
