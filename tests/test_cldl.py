@@ -260,6 +260,59 @@ def test_generic_timm_backbone_maps_weight_layers_to_stages():
         collab_zoo.create_model("cldl", backbone="test_resnet", num_classes=5, head_stages=("layer2", "layer2"))
 
 
+def test_companion_heads_take_distinct_stages_on_few_stage_backbones():
+    with torch.device("meta"):
+        model = timm.create_model("cldl", backbone="convnext_atto", num_classes=10)
+    # ConvNeXt-atto, depths (2, 2, 6, 2): stem conv 1, each block dwconv + 2 linear = 3, a downsampling conv before
+    # stages 1-3, the classifier: L = 1 + 3 * 12 + 3 + 1 = 41; stages end at layers 7, 14, 33, 40.
+    # V = ceil((41 / 3) ** 0.8) = 9, r = (23, 32, 41). r = 32 reads the deepest stage ending by 32 (stages.1, at 14);
+    # r = 23 would read it too, so it takes the stage below: stages.0.
+    assert model.placement.num_layers == 41 and model.head_layers == (23, 32, 41)
+    assert model._view.stage_layers == [7, 14, 33, 40]
+    assert model.head_names == ("aux_stages_0", "aux_stages_1", "main")
+    with pytest.raises(IncompatibleConfigError, match="no feature stage is left"):
+        collab_zoo.create_model("cldl", backbone="convnext_atto", num_classes=10, num_heads=5)
+
+
+FAMILIES = [("convnext_atto", {}), ("efficientnet_b0", {}), ("regnety_002", {}), ("mobilenetv3_small_050", {}),
+            ("vit_tiny_patch16_224", dict(img_size=32)), ("dcl_wrn16", {}), ("dcl_lenet_cifar", {})]
+
+
+@pytest.mark.parametrize("backbone,kwargs", FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_cldl_on_timm_families_and_dcl_networks(backbone, kwargs):
+    """A training step reaches every parameter; eval ranks labels by Eq. 9 computed by hand from the heads."""
+    torch.manual_seed(0)
+    model = collab_zoo.create_model("cldl", backbone=backbone, num_classes=5, **kwargs)
+    assert len(model.head_names) == 3 and len(set(model.placement.taps)) == 2
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([1, 3])
+    model.train()
+    heads = model(x)
+    loss, parts = model.collab_loss(heads, y)
+    loss.backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    model.eval()
+    with torch.no_grad():
+        scores = model(x)
+        raw = [[row.tolist() for row in h] for h in model.forward_heads(x)]
+    for b in range(2):
+        by_hand = [_hand_s(raw, b, label, [0.3, 0.3, 1.0], "cldl") for label in range(5)]
+        assert scores[b].tolist() == pytest.approx([-v for v in by_hand], rel=1e-4, abs=1e-5)
+
+
+def test_cldl_composes_only_with_single_head_networks_and_passes_on_stochastic_branches():
+    with pytest.raises(IncompatibleConfigError, match="one head trained in one round"):
+        collab_zoo.create_model("cldl", backbone="dks_resnet20", num_classes=5)
+    model = collab_zoo.create_model("cldl", backbone="dcl_lenet", num_classes=5)   # A3S: one pair drawn per step
+    assert model.leaves_parameters_unused
+    model.train()
+    model(torch.randn(2, 1, 28, 28))
+    unused = model.parameters_left_unused()
+    assert len(unused) == 4 and all(n.startswith("backbone.backbone.fc1.branches.") for n in unused)
+    with model.deterministic_mode():
+        model(torch.randn(2, 1, 28, 28))
+        assert model.parameters_left_unused() == set()
+
+
 def test_plain_nin_parameter_counts():
     assert sum(p.numel() for p in timm.create_model("nin").parameters()) == 984_356
     assert sum(p.numel() for p in timm.create_model("nin_mnist").parameters()) == 349_674

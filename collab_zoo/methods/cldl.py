@@ -78,7 +78,7 @@ import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 import timm
 import torch
@@ -91,8 +91,9 @@ from ..backbones.googlenet import AUX_TAPS, GoogLeNet
 from ..backbones.nin import NIN_LAYOUTS, NetworkInNetwork
 from ..builder import build_zoo_model
 from ..convert import read_torch_checkpoint, register_converter, strip_prefix
-from ..contract import (BackboneWrapper, Heads, LossParts, exempt_from_conformance, inherit_conformance_exemptions,
-                        is_soft_target, is_tracing, weighted_mean)
+from ..contract import (BackboneWrapper, Heads, LossParts, deterministic_mode_of, exempt_from_conformance,
+                        inherit_conformance_exemptions, is_soft_target, is_tracing, parameters_left_unused_of,
+                        weighted_mean)
 from ..errors import IncompatibleConfigError, StateDictMismatchError
 from ..registry import base_cfg, cifar_cfg, mnist_cfg, zoo_default_cfgs, zoo_model
 
@@ -604,22 +605,34 @@ class _StageView:
                     raise IncompatibleConfigError(
                         f"head_layers must be increasing weight-layer indices ending with {self.num_layers} "
                         f"(this backbone's L); got {list(head_layers)}.")
-            taps = tuple(self._deepest_stage_before(r) for r in layers[:-1])
+            taps = self._distinct_stages_before(layers[:-1])
         if list(taps) != sorted(set(taps)):
             raise IncompatibleConfigError(
                 f"two companion heads would read the same feature stage (stages {[self.stage_names[t] for t in taps]} "
                 f"for weight layers {list(layers) if layers else '-'}); this backbone has {len(self.stage_names)} "
                 "stages. Use fewer heads or name the stages with head_stages=(...).")
-        names = tuple(f"aux_{self.stage_names[t].replace('.', '_')}" for t in taps)
+        # A wrapped zoo network (DCL) names its stages under its own "backbone." prefix, which says nothing here.
+        names = tuple("aux_" + self.stage_names[t].removeprefix("backbone.").replace(".", "_") for t in taps)
         return Placement(self.num_layers, layers, taps, names)
 
-    def _deepest_stage_before(self, layer: int) -> int:
-        candidates = [i for i, end in enumerate(self.stage_layers) if end <= layer]
-        if not candidates:
-            raise IncompatibleConfigError(
-                f"a head at weight layer {layer} comes before the end of the first feature stage "
-                f"({self.stage_names[0]}, weight layer {self.stage_layers[0]}); use fewer heads or head_stages=(...).")
-        return candidates[-1]
+    def _distinct_stages_before(self, layers: Sequence[int]) -> Tuple[int, ...]:
+        """From the deepest companion down: each reads the deepest feature stage that ends at or before its weight
+        layer and lies before the stage the next deeper companion reads. Two formula layers inside one stage (a
+        backbone with few, long stages: ConvNeXt, RegNet) thus give two distinct stages, the shallower head
+        moving one stage down; where no stage is left, the construction fails and says so."""
+        taps: List[int] = []
+        limit = len(self.stage_layers)
+        for layer in reversed(list(layers)):
+            candidates = [i for i, end in enumerate(self.stage_layers) if end <= layer and i < limit]
+            if not candidates:
+                raise IncompatibleConfigError(
+                    f"no feature stage is left for a companion head at weight layer {layer}: this backbone's stages "
+                    f"{self.stage_names} end at weight layers {self.stage_layers}, and each companion needs its own "
+                    "stage at or before its layer. Use fewer heads (num_heads=...) or name the stages with "
+                    "head_stages=(...).")
+            limit = candidates[-1]
+            taps.insert(0, limit)
+        return tuple(taps)
 
     def build_aux_heads(self, placement: Placement, num_classes: int, hidden: int, drop_rate: float) -> List[nn.Module]:
         return [FCHead(int(self.backbone.feature_info[t]["num_chs"]), hidden, num_classes, drop_rate)
@@ -668,6 +681,18 @@ class _GoogLeNetView:
         return (*outputs, net.forward_head(x))
 
 
+def _check_backbone_composes(backbone: nn.Module) -> None:
+    """CLDL adds companion heads to a network with one head trained in one round (its loss replaces the network's
+    own): a model with several heads or rounds has an objective CLDL would silently drop."""
+    names = tuple(getattr(backbone, "head_names", ("main",)))
+    rounds = int(getattr(backbone, "num_rounds", 1))
+    if len(names) != 1 or rounds != 1:
+        raise IncompatibleConfigError(
+            f"CLDL adds companion heads to a network with one head trained in one round; {type(backbone).__name__} has "
+            f"heads {list(names)} and {rounds} round(s), with an objective of its own that CLDL would override. "
+            "Put CLDL inside instead (e.g. complementary with member='cldl_nin').")
+
+
 def _view_for(backbone: nn.Module):
     if isinstance(backbone, NetworkInNetwork):
         return _NINView(backbone)
@@ -691,7 +716,8 @@ class CLDLModel(BackboneWrapper):
     the two-FC heads' width and dropout (VGG and generic backbones).
     """
 
-    __jit_unused_properties__ = BackboneWrapper.__jit_unused_properties__ + ["head_layers", "training_only_prefixes"]
+    __jit_unused_properties__ = BackboneWrapper.__jit_unused_properties__ + ["head_layers", "training_only_prefixes",
+                                                                             "leaves_parameters_unused"]
     # The scripted walk's plan (set in __init__ for the backbone kinds it knows, see _scripted_heads); typed
     # here because an empty list tells TorchScript nothing.
     _feature_taps: List[int]
@@ -719,6 +745,7 @@ class CLDLModel(BackboneWrapper):
             num_heads = len(head_stages) + 1
         self.backbone = backbone
         self.loss, self.inference, self.gamma = loss, inference, float(gamma)
+        _check_backbone_composes(backbone)
         self._view = _view_for(backbone)
         self.placement = self._view.place(int(num_heads), self.gamma, head_layers, head_stages)
         self.num_heads = len(self.placement.taps) + 1
@@ -727,6 +754,16 @@ class CLDLModel(BackboneWrapper):
             self._view.build_aux_heads(self.placement, num_classes, int(head_hidden), float(head_drop)))
         self.head_names = self.placement.names + ("main",)
         self._plan_scripted_walk()
+
+    @property
+    def leaves_parameters_unused(self) -> bool:  # the contract's flag: a stochastic DCL backbone's, passed on
+        return bool(getattr(self.backbone, "leaves_parameters_unused", False))
+
+    def deterministic_mode(self):
+        return deterministic_mode_of(self.backbone)
+
+    def parameters_left_unused(self) -> Set[str]:
+        return {f"backbone.{name}" for name in parameters_left_unused_of(self.backbone)}
 
     def _plan_scripted_walk(self) -> None:
         """Record, as plain attributes TorchScript can read, where the scripted walk taps the backbone."""

@@ -10,16 +10,44 @@ teach shallower ones), ``bottom_up`` (the reverse) or ``none`` (plain deep super
 The auxiliary heads are dropped at inference: ``model.eval()(x)`` runs only the backbone, and
 ``model.export()`` hands back the plain timm model.
 
-Auxiliary heads follow the paper's rule (Sec. 3.2): built of the backbone's own block type, with as many
-down-samplings between input and head as the main path, then global pooling and one FC. By default a head
-copies the stages after its attach point, the intermediate ones at half depth and the last at full depth,
-and the head nearest the output at double width (the released WRN code's and the DHM paper's design; for
-ResNet-18 that is 1 BasicBlock @256 + 2 @512 after layer2 and 2 BasicBlocks @1024 after layer3). The WRN
-variants use the released code's exact layout. ``aux="simple"`` (pool + FC) is the paper's Table 3 ablation.
+**Auxiliary heads** follow the paper's rule (Sec. 3.2): built of the backbone's own block type, with as many
+down-samplings between input and head as the main path, then global pooling and one FC. The supplement with the
+per-network tables is not available; ``aux=`` chooses the head kind:
 
-Registered: ImageNet ``dks_resnet18/50/152`` (timm ResNets, heads after layer2 and layer3), CIFAR
-``dks_resnet20/32/110``, ``dks_wrn28_4/10``, ``dks_densenet40_k12/100_k12``, ``dks_mobilenet``, and ``dks``,
-which puts DKS on any timm ResNet-family model: ``create_model("dks", backbone="resnet50d")``.
+* ``"blocks"`` (default): the released design. A head copies the stages after its attach point (fresh weights).
+  Where the authors' code defines the layout it is used as is (``RELEASED_LAYOUTS``; blocks per copied stage,
+  head after stage 2 / head after stage 3): DHM's ResNet-18 [1, 2] / [2], ResNet-50 [3, 2] / [3], ResNet-152
+  [18, 2] / [3], CIFAR ResNet-32 [5, 3] / [5], ResNet-110 [9, 9] / [18]; the DKS code's WRN-d-k [n, n // 2] / [n];
+  the head nearest the output at double width. Elsewhere the general rule (``default_head_layout``): the head
+  nearest the output copies the last stage at full depth and double width, every other copied stage is at half
+  depth (rounded up) and the backbone's width; it gives DHM's ResNet-50/152/110 layouts exactly.
+* ``"narrow"``: the same blocks at half the width (Table 3's "narrow blocks"; our reading: every width halved).
+* ``"shallow"``: one block per copied stage at the same width (Table 3's "shallow blocks"; our reading).
+* ``"ap_2fc"``: global average pooling, FC + ReLU, FC (Table 3's AP+2FC); hidden width = the backbone's final
+  width (our reading, the supplement gives none).
+* ``"ap_conv_2fc"``: average pooling by the down-sampling the main path still does after the attach point (so
+  the equal-down-sampling rule holds), a 3x3 conv + BN + ReLU to the final width, global pooling, two FCs
+  (Table 3's AP+1Conv+2FC; our reading of its order and widths).
+
+Head parameters (training minus exported parameters; blocks / ap_2fc / ap_conv_2fc / narrow / shallow), pinned
+by tests/test_dks.py: ResNet-18 (1000 classes) 41,794,000 / 1,223,632 / 3,322,832 / 11,575,504 / 18,194,896;
+ResNet-50 74,965,968 / 7,247,824 / 40,810,448 / 21,771,728 / 32,592,848; ResNet-152 91,723,728 / 7,247,824 /
+40,810,448 / 25,972,688 / 32,592,848; with 100 classes: ResNet-20 957,128 / 16,200 / 49,224 / 255,176 / 273,736;
+ResNet-32 1,677,640 / 16,200 / 49,224 / 435,720 / 273,736; ResNet-110 6,036,296 / 16,200 / 49,224 / 1,527,560 /
+273,736; WRN-28-4 20,471,368 / 101,064 / 626,376 / 5,324,872 / 4,242,504; WRN-28-10 127,609,480 (20,145,060 +
+107,464,420, the released code's) / 436,680 / 3,716,040 / 33,110,920 / 26,211,720; DenseNet-40-12 1,703,720 /
+298,568 / 2,364,744 / 845,408 / 304,088; DenseNet-100-12 11,494,120 / 1,619,048 / 15,415,464 / 5,501,608 /
+1,333,688; MobileNet 6,791,112 / 993,480 / 9,386,184 / 2,089,160 / 2,032,584.
+
+**Any model with stages** (``create_model("dks", backbone=...)``): timm ResNets as above; any other timm or zoo
+model with ``feature_info`` (ConvNeXt, EfficientNet, RegNet, MobileNetV3, ViT, the DCL networks, ...) gets heads
+that are a fresh build of the backbone with everything up to the attach point removed: exactly its own later
+blocks (so its down-samplings), closing layers and classifier head. Attach points are feature levels; by default
+the last two levels that end before a down-sampling (the paper's CIFAR rule), or a third and two thirds of the
+depth on a network that never down-samples (ViT). The training forward reads them with forward hooks that are
+removed when it returns, so the backbone, and ``export()``, stay the plain network. Such heads come only in the
+``"blocks"`` kind (other kinds need stages that can be rebuilt at another depth or width). A backbone with
+several heads or rounds (CLDL, complementary) or with stochastic DCL branches is refused at construction.
 
 timm's training hooks: ``group_matcher`` is the backbone's (stem, stages), the auxiliary heads grouped with the
 classifier, so layer-wise decay never gives them a larger learning rate than the main classifier;
@@ -46,7 +74,8 @@ from ..contract import (BackboneWrapper, Heads, LossParts, classifier_module_nam
 from ..errors import IncompatibleConfigError
 from ..registry import base_cfg, cifar_cfg, zoo_default_cfgs, zoo_model
 
-__all__ = ["DKSModel", "AuxHead", "dks_loss", "pair_mask", "PAIR_SETS", "default_head_layout", "convert_dks"]
+__all__ = ["DKSModel", "AuxHead", "PooledHead", "DonorHead", "dks_loss", "pair_mask", "PAIR_SETS", "AUX_KINDS",
+           "RELEASED_LAYOUTS", "default_head_layout", "convert_dks"]
 
 PAIR_SETS = ("bidirectional", "top_down", "bottom_up", "none")
 DIVERGENCES = ("cross_entropy", "kl")
