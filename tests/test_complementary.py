@@ -594,3 +594,188 @@ def test_an_exported_ensemble_follows_the_boosting_state_it_is_given():
     with torch.no_grad():
         torch.testing.assert_close(exported(x), model(x))
     assert int(model.rounds_completed) == 2 and bool((model.member_weights()[:2] > 0).all())
+
+
+# --- the margin objective with the training set's class frequencies (issue 18) ----------------------------------------
+
+# An imbalanced training set: 6 images of class 0, 3 of class 1, 1 of class 2.
+IMBALANCED_TARGETS = [0, 1, 0, 2, 0, 1, 0, 0, 1, 0]
+IMBALANCED_LOGITS = [[1.0, 0.2, -0.3], [0.1, 0.9, 0.0], [2.0, -1.0, 0.5], [0.3, 0.3, 0.8], [0.0, 0.5, 0.1],
+                     [-0.2, 1.1, 0.4], [1.5, 0.0, 0.0], [0.7, 0.6, -0.5], [0.2, 0.4, 0.3], [0.9, -0.4, 0.6]]
+
+
+def _tiny_ensemble(**kwargs):
+    torch.manual_seed(0)
+    return collab_zoo.create_model("complementary", member="mlp_mnist", tau=2, num_classes=3, in_chans=1,
+                                   img_size=(1, 4), hidden=8, **kwargs)
+
+
+def _omega_by_class(logits, targets, importance):
+    """Eq. 2-3 as the paper writes them: per class, the mean log-probability on its own images minus the mean on
+    the other images, weighted by the normalised importance (no per-image rewriting)."""
+    varphi = [v / sum(importance) for v in importance]
+    log_p = [[math.log(p) for p in _softmax_row(row)] for row in logits]
+    omega = 0.0
+    for c in range(len(importance)):
+        own = [lp[c] for lp, y in zip(log_p, targets) if y == c]
+        other = [lp[c] for lp, y in zip(log_p, targets) if y != c]
+        omega += varphi[c] * (sum(own) / len(own) - sum(other) / len(other))
+    return omega
+
+
+def test_margin_objective_uses_the_training_sets_class_frequencies_known_answer():
+    importance = [1.0, 2.0, 3.0]
+    model = _tiny_ensemble(objective="margin")
+    assert model.set_class_counts(IMBALANCED_TARGETS).tolist() == [6, 3, 1]
+    with torch.no_grad():
+        model.importance[0] = torch.tensor(importance) / 6
+    logits, targets = torch.tensor(IMBALANCED_LOGITS), torch.tensor(IMBALANCED_TARGETS)
+    loss, parts = model.training_round(0).loss(logits, targets)
+    # On the whole training set the loss is -Omega exactly.
+    expected = -_omega_by_class(IMBALANCED_LOGITS, IMBALANCED_TARGETS, importance)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert set(parts) == {"member1_own_log_conf", "member1_other_log_conf", "total"}
+    # Assuming balanced classes would give another number: the frequencies matter here.
+    balanced, _ = cm.margin_objective(logits, targets, torch.tensor(importance))
+    assert abs(balanced.item() - expected) > 0.05
+    # The class_frequency argument of margin_objective gives the same known answer.
+    direct, _ = cm.margin_objective(logits, targets, torch.tensor(importance), torch.tensor([6.0, 3.0, 1.0]))
+    assert direct.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_class_counts_come_from_the_rounds_loader_dataset_or_targets_and_travel_with_the_model(tmp_path):
+    model = _tiny_ensemble(objective="margin")
+    x = torch.randn(10, 1, 1, 4)
+    targets = torch.tensor(IMBALANCED_TARGETS)
+    plain_loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, targets), batch_size=3)
+
+    class Labelled(torch.utils.data.Dataset):  # what collab_zoo's and torchvision's datasets expose
+        targets = IMBALANCED_TARGETS
+
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            return x[i], self.targets[i]
+
+    for source in (IMBALANCED_TARGETS, targets, plain_loader, Labelled(),
+                   torch.utils.data.DataLoader(Labelled(), batch_size=4)):
+        fresh = _tiny_ensemble(objective="margin")
+        assert fresh.set_class_counts(source).tolist() == [6, 3, 1], type(source).__name__
+        assert fresh.class_counts.tolist() == [6, 3, 1]
+
+    with pytest.raises(IncompatibleConfigError, match="set_class_counts"):
+        model.training_round(0).loss(torch.randn(4, 3), targets[:4])
+    model.set_class_counts(targets)
+    save_for_hub(model, tmp_path)
+    loaded = collab_zoo.create_model(f"local-dir:{tmp_path}", pretrained=True)
+    assert loaded.class_counts.tolist() == [6, 3, 1] and loaded.objective == "margin"
+    # A file written before the counts were kept loads with none given.
+    older = {k: v for k, v in model.state_dict().items() if k != "class_counts"}
+    assert model.remap_pretrained_keys(older)["class_counts"].tolist() == [0, 0, 0]
+    # A class without training images has no own-image mean in Eq. 3.
+    model.set_class_counts([0, 1, 1, 0])
+    with pytest.raises(IncompatibleConfigError, match="every class needs training images"):
+        model.training_round(0).loss(torch.randn(4, 3), targets[:4])
+    with pytest.raises(IncompatibleConfigError, match="class indices"):
+        model.set_class_counts(torch.softmax(torch.randn(4, 3), -1))
+
+
+def test_weighted_ce_needs_no_class_counts():
+    model = _tiny_ensemble()
+    loss, _ = model.training_round(0).loss(torch.tensor(IMBALANCED_LOGITS), torch.tensor(IMBALANCED_TARGETS))
+    assert bool(torch.isfinite(loss)) and model.training_class_frequency() is None
+
+
+# --- method options against independent statements (issue 22) ----------------------------------------------------
+
+def _soft_errors_by_hand(logits, targets, classes):
+    probs = [_softmax_row(r) for r in logits]
+    errors = []
+    for c in range(classes):
+        own = [1 - p[c] for p, y in zip(probs, targets) if y == c]
+        other = [p[c] for p, y in zip(probs, targets) if y != c]
+        errors.append(0.5 * (sum(own) / len(own) + sum(other) / len(other)))
+    return errors
+
+
+def _hard_errors_by_hand(logits, targets, classes):
+    errors = []
+    for c in range(classes):
+        rows = [r for r, y in zip(logits, targets) if y == c]
+        errors.append(sum(1 for r in rows if max(range(classes), key=lambda k: (r[k], -k)) != c) / len(rows))
+    return errors
+
+
+SECOND_LOGITS = [[2.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.0, 1.2, 1.0], [0.0, 0.0, 0.3], [0.1, 0.3, 0.0]]
+
+
+@pytest.mark.parametrize("error,exponent,mu", [("soft", "paper", 0.7), ("hard", "code", 0.7), ("soft", "code", 0.5)])
+def test_two_rounds_of_bookkeeping_follow_algorithm_1_by_hand(error, exponent, mu):
+    model = _tiny_ensemble(error=error, exponent=exponent, mu=mu)
+    by_hand = _soft_errors_by_hand if error == "soft" else _hard_errors_by_hand
+    phi = [1 / 3] * 3
+    gammas = []
+    for t, logits in enumerate((LOGITS, SECOND_LOGITS)):
+        assert int(model.current_round) == t and int(model.rounds_completed) == t
+        assert model.importance[t].tolist() == pytest.approx(phi, rel=1e-6)
+        errors = by_hand(logits, TARGETS, 3)
+        eps = sum(p * e for p, e in zip(phi, errors))
+        gamma = mu * eps / (1 - mu * eps)
+        scale = mu if exponent == "paper" else 1.0
+        raw = [p * gamma ** (1 - scale * e) for p, e in zip(phi, errors)]
+        following = [r / sum(raw) for r in raw]
+
+        log = model.complete_round(t, (torch.tensor(logits),), torch.tensor(TARGETS))
+        assert model.class_error[t].tolist() == pytest.approx(errors, abs=1e-6)
+        assert float(model.weighted_errors[t]) == pytest.approx(eps, rel=1e-6)
+        assert float(model.gammas[t]) == pytest.approx(gamma, rel=1e-6) and log["gamma"] == pytest.approx(gamma)
+        assert log["member_weight"] == pytest.approx(math.log(1 / gamma))
+        assert log["hard_classes"] == sum(e > 1 / (2 * mu) for e in errors)
+        assert model.importance[t + 1].tolist() == pytest.approx(following, rel=1e-5)
+        gammas.append(gamma)
+        phi = following
+    # Round bookkeeping: two of two rounds done, the last member stays current, F weighs log(1/gamma_t) / Z.
+    assert int(model.rounds_completed) == 2 and int(model.current_round) == 1
+    alphas = [math.log(1 / g) for g in gammas]
+    assert model.member_weights().tolist() == pytest.approx([a / sum(alphas) for a in alphas])
+    model.train()
+    assert [m.training for m in model.members] == [False, True]
+
+
+def test_redoing_a_round_discards_what_followed_it():
+    model = _tiny_ensemble(error="hard")
+    with pytest.raises(IncompatibleConfigError, match="in order"):
+        model.complete_round(1, (torch.tensor(LOGITS),), torch.tensor(TARGETS))
+    model.complete_round(0, (torch.tensor(LOGITS),), torch.tensor(TARGETS))
+    model.complete_round(1, (torch.tensor(SECOND_LOGITS),), torch.tensor(TARGETS))
+    model.complete_round(0, (torch.tensor(SECOND_LOGITS),), torch.tensor(TARGETS))
+    errors = _hard_errors_by_hand(SECOND_LOGITS, TARGETS, 3)
+    assert model.class_error[0].tolist() == pytest.approx(errors)
+    assert model.gammas[1].item() == 1.0 and model.class_error[1].tolist() == [0.0, 0.0, 0.0]
+    assert int(model.rounds_completed) == 1 and int(model.current_round) == 1
+    assert model.member_weights().tolist() == [1.0, 0.0]
+
+
+def test_each_round_trains_with_its_own_importance_row():
+    """Round t's loss reads importance row t: torch's class-weighted cross-entropy with that row's weights."""
+    model = _tiny_ensemble()
+    model.complete_round(0, (torch.tensor(LOGITS),), torch.tensor(TARGETS))
+    z, y = torch.tensor(SECOND_LOGITS), torch.tensor(TARGETS)
+    row1 = model.importance[1].clone()
+    assert not torch.allclose(row1, model.importance[0])
+    loss, parts = model.training_round(1).loss(z, y)
+    assert loss.item() == pytest.approx(F.cross_entropy(z, y, weight=row1).item(), rel=1e-6)
+    assert set(parts) == {"member2_weighted_ce", "total"}
+    # Per-image weights (what a composed member's own loss gets): the class importance over the batch mean, and
+    # for a soft target its expectation under the target.
+    weights = cm.importance_sample_weights(y, row1)
+    raw = [row1[t].item() for t in TARGETS]
+    assert weights.tolist() == pytest.approx([r / (sum(raw) / len(raw)) for r in raw], rel=1e-6)
+    soft = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+    raw = [0.5 * row1[0].item() + 0.5 * row1[1].item(), row1[2].item()]
+    assert cm.importance_sample_weights(soft, row1).tolist() == pytest.approx(
+        [r / (sum(raw) / 2) for r in raw], rel=1e-6)
+    # A caller's own sample weights multiply the image terms: here doubling every image doubles the loss.
+    doubled, _ = model.training_round(1).loss(z, y, sample_weight=torch.full((5,), 2.0))
+    assert doubled.item() == pytest.approx(2 * loss.item(), rel=1e-6)

@@ -38,13 +38,15 @@ code differs is an option with a name:
 ``Omega = sum_i [ varphi_{y_i} / R_{y_i} log p(y_i|x_i) - sum_{l != y_i} varphi_l / (R - R_l) log p(C_l|x_i) ]``,
 so with class frequencies ``f_l = R_l / R`` the batch mean of
 ``omega_i = sum_l q_il varphi_l / f_l log p_il - sum_l (1 - q_il) varphi_l / (1 - f_l) log p_il``
-(``q_i`` the one-hot or soft target) estimates ``Omega / R`` without bias, for any batch drawn uniformly from
-the training set. The frequencies are the training set's (``set_class_counts``, below), never assumed: with
-balanced classes (``f_l = 1/N``) the own-class weights are ``N varphi_l`` and the other-class weights
-``N varphi_l / (N - 1)``, but on an imbalanced set a rare class's own images weigh ``varphi_l / f_l``, more.
+(``q_i`` the one-hot or soft target) is ``Omega`` itself on the whole training set (``omega_i`` is R times
+the image's term), and an unbiased estimate of it on any batch drawn uniformly from the training set. The
+frequencies are the training set's (``set_class_counts``, below), never assumed: with balanced classes
+(``f_l = 1/N``) the own-class weights are ``N varphi_l`` and the other-class weights ``N varphi_l / (N - 1)``;
+on an imbalanced set a rare class's own images weigh ``varphi_l / f_l``, more.
 
 What Eq. 3 amounts to, written in the logits z: ``omega_i = sum_l a_il z_l - c_{y_i} logsumexp(z_i)`` with
-``c_y = N varphi_y - N (1 - varphi_y) / (N - 1)``. With uniform importance (round 1) ``c_y = 0``: the
+``c_y = varphi_y / f_y - sum_{l != y} varphi_l / (1 - f_l)``, for balanced classes
+``N varphi_y - N (1 - varphi_y) / (N - 1)``. With uniform importance (round 1) and balanced classes ``c_y = 0``: the
 log-partition cancels and the objective is the plain logit margin ``z_y - mean_{l != y} z_l``, linear and
 unbounded in the logits, blind to the probabilities; in later rounds the log-partition comes back with a
 positive weight for important classes and a negative one (a reward for a larger partition) for the others.
@@ -169,7 +171,8 @@ __all__ = [
     "ComplementaryEnsemble", "ClassStats", "Gamma", "heldout_class_stats", "fill_unmeasured", "weighted_error",
     "boosting_gamma", "update_importance", "normalise_importance", "member_weights_from_gammas",
     "ensemble_log_probs", "margin_objective", "weighted_cross_entropy", "class_weighted_loss",
-    "importance_sample_weights", "class_counts_of", "ENSEMBLE_FORWARDS", "ERROR_KINDS", "EXPONENTS", "OBJECTIVES", "ON_WEAK", "DEFAULT_MU", "MIN_ERROR", "WEAK_MEMBER_GAMMA",
+    "importance_sample_weights", "class_counts_of", "ENSEMBLE_FORWARDS", "ERROR_KINDS", "EXPONENTS", "OBJECTIVES",
+    "ON_WEAK", "DEFAULT_MU", "MIN_ERROR", "WEAK_MEMBER_GAMMA",
     "EnsembleFeatureGraph", "read_complementary_round", "convert_complementary",
 ]
 
@@ -380,8 +383,13 @@ def member_weights_from_gammas(gammas: Union[Tensor, Sequence[float]]) -> Tensor
 
 def _mix_log_probs(member_logits: Sequence[Tensor], weights: Tensor) -> Tensor:
     """log sum_t w_t softmax(z_t), computed as a logsumexp of log w_t + log_softmax(z_t) (float32)."""
-    log_p = torch.stack([F.log_softmax(z.float(), dim=-1) for z in member_logits])          # [T, B, N]
-    log_w = torch.log(weights.to(device=log_p.device, dtype=log_p.dtype))
+    return _mix_with_log_weights(member_logits, torch.log(weights))
+
+
+def _mix_with_log_weights(member_logits: Sequence[Tensor], log_weights: Tensor) -> Tensor:
+    # One log_softmax over the stacked members: a small ensemble's eval is otherwise dominated by per-op overhead.
+    log_p = F.log_softmax(torch.stack([z.float() for z in member_logits]), dim=-1)          # [T, B, N]
+    log_w = log_weights.to(device=log_p.device, dtype=log_p.dtype)
     return torch.logsumexp(log_p + log_w.view(-1, *([1] * (log_p.dim() - 1))), dim=0)
 
 
@@ -733,11 +741,25 @@ class ComplementaryEnsemble(CollabModel):
             scores.append(predict_of(self.members[index], chunk) if self.member_has_own_loss[index] else chunk[0])
         return scores
 
+    def _used_members(self) -> Tuple[List[int], Tensor]:
+        """The members F uses and their log weights, recomputed only when the round buffers change (their
+        versions count every in-place write, load_state_dict's included): reading them costs a small
+        ensemble's eval more than its mixing does."""
+        buffers = (self.gammas, self.rounds_completed, self.current_round)
+        key = tuple((id(b), b._version, b.dtype) for b in buffers)
+        cached = self.__dict__.get("_used_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        weights = self.member_weights()
+        used = [i for i, w in enumerate(weights.tolist()) if w > 0]
+        value = (used, torch.log(weights[used]).float())
+        self.__dict__["_used_cache"] = (key, value)
+        return value
+
     def predict(self, heads: Heads) -> Tensor:
         scores = self.member_scores(heads)
-        weights = self.member_weights()
-        used = [i for i in range(self.tau) if weights[i] > 0]
-        return _mix_log_probs([scores[i] for i in used], weights[used])
+        used, log_weights = self._used_members()
+        return _mix_with_log_weights([scores[i] for i in used], log_weights)
 
     def forward_inference(self, x: Tensor) -> Tensor:
         if torch.jit.is_scripting():
@@ -750,9 +772,8 @@ class ComplementaryEnsemble(CollabModel):
             return self._log_f_of_used_members(x)
 
     def _log_f_of_used_members(self, x: Tensor) -> Tensor:
-        weights = self.member_weights()
-        used = [i for i in range(self.tau) if weights[i] > 0]
-        return _mix_log_probs(self.scores_of_members(x, used), weights[used])
+        used, log_weights = self._used_members()
+        return _mix_with_log_weights(self.scores_of_members(x, used), log_weights)
 
     # -- the members' eval forwards: one after another, or batched over members ------------------------------
     def _batched(self, x: Tensor, count: int) -> bool:
@@ -1025,9 +1046,8 @@ class ComplementaryEnsemble(CollabModel):
             return torch.cat(outputs, dim=self._channel_dim(self.members[0], outputs[0]))
         # Each member's own forward_head: for a member whose inference reads heads on earlier layers (CLDL's
         # Eq. 9), that is its main head; model(x) applies the full rule.
-        weights = self.member_weights()
-        used = [i for i in range(self.tau) if weights[i] > 0]
-        return _mix_log_probs([outputs[i] for i in used], weights[used])
+        used, log_weights = self._used_members()
+        return _mix_with_log_weights([outputs[i] for i in used], log_weights)
 
     def forward_intermediates(self, x: Tensor, indices=None, norm: bool = False, stop_early: bool = False,
                               output_fmt: str = "NCHW", intermediates_only: bool = False):
