@@ -8,6 +8,8 @@ on paper (the comments show the count).
 import hashlib
 import json
 import random
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -20,7 +22,7 @@ from collab_zoo.training.args import RECIPES, parse_args, parse_validate_args
 from collab_zoo.training.checkpoint import (
     CheckpointFolder, CheckpointHistory, expand_checkpoint_pattern, find_checkpoint_weights, flatten_state,
     latest_checkpoint, restore_rng_state, rng_state, run_folder_of, save_tensors_and_json, unflatten_state,
-    verify_checkpoint, write_weights, MANIFEST,
+    verify_checkpoint, write_checkpoint, write_weights, MANIFEST,
 )
 from collab_zoo.training.evaluate import EvalResult, evaluate, score_loss
 from collab_zoo.training.loader import batches_per_epoch
@@ -531,3 +533,320 @@ def test_checkpoint_patterns_skip_staging_and_previous_twins(tmp_path):
     assert expand_checkpoint_pattern("plain/path") == ["plain/path"]
     with pytest.raises(FileNotFoundError, match="the pattern matches nothing"):
         expand_checkpoint_pattern(str(tmp_path / "nothing-*"))
+
+
+# --- checkpoints: every part written, read back, and refused when damaged ------------------------------------------
+
+def _checkpoint_parts(scale=1.0):
+    return dict(
+        model_state={"w": torch.full((2, 2), scale), "bn.running_var": torch.ones(2)},
+        optimizer_state={"state": {0: {"momentum_buffer": torch.full((2, 2), 0.5 * scale)}},
+                         "param_groups": [{"lr": 0.1, "params": [0]}]},
+        scheduler_state={"last_epoch": 3, "base_lrs": [0.1]},
+        scaler_state={"scale": 1024.0},
+        ema_state={"w": torch.full((2, 2), 2 * scale), "bn.running_var": torch.ones(2)},
+        state={"progress": {"epoch": 1, "batch": 4}, "args": {"model": "m"}, "world_size": 2, "experiment": "run"})
+
+
+def _two_ranks(root, parts, big=None):
+    """write_checkpoint as two processes call it: two threads meeting at the same barriers. Rank 1's own files
+    are hashed into the manifest from disk by rank 0."""
+    import threading
+
+    meeting = threading.Barrier(2, timeout=60)
+    errors = []
+
+    def rank(r):
+        try:
+            rank_state = {"rank": r, "sums": {"loss": 1.5 * r}, "big": big if r == 1 else torch.zeros(1)}
+            write_checkpoint(root, rank=r, is_main=r == 0, barrier=meeting.wait, rank_state=rank_state,
+                             **(parts if r == 0 else {}))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+            meeting.abort()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    if errors:
+        raise errors[0]
+
+
+def test_a_resumable_checkpoint_holds_every_part_and_each_ranks_own_state(tmp_path):
+    root = tmp_path / "run" / "checkpoints"
+    big = torch.arange(400_000, dtype=torch.float32)  # 1.6 MB: hashed from disk in more than one read
+    _two_ranks(root, _checkpoint_parts(), big)
+    last = latest_checkpoint(tmp_path / "run")
+    assert last.path == root / "last" and sorted(p.name for p in root.iterdir()) == ["last"]
+    assert set(last.manifest["files"]) == {
+        "model.safetensors", "ema.safetensors", "optimizer.json", "optimizer.safetensors", "scheduler.json",
+        "scaler.json", "state.json", "rank0.json", "rank0.safetensors", "rank1.json", "rank1.safetensors"}
+    assert last.manifest["files"]["rank1.safetensors"]["size"] == (root / "last" / "rank1.safetensors").stat().st_size
+    assert last.run_state() == {"format": 3, **_checkpoint_parts()["state"]}
+    assert torch.equal(last.tensors("model.safetensors")["w"], torch.full((2, 2), 1.0))
+    assert torch.equal(last.tensors("ema.safetensors")["w"], torch.full((2, 2), 2.0))
+    optimizer = last.state("optimizer")
+    assert torch.equal(optimizer["state"][0]["momentum_buffer"], torch.full((2, 2), 0.5))
+    assert optimizer["param_groups"] == [{"lr": 0.1, "params": [0]}]
+    assert last.state("scheduler") == {"last_epoch": 3, "base_lrs": [0.1]} and last.state("scaler") == {"scale": 1024.0}
+    assert last.state("rank1")["sums"] == {"loss": 1.5} and torch.equal(last.state("rank1")["big"], big)
+    assert last.state("rank0")["rank"] == 0
+    # The next checkpoint replaces it whole; nothing is left beside it.
+    _two_ranks(root, _checkpoint_parts(3.0), big)
+    again = latest_checkpoint(tmp_path / "run")
+    assert torch.equal(again.tensors("model.safetensors")["w"], torch.full((2, 2), 3.0))
+    assert sorted(p.name for p in root.iterdir()) == ["last"]
+
+
+@pytest.mark.parametrize("part,words", [("model_state", "checkpoints/last: the model's weights and buffers"),
+                                        ("ema_state", "checkpoints/last: the EMA weights"),
+                                        ("optimizer_state", "checkpoints/last: the optimizer's state")])
+def test_a_non_finite_part_writes_no_checkpoint(tmp_path, part, words):
+    from collab_zoo.errors import NonFiniteError
+
+    parts = _checkpoint_parts()
+    if part == "optimizer_state":
+        parts[part]["state"][0]["momentum_buffer"][0, 0] = float("nan")
+    else:
+        parts[part]["w"][1, 1] = float("inf")
+    with pytest.raises(NonFiniteError) as e:
+        write_checkpoint(tmp_path / "checkpoints", rank=0, is_main=True, barrier=lambda: None, rank_state={},
+                         **parts)
+    assert str(e.value).startswith(words) and "NaN or infinity" in str(e.value)
+    assert not (tmp_path / "checkpoints").exists()
+    weights = _weights()
+    weights["b"][0] = float("nan")
+    with pytest.raises(NonFiniteError, match="^checkpoints/best: the model's weights and buffers"):
+        write_weights(tmp_path / "checkpoints" / "best", weights, {})
+    with pytest.raises(NonFiniteError, match="^checkpoints/best: the EMA weights"):
+        write_weights(tmp_path / "checkpoints" / "best", _weights(), {}, ema_state=weights)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_checkpoint_that_cannot_be_written_says_so_and_replaces_nothing(tmp_path):
+    from collab_zoo.errors import RunWriteError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(RunWriteError) as e:
+        write_checkpoint(blocker / "checkpoints", rank=0, is_main=True, barrier=lambda: None, rank_state={},
+                         **_checkpoint_parts())
+    message = str(e.value)
+    assert message.startswith("Could not write the checkpoint last (") and "ENOTDIR" in message
+    assert "Nothing was replaced" in message and "--resume" in message
+    with pytest.raises(RunWriteError, match="^Could not write the checkpoint best"):
+        write_weights(blocker / "best", _weights(), {})
+
+
+def test_readers_use_the_previous_version_only_while_the_folder_is_missing(tmp_path):
+    from collab_zoo.training.checkpoint import publish_folder
+
+    best = tmp_path / "checkpoints" / "best"
+    write_weights(best, _weights(1.0), {"n": 1})
+    # Between the two renames of a non-atomic publish: only best.previous exists.
+    best.rename(best.with_name("best.previous"))
+    path, _ = find_checkpoint_weights(tmp_path)
+    assert path == tmp_path / "checkpoints" / "best.previous" / "model.safetensors"
+    # Once best exists again, it is the one read, and the next publish removes the leftover.
+    write_weights(best, _weights(2.0), {"n": 2})
+    assert find_checkpoint_weights(tmp_path)[0] == best / "model.safetensors"
+    incoming = tmp_path / "checkpoints" / ".incoming-best"
+    incoming.mkdir()
+    (incoming / "x").write_text("new")
+    publish_folder(incoming, best)
+    assert (best / "x").read_text() == "new" and not incoming.exists()
+    assert sorted(p.name for p in best.parent.iterdir()) == ["best"]
+
+
+def test_verify_checkpoint_says_what_is_wrong(tmp_path, caplog):
+    import logging
+
+    def folder(name, files):
+        f = tmp_path / name
+        f.mkdir()
+        for file, text in files.items():
+            (f / file).write_text(text)
+        return f
+
+    # No manifest: a folder that says it is format 3 is incomplete, from its state.json or its run.json.
+    for name, file in (("s3", "state.json"), ("r3", "run.json")):
+        with pytest.raises(CorruptCheckpointError, match="is incomplete: it has no manifest.json, which every "
+                                                         "checkpoint of format 3 has"):
+            verify_checkpoint(folder(name, {file: '{"format": 3}'}))
+    # Format 2 (before manifests): used as it is, with one warning per folder.
+    legacy = folder("legacy", {"state.json": '{"format": 2}', "model.safetensors": "x"})
+    with caplog.at_level(logging.WARNING, logger="collab_zoo.train"):
+        assert verify_checkpoint(legacy) is None and verify_checkpoint(legacy) is None
+    assert [r.getMessage() for r in caplog.records].count(
+        f"{legacy} was written before checkpoints had a manifest (format 2): its files cannot be checked for "
+        "damage. It is used as it is.") == 1
+    assert CheckpointFolder(legacy).legacy and CheckpointFolder(legacy).has("model.safetensors")
+    assert not CheckpointFolder(legacy).has("ema.safetensors")
+    with pytest.raises(CorruptCheckpointError, match="has no ema.safetensors: it is not a complete checkpoint"):
+        CheckpointFolder(legacy).file("ema.safetensors")
+    # A Hub folder is not a checkpoint; a folder with neither state nor weights is not one either.
+    with pytest.raises(IncompatibleConfigError, match="is a Hub folder, not a training checkpoint: load it with "
+                                                      "--model local-dir:"):
+        verify_checkpoint(folder("hub", {"config.json": "{}", "model.safetensors": "x"}))
+    assert verify_checkpoint(folder("old-best", {"config.json": "{}", "model.safetensors": "x",
+                                                 "metrics.json": "{}"})) is None
+    with pytest.raises(CorruptCheckpointError, match="is not a checkpoint folder \\(no manifest.json, state.json or "
+                                                     "model.safetensors\\)"):
+        verify_checkpoint(folder("empty", {"notes.txt": "x"}))
+    # Damaged manifests.
+    for i, manifest in enumerate(('{"files": {"a": {"size": "1", "sha256": "x"}}}', '[]', '{"files": []}',
+                                  '{"files": {"a": {"size": 1}}}', '{"files": {"a": {"sha256": "x"}}}',
+                                  '{"files": {"a": 3}}')):
+        with pytest.raises(CorruptCheckpointError, match="does not list files with their size and sha256"):
+            verify_checkpoint(folder(f"bad{i}", {MANIFEST: manifest}))
+    with pytest.raises(CorruptCheckpointError, match="manifest.json is damaged: manifest.json is not valid JSON"):
+        verify_checkpoint(folder("notjson", {MANIFEST: "{"}))
+    for i, name in enumerate(("", "a/b", "a\\b", ".", "..")):
+        bad = folder(f"name{i}", {MANIFEST: json.dumps({"files": {name: {"size": 0, "sha256": "x"}}})})
+        with pytest.raises(CorruptCheckpointError, match="which is not a file of the folder"):
+            verify_checkpoint(bad)
+    listed = folder("listed", {MANIFEST: json.dumps({"files": {"gone.json": {"size": 2, "sha256": "x"}}})})
+    with pytest.raises(CorruptCheckpointError, match="is torn or damaged: gone.json is missing \\(the manifest lists"):
+        verify_checkpoint(listed)
+
+
+def test_checkpoint_folder_reads_only_consistent_state(tmp_path):
+    folder = tmp_path / "c"
+    folder.mkdir()
+    entries = save_tensors_and_json(folder, "opt", {"m": torch.ones(1)})
+    (folder / "opt.json").write_text(json.dumps({"m": {"__tensor__": "other"}}))
+    body = (folder / "opt.json").read_bytes()
+    entries["opt.json"] = {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    for name, text in (("list.json", "[1]"), ("badargs.json", json.dumps(
+            {"progress": {}, "args": [], "world_size": 1, "experiment": "e"}))):
+        (folder / name).write_text(text)
+        entries[name] = {"size": len(text), "sha256": hashlib.sha256(text.encode()).hexdigest()}
+    (folder / MANIFEST).write_text(json.dumps({"files": entries}))
+    checked = CheckpointFolder(folder)
+    with pytest.raises(CorruptCheckpointError, match="opt.json does not match its tensors"):
+        checked.state("opt")
+    assert checked.json("list.json") == [1]
+    # A plain JSON object (no markers) is read as a dict, its values unflattened too.
+    assert unflatten_state({"a": {"__tensor__": "t"}, "b": [1]}, {"t": torch.ones(1)})["a"].tolist() == [1.0]
+
+
+def test_run_state_and_resume_errors(tmp_path):
+    def last_with(state):
+        f = tmp_path / "r" / "checkpoints" / "last"
+        shutil.rmtree(f, ignore_errors=True)
+        f.mkdir(parents=True)
+        body = json.dumps(state)
+        (f / "state.json").write_text(body)
+        (f / MANIFEST).write_text(json.dumps({"files": {"state.json": {
+            "size": len(body), "sha256": hashlib.sha256(body.encode()).hexdigest()}}}))
+        return latest_checkpoint(tmp_path / "r")
+
+    good = {"progress": {}, "args": {}, "world_size": 1, "experiment": "e"}
+    assert last_with(good).run_state() == good
+    for broken, words in (([1], "it lacks progress, args, world_size, experiment"),
+                          ({**good, "args": []}, "it lacks well-formed fields"),
+                          ({**good, "progress": 3}, "it lacks well-formed fields"),
+                          ({k: v for k, v in good.items() if k != "world_size"}, "it lacks world_size.")):
+        with pytest.raises(CorruptCheckpointError, match=f"state.json is damaged: {re.escape(words)}"):
+            last_with(broken).run_state()
+    best = write_weights(tmp_path / "r" / "checkpoints" / "best", _weights(), {})
+    with pytest.raises(IncompatibleConfigError, match="holds weights only \\(a best or epoch checkpoint\\)"):
+        latest_checkpoint(best)
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(IncompatibleConfigError, match="no checkpoint there \\(expected a folder with state.json"):
+        latest_checkpoint(tmp_path / "nothing")
+    with pytest.raises(IncompatibleConfigError, match="this checkpoint is not inside a run folder"):
+        run_folder_of(tmp_path / "loose")
+
+
+def test_find_checkpoint_weights_answers_and_refusals(tmp_path, caplog):
+    import logging
+
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last"
+    last.mkdir(parents=True)
+    (last / "state.json").write_text(json.dumps({"format": 2, "args": {"model": "from-last"}}))
+    (last / "model.safetensors").write_text("x")
+    # No best yet: the last checkpoint, with a warning saying so.
+    with caplog.at_level(logging.WARNING, logger="collab_zoo.train"):
+        path, settings = find_checkpoint_weights(run)
+    assert path == last / "model.safetensors" and settings["args"] == {"model": "from-last"}
+    assert any(r.getMessage() == f"{run} has no checkpoints/best (no epoch of the run finished its evaluation): "
+                                 "using checkpoints/last, where the run stopped." for r in caplog.records)
+    # A best written without settings takes the run's from checkpoints/last/state.json.
+    best = write_weights(run / "checkpoints" / "best", _weights(), {})
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="collab_zoo.train"):
+        path, settings = find_checkpoint_weights(run)
+    assert path == best / "model.safetensors" and settings == {"format": 2, "args": {"model": "from-last"}}
+    assert not any("has no checkpoints/best" in r.getMessage() for r in caplog.records)
+    (last / "state.json").write_text("{")
+    assert find_checkpoint_weights(best)[1] is None
+    (last / "state.json").write_text("[]")
+    assert find_checkpoint_weights(best)[1] is None
+    loose = write_weights(tmp_path / "elsewhere" / "best", _weights(), {})
+    assert find_checkpoint_weights(loose)[1] is None
+    # Refusals, in their own words.
+    pickle = tmp_path / "w.pth"
+    pickle.write_bytes(b"\x80")
+    with pytest.raises(IncompatibleConfigError, match="is not a safetensors file; only safetensors weights are read"):
+        find_checkpoint_weights(pickle)
+    file = best / "model.safetensors"
+    assert find_checkpoint_weights(file) == (file, None)
+    with pytest.raises(IncompatibleConfigError, match="--use-ema needs a checkpoint folder \\(with ema.safetensors\\)"):
+        find_checkpoint_weights(file, use_ema=True)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        find_checkpoint_weights(tmp_path / "nowhere")
+    (tmp_path / "bare").mkdir()
+    with pytest.raises(FileNotFoundError, match="no model.safetensors there \\(nor in checkpoints/best or last\\)"):
+        find_checkpoint_weights(tmp_path / "bare")
+    with pytest.raises(IncompatibleConfigError, match="has no EMA weights \\(ema.safetensors\\): the run was trained "
+                                                      "without --model-ema"):
+        find_checkpoint_weights(best, use_ema=True)
+    state_only = tmp_path / "state-only"
+    state_only.mkdir()
+    body = b"{}"
+    (state_only / "state.json").write_bytes(body)
+    (state_only / MANIFEST).write_text(json.dumps({"files": {"state.json": {
+        "size": 2, "sha256": hashlib.sha256(body).hexdigest()}}}))
+    with pytest.raises(CorruptCheckpointError, match="has no model.safetensors: it is not a complete checkpoint"):
+        find_checkpoint_weights(state_only)
+
+
+def test_checkpoint_history_ties_single_slot_and_what_each_kept_folder_holds(tmp_path):
+    # A tie with the worst kept one is not better: it is not written.
+    history = CheckpointHistory(tmp_path / "a", max_history=2, decreasing=False)
+    assert history.offer("e0", 50.0, _weights(), {}) and history.offer("e1", 60.0, _weights(), {})
+    assert not history.offer("e2", 50.0, _weights(), {})
+    losses = CheckpointHistory(tmp_path / "b", max_history=2, decreasing=True)
+    assert losses.offer("e0", 0.5, _weights(), {}) and losses.offer("e1", 0.4, _weights(), {})
+    assert not losses.offer("e2", 0.5, _weights(), {})
+    # One slot: kept while it improves.
+    single = CheckpointHistory(tmp_path / "c", max_history=1, decreasing=False)
+    assert [single.offer(f"e{i}", m, _weights(), {}) for i, m in enumerate([1.0, 3.0, 2.0])] == [True, True, False]
+    assert single.entries == [[3.0, "e1"]] and sorted(p.name for p in (tmp_path / "c").iterdir()) == ["e1"]
+    # Three slots: a newcomer is compared with the worst kept (the last), not the best or the second.
+    three = CheckpointHistory(tmp_path / "d", max_history=3, decreasing=False)
+    for i, m in enumerate([10.0, 30.0, 20.0]):
+        three.offer(f"e{i}", m, _weights(), {})
+    assert three.offer("e3", 15.0, _weights(float(15)), {"top1": 15.0}, ema_state=_weights(2.0), run={"model": "m"})
+    assert three.entries == [[30.0, "e1"], [20.0, "e2"], [15.0, "e3"]]
+    kept = CheckpointFolder(tmp_path / "d" / "e3")
+    assert kept.json("metrics.json") == {"top1": 15.0} and kept.json("run.json")["args"] == {"model": "m"}
+    assert torch.equal(kept.tensors("ema.safetensors")["w"], torch.full((2, 3), 2.0))
+    assert torch.equal(kept.tensors("model.safetensors")["w"], torch.full((2, 3), 15.0))
+
+
+def test_flatten_keeps_numpy_floats_and_names_the_root(tmp_path):
+    tree, tensors = flatten_state({"f": np.array([0.25, 0.5], dtype=np.float32), "i": np.array([3], dtype=np.int32)})
+    assert tensors["f"].dtype == torch.float32 and tensors["i"].dtype == torch.int64
+    back = unflatten_state(json.loads(json.dumps(tree)), tensors)
+    assert back["f"].dtype == np.float32 and back["f"].tolist() == [0.25, 0.5] and back["i"].dtype == np.int32
+    with pytest.raises(TypeError, match="^state key \\(1, 2\\) at <root> is neither str nor int$"):
+        flatten_state({(1, 2): 0})
+    with pytest.raises(TypeError, match="^cannot store set at <root> in a checkpoint$"):
+        flatten_state({1, 2})
+    with pytest.raises(TypeError, match="^cannot store object at a.0 in a checkpoint$"):
+        flatten_state({"a": [object()]})
