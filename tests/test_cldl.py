@@ -313,6 +313,27 @@ def test_cldl_composes_only_with_single_head_networks_and_passes_on_stochastic_b
         assert model.parameters_left_unused() == set()
 
 
+def test_googlenet_differs_from_the_papers_caffe_googlenet_exactly_as_documented():
+    with torch.device("meta"):
+        model = collab_zoo.create_model("cldl_googlenet", num_classes=1000)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(c.bias is None for c in convs) and len(bns) == len(convs)
+    # Caffe's "5x5" branches, (in, out) per inception module 3a..5b, are 3x3 here.
+    five = [(16, 32), (32, 96), (16, 48), (24, 64), (24, 64), (32, 64), (32, 128), (32, 128), (48, 128)]
+    five_here = [c for c in convs if "branch3.1" in _name_of(model, c)]
+    assert sorted((c.in_channels, c.out_channels) for c in five_here) == sorted(five)
+    assert all(c.kernel_size == (3, 3) for c in five_here)
+    channels = sum(c.out_channels for c in convs)
+    caffe = 13_378_280
+    expected = caffe - 16 * sum(i * o for i, o in five) - channels + 2 * channels
+    assert sum(p.numel() for p in model.parameters()) == expected == 13_004_888
+
+
+def _name_of(model, module):
+    return next(n for n, m in model.named_modules() if m is module)
+
+
 def test_plain_nin_parameter_counts():
     assert sum(p.numel() for p in timm.create_model("nin").parameters()) == 984_356
     assert sum(p.numel() for p in timm.create_model("nin_mnist").parameters()) == 349_674

@@ -62,6 +62,22 @@ never sees deeper features than the formula asks for, and gets the two-FC head. 
 V = 11, r = 32, 43) that is after layer2 and layer3. ``head_stages=`` names the stages directly.
 VGG, NIN and GoogLeNet backbones get their exact layer-wise placement as above.
 
+**GoogLeNet: ours against the paper's.** ``cldl_googlenet`` is torchvision's GoogLeNet, 13,004,888 parameters
+with its two auxiliary classifiers (1000 classes); the paper trained Caffe's BVLC GoogLeNet, 13,378,280. The
+difference, 373,392, is entirely torchvision's deviations: BatchNorm after every convolution and no convolution
+biases (+15,072 BN weights and biases, -7,536 biases), 3x3 instead of 5x5 kernels in every inception module's
+"5x5" branch (-16 x 23,808 = -380,928), and no LRN (no parameters). The auxiliary classifiers (5x5/3 average
+pooling, 1x1 conv 128, FC 1024, dropout 0.7, FC) have the same shapes in both. A Caffe-exact GoogLeNet is not
+built here; numbers from ``cldl_googlenet`` are for this BN variant.
+
+**Any zoo or timm network** with ``feature_info`` (ConvNeXt, EfficientNet, RegNet, MobileNetV3, ViT, the DCL
+networks, ...): companion heads always read distinct stages. From the deepest companion down, each reads the
+deepest stage ending at or before its weight layer and before the stage of the next deeper companion, so two
+formula layers inside one long stage (ConvNeXt-atto: r = 23 and 32 both inside stage 2) give two stages; where
+none is left, construction fails and names the stage ends. A backbone with several heads or rounds of its own
+(DKS, complementary) is refused: its objective would be dropped. A stochastic DCL backbone's unused branches are
+passed on (``leaves_parameters_unused``, ``parameters_left_unused``, ``deterministic_mode``).
+
 Registered: ``cldl_nin``, ``cldl_nin_mnist``, ``cldl_googlenet``, ``cldl_vgg11``, ``cldl_vgg16`` and ``cldl``.
 The plain networks are ``nin``, ``nin_mnist``, ``googlenet`` (collab_zoo.backbones) and timm's ``vgg11``/``vgg16``.
 A checkpoint of the plain backbone (e.g. torchvision's GoogLeNet through ``convert_torchvision_googlenet``,
@@ -1078,7 +1094,8 @@ def cldl_nin_mnist(pretrained: bool = False, **kwargs) -> CLDLModel:
 
 @zoo_model
 def cldl_googlenet(pretrained: bool = False, **kwargs) -> CLDLModel:
-    """GoogLeNet (torchvision's) whose two auxiliary classifiers are trained with the CLDL loss."""
+    """GoogLeNet (torchvision's, with BatchNorm: 13,004,888 parameters) whose two auxiliary classifiers are trained
+    with the CLDL loss. Not the paper's Caffe GoogLeNet (13,378,280): see the module docstring for the difference."""
     return _build("cldl_googlenet", "googlenet", pretrained, **kwargs)
 
 
