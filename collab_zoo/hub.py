@@ -23,8 +23,8 @@ from torch import nn
 from .integrity import check_finite
 from .weights import DEFAULT_WEIGHTS_NAME, names_weight_source, sha256_of
 
-__all__ = ["save_for_hub", "push_to_hub", "PushedCommit", "hub_config_json", "atomic_write_bytes",
-           "atomic_write_text"]
+__all__ = ["save_for_hub", "push_to_hub", "PushedCommit", "hub_config_json", "model_card", "paper_of",
+           "atomic_write_bytes", "atomic_write_text"]
 
 _logger = logging.getLogger(__name__)
 
@@ -215,9 +215,14 @@ def _license_fields(license_: Optional[str]) -> Dict[str, Optional[str]]:
     return {"license": "other", "license_name": slug}
 
 
-def _model_card(config: Dict[str, Any], metrics: Optional[Dict[str, float]], datasets: Iterable[str],
-                description: Optional[str], base_model: Optional[str] = None, repo_id: Optional[str] = None,
-                license_: Optional[str] = None) -> str:
+def paper_of(architecture: str) -> Tuple[Optional[str], Optional[str]]:
+    """(arXiv id as the Hub writes it, title) of the paper a zoo architecture implements; (None, None) if none."""
+    return _PAPER_TAGS.get(_method_of(architecture), (None, None))
+
+
+def model_card(config: Dict[str, Any], metrics: Optional[Dict[str, float]], datasets: Iterable[str],
+               description: Optional[str], base_model: Optional[str] = None, repo_id: Optional[str] = None,
+               license_: Optional[str] = None) -> str:
     """README.md with Hub metadata (ModelCardData: licence, library, tags, Hub dataset ids, base_model and a
     model-index of the measured metrics) and a usage section that names the repo."""
     from huggingface_hub import ModelCard, ModelCardData
@@ -319,7 +324,7 @@ def save_for_hub(model: nn.Module, save_directory: os.PathLike, *, keep_training
     config["collab_zoo"]["sha256"] = sha256_of(save_directory / DEFAULT_WEIGHTS_NAME)
     atomic_write_text(save_directory / "config.json", json.dumps(config, indent=2) + "\n")
     atomic_write_text(save_directory / "README.md",
-                      _model_card(config, metrics, datasets, description, base_model, repo_id, license))
+                      model_card(config, metrics, datasets, description, base_model, repo_id, license))
     return save_directory
 
 

@@ -10,6 +10,11 @@ A tag whose revision or sha256 is still ``null`` is *pending*: its config is reg
 preprocessing is known), but it is not listed as pretrained and ``pretrained=True`` says how to convert
 the original release instead of downloading.
 
+A tag with a ``packaged_file`` ships its weights inside the package (``collab_zoo/pretrained/``), so it loads
+offline on a fresh install; the file is checked against the config's sha256 exactly as a Hub download is.
+These are the zoo's own small models, trained by ``train.py`` on the built-in data; the config records the
+command and seed that made each one and the accuracy ``validate.py`` measured (``reported_metrics``).
+
 This module sits below the backbones and methods (they import it to register) and never imports them.
 Importing any ``collab_zoo.*`` module runs ``collab_zoo/__init__`` first, which imports them, so every caller
 already sees the full registry.
@@ -74,6 +79,8 @@ class HubConfig:
     origin: Dict[str, str]
     dataset: str = "imagenet-1k"
     notes: Tuple[str, ...] = field(default_factory=tuple)
+    packaged_file: Optional[str] = None  # a file in collab_zoo/pretrained/ holding the weights (None: Hub only)
+    label_names: Optional[Tuple[str, ...]] = None
 
     @property
     def architecture(self) -> str:
@@ -85,7 +92,13 @@ class HubConfig:
 
     @property
     def published(self) -> bool:
-        return self.revision is not None and self.sha256 is not None
+        """Weights can be loaded: pinned on the Hub, or shipped in the package, and hashed either way."""
+        return self.sha256 is not None and (self.revision is not None or self.packaged_file is not None)
+
+    @property
+    def packaged_path(self) -> Optional[Path]:
+        """Where the package's copy of the weights is (whether or not it exists); None for a Hub-only tag."""
+        return PRETRAINED_DIR / self.packaged_file if self.packaged_file else None
 
     @property
     def pinned_hub_id(self) -> str:
@@ -96,7 +109,9 @@ class HubConfig:
         """The timm pretrained_cfg of this tag, on top of the architecture's ``base`` cfg."""
         cfg = dict(base)
         cfg.update(
-            hf_hub_id=self.pinned_hub_id if self.published else None,
+            hf_hub_id=self.pinned_hub_id if self.revision and self.sha256 else None,
+            # A shipped copy comes first: it needs no network. weights.resolve_weights checks it against sha256.
+            file=str(self.packaged_path) if self.packaged_file and self.sha256 else None,
             hf_hub_filename=self.filename,
             num_classes=self.num_classes,
             input_size=tuple(self.input_size),
@@ -112,6 +127,8 @@ class HubConfig:
             description=self.origin.get("description"),
             notes=tuple(self.notes) or None,
         )
+        if self.label_names:
+            cfg["label_names"] = tuple(self.label_names)
         return cfg
 
 
@@ -122,6 +139,8 @@ _REQUIRED = {
     "std": list, "license": str, "paper": dict, "reported_metrics": dict, "origin": dict,
 }
 _CROP_MODES = ("center", "squash", "border")
+# The package's shipped weights (package data; see pyproject.toml).
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 
 
 def _is_kind(value: Any, kind) -> bool:
@@ -191,6 +210,22 @@ def _parse_hub_config(path: str, data: Any) -> HubConfig:
         fail("field 'notes' must be a list of strings.")
     if not isinstance(data.get("dataset", ""), str):
         fail("field 'dataset' must be a string.")
+    packaged = data.get("packaged_file")
+    if packaged is not None:
+        try:
+            check_repo_filename(packaged, "field 'packaged_file'")
+        except ValueError as e:
+            fail(str(e))
+        if "/" in packaged or not packaged.endswith(".safetensors"):
+            fail("field 'packaged_file' must be the name of a .safetensors file in collab_zoo/pretrained/.")
+        if sha256 is None:
+            fail("field 'packaged_file' needs the file's 'sha256': shipped weights are checked like downloads.")
+        if not (PRETRAINED_DIR / packaged).is_file():
+            fail(f"field 'packaged_file' names '{packaged}', which this installation lacks ({PRETRAINED_DIR}).")
+    labels = data.get("label_names")
+    if labels is not None and (not isinstance(labels, list) or len(labels) != data["num_classes"]
+                               or not all(isinstance(v, str) for v in labels)):
+        fail(f"field 'label_names' must be a list of {data['num_classes']} strings, one per class.")
     return HubConfig(
         name=name,
         hf_hub_id=data["hf_hub_id"],
@@ -211,6 +246,8 @@ def _parse_hub_config(path: str, data: Any) -> HubConfig:
         origin=dict(data["origin"]),
         dataset=data.get("dataset", "imagenet-1k"),
         notes=tuple(notes),
+        packaged_file=packaged,
+        label_names=tuple(labels) if labels is not None else None,
     )
 
 
@@ -311,10 +348,19 @@ def _arch_cfgs(arch: str, base: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
 def _default_tag(arch: str) -> str:
     """The package's own first tag of ``arch`` (as resnet50 defaults to resnet50.a1_in1k in timm), else none.
 
-    A tag registered at run time or from $COLLAB_ZOO_HUB_CONFIGS never becomes the bare name's default: a
-    private 1-channel digits tag must not turn ``create_model("dks_resnet20")`` into a 1-channel model.
+    Only a tag for the inputs and classes the architecture is defined for can be the default, and only one the
+    package ships: the built-in-digits tag ``dks_resnet20.digits`` (1 channel, 16x16) must not turn
+    ``create_model("dks_resnet20")`` into a 1-channel model, nor may a tag registered at run time or from
+    $COLLAB_ZOO_HUB_CONFIGS.
     """
-    shipped = sorted(c.tag for c in hub_configs().values() if c.architecture == arch and c.name in _PACKAGED)
+    base = _BASE_CFGS.get(arch, {})
+
+    def fits(config: HubConfig) -> bool:
+        return (config.num_classes == base.get("num_classes")
+                and tuple(config.input_size) == tuple(base.get("input_size", ())))
+
+    shipped = sorted(c.tag for c in hub_configs().values()
+                     if c.architecture == arch and c.name in _PACKAGED and fits(c))
     return shipped[0] if shipped else ""
 
 
@@ -322,10 +368,13 @@ def _generate(cfgs: Dict[str, Dict[str, Any]], archs: Iterable[str]):
     out = generate_default_cfgs(cfgs)
     for arch in archs:
         # timm puts the first tag with weights first; the default is ours to choose (see _default_tag).
+        # With no tag fit to be the default, the untagged cfg ("") stays first, though timm would put a tag
+        # with weights there.
         tags, default = out[arch].tags, _default_tag(arch)
-        if default in tags:
-            tags.remove(default)
-            tags.appendleft(default)
+        first = default if default in tags else ""
+        if first in tags:
+            tags.remove(first)
+            tags.appendleft(first)
     return out
 
 
@@ -409,7 +458,8 @@ def _natural_key(name: str):
 
 
 def list_pretrained(pattern: str = "", include_pending: bool = False) -> List[str]:
-    """'arch.tag' names with weights published on the Hub (and, on request, those pending upload)."""
+    """'arch.tag' names whose weights load: pinned on the Hub or shipped in the package (and, on request, the
+    tags pending upload)."""
     names = [c.name for c in hub_configs().values() if c.published or include_pending]
     return sorted(_match(names, pattern), key=_natural_key)
 

@@ -7,8 +7,9 @@ Where weights may come from depends on where the model came from (its pretrained
   name with ``..``) are ignored or refused; the file is checked against the hash the Hub serves as its ETag.
 * ``local-dir:/folder``: only a ``.safetensors`` file inside that folder (never its pytorch_model.bin), checked
   against the sha256 its config.json records when it records one (``save_for_hub`` always does).
-* a registry name (``arch.tag``): the tag's pinned repo and revision, checked against the pinned sha256; or
-  what the caller names in ``pretrained_cfg_overlay`` (an in-memory ``state_dict``, a ``file`` or folder).
+* a registry name (``arch.tag``): the copy the package ships (``collab_zoo/pretrained/``) or the tag's pinned
+  repo and revision, checked against the tag's sha256 either way; or what the caller names in
+  ``pretrained_cfg_overlay`` (an in-memory ``state_dict``, a ``file`` or folder).
 
 Hub files go through huggingface_hub's cache. A damaged cached file is evicted so that the next call
 downloads it again instead of failing forever. A Hub that does not answer within ``hub_timeout()`` seconds
@@ -328,9 +329,14 @@ def download_weights(hub_id: str, filename: str, cache_dir: Optional[os.PathLike
     return download_file(hub_id, filename, cache_dir=cache_dir, timeout=timeout)
 
 
-def _verify_download(path: Path, expected_sha256: Optional[str], origin: str) -> None:
+def _verify_download(path: Path, expected_sha256: Optional[str], origin: str, evict: bool = True) -> None:
+    """Check a file against its pinned sha256 (else the Hub's ETag); a mismatching cached file is evicted."""
     if expected_sha256 is not None:
         actual = sha256_of(path)
+        if actual != expected_sha256 and not evict:
+            raise ChecksumMismatchError(
+                f"{origin}: sha256 {actual} does not match the pinned {expected_sha256}. The installed file was "
+                "changed or damaged; reinstall collab-zoo (pip install --force-reinstall collab-zoo).")
         if actual != expected_sha256:
             _evict_cached(path)
             raise ChecksumMismatchError(
@@ -568,6 +574,18 @@ def _from_folder(folder: Path, filename: Optional[str], kind: str) -> Tuple[Dict
     return load_safetensors_file(path), kind, str(path)
 
 
+def _from_package(config) -> Tuple[Dict[str, Tensor], str, str]:
+    """A tag's weights as the package ships them, checked against the tag's sha256 as a download is."""
+    path = config.packaged_path
+    if not path.is_file():
+        raise NoPretrainedWeightsError(
+            f"'{config.name}' ships its weights as {path}, which this installation lacks. Reinstall collab-zoo "
+            "(pip install --force-reinstall collab-zoo); a source checkout has them under collab_zoo/pretrained/.")
+    check_safetensors_header(path)
+    _verify_download(path, config.sha256, f"'{config.name}' ({path})", evict=False)
+    return load_safetensors_file(path), "package", str(path)
+
+
 def resolve_weights(cfg: Dict[str, Any], cache_dir: Optional[os.PathLike] = None
                     ) -> Tuple[Dict[str, Tensor], str, str]:
     """(state_dict, source kind, location) for a pretrained_cfg, downloaded and checked.
@@ -594,6 +612,9 @@ def resolve_weights(cfg: Dict[str, Any], cache_dir: Optional[os.PathLike] = None
         return dict(cfg["state_dict"]), "state_dict", "in-memory state_dict"
     filename = cfg.get("hf_hub_filename")
     file = cfg.get("file")
+    config = get_hub_config(f"{cfg.get('architecture')}.{cfg.get('tag')}") if cfg.get("tag") else None
+    if file and config is not None and config.packaged_file and file == str(config.packaged_path):
+        return _from_package(config)
     if file:
         path = Path(file)
         if path.is_dir():
@@ -605,7 +626,6 @@ def resolve_weights(cfg: Dict[str, Any], cache_dir: Optional[os.PathLike] = None
     if not hub_id:
         raise NoPretrainedWeightsError(_pending_message(cfg))
     repo, revision = split_hub_id(hub_id)
-    config = get_hub_config(f"{cfg.get('architecture')}.{cfg.get('tag')}") if cfg.get("tag") else None
     pinned = config is not None and config.published and (config.hf_hub_id, config.revision, config.filename) == (
         repo, revision, filename or DEFAULT_WEIGHTS_NAME)
     return _from_hub(hub_id, filename, config.sha256 if pinned else None, cache_dir)
