@@ -334,6 +334,16 @@ def _name_of(model, module):
     return next(n for n, m in model.named_modules() if m is module)
 
 
+def test_fc_head_width_and_dropout_options():
+    """head_hidden / head_drop: a companion is pool, FC(C -> hidden) + ReLU, dropout, FC(hidden -> K); counted by
+    hand on VGG-11 (heads at weight layers 5 and 8: conv outputs of 512 channels)."""
+    with torch.device("meta"):
+        model = collab_zoo.create_model("cldl_vgg11", num_classes=10, head_hidden=256, head_drop=0.2)
+    assert model.head_layers == (5, 8, 11)
+    assert [sum(p.numel() for p in h.parameters()) for h in model.aux_heads] == [512 * 256 + 256 + 256 * 10 + 10] * 2
+    assert all(h.drop.p == 0.2 for h in model.aux_heads)
+
+
 def test_plain_nin_parameter_counts():
     assert sum(p.numel() for p in timm.create_model("nin").parameters()) == 984_356
     assert sum(p.numel() for p in timm.create_model("nin_mnist").parameters()) == 349_674

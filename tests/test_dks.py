@@ -129,6 +129,34 @@ def test_model_collab_loss_takes_sample_weights():
         model.collab_loss(heads, target, sample_weight=torch.ones(2))
 
 
+def test_beta_matrix_weights_each_ordered_pair():
+    """beta as a teacher-by-student matrix: each ordered pair's H(p_m, p_n) times beta[m][n], by hand."""
+    heads = [torch.tensor(h) for h in HEADS]
+    beta = [[0.0, 0.5, 2.0], [1.0, 0.0, 0.25], [3.0, 0.1, 0.0]]
+    total, parts = dks_loss(heads, torch.tensor(TARGET), beta=torch.tensor(beta))
+    ce = sum(-math.log(_softmax(HEADS[m][b])[TARGET[b]]) for m in range(3) for b in range(2)) / 2
+    synergy = sum(beta[t][s] * -sum(pt * math.log(ps) for pt, ps in zip(_softmax(HEADS[t][b]), _softmax(HEADS[s][b])))
+                  for t in range(3) for s in range(3) if t != s for b in range(2)) / 2
+    assert total.item() == pytest.approx(ce + synergy, rel=1e-5)
+    assert parts["synergy"].item() == pytest.approx(synergy, rel=1e-5)
+
+
+def test_released_code_kl_value_by_hand():
+    """divergence='kl': the released code's KL(p_m || p_n) with 1e-8 added to both distributions, batch-averaged."""
+    heads = [torch.tensor(h) for h in HEADS]
+    _, parts = dks_loss(heads, torch.tensor(TARGET), divergence="kl")
+    expected = 0.0
+    for t in range(3):
+        for s in range(3):
+            if t == s:
+                continue
+            for b in range(2):
+                p_t = [v + 1e-8 for v in _softmax(HEADS[t][b])]
+                p_s = [v + 1e-8 for v in _softmax(HEADS[s][b])]
+                expected += sum(pt * (math.log(pt) - math.log(ps)) for pt, ps in zip(p_t, p_s)) / 2
+    assert parts["synergy"].item() == pytest.approx(expected, rel=1e-4)
+
+
 def test_pair_masks():
     assert pair_mask(3, "bidirectional").sum() == 6  # the paper: 3 heads, 6 ordered pairs
     assert pair_mask(3, "top_down").tolist() == [[False] * 3, [True, False, False], [True, True, False]]
