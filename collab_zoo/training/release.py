@@ -182,13 +182,16 @@ def release_run(run: Path, repo_id: str, *, revision: Optional[str] = None, priv
 
 # --- hub configs ---------------------------------------------------------------------------------------------
 
-def _validate_flags(results: Dict[str, Any], args: Dict[str, Any]) -> List[str]:
+def _validate_flags(run: RunRelease, args: Dict[str, Any]) -> List[str]:
     """validate.py's data flags that rebuild the run's evaluation set (the built-in sets are generated from
-    the seed and these sizes)."""
+    the seed and these sizes). The input channels are named: validate.py reads them off a first layer, which
+    for an MLP is its in_features."""
+    results = run.results
     dataset = results.get("dataset")
     if dataset not in BUILTIN_DATASETS:
         return []
-    flags = ["--dataset", dataset, "--seed", str(results.get("seed", args.get("seed", 42)))]
+    flags = ["--dataset", dataset, "--seed", str(results.get("seed", args.get("seed", 42))),
+             "--in-chans", str(run.config["pretrained_cfg"]["input_size"][0])]
     if dataset.startswith("multidigit"):
         flags += ["--md-level", str(args.get("md_level", 1)), "--md-test-size", str(args.get("md_test_size", 2000))]
     return flags
@@ -315,7 +318,7 @@ def package_run(run: Path, tag: str, *, train_command: Optional[str] = None, lic
     config = hub_config_for_run(checked, tag, hf_hub_id=hub_id, packaged_file=packaged, license=license,
                                 train_command=train_command)
     register_hub_config(config)
-    measured = measure_tag(name, _validate_flags(checked.results, _run_args(checked.folder)))
+    measured = measure_tag(name, _validate_flags(checked, _run_args(checked.folder)))
     config = hub_config_for_run(checked, tag, hf_hub_id=hub_id, packaged_file=packaged, license=license,
                                 train_command=train_command, measured=measured)
     path = write_hub_config(config, folder)
