@@ -1,6 +1,7 @@
 """DCL (Deep Collaborative Learning): the module against its formula, the two training strategies, the
 replacement helper, the paper's sizes, numerics, and every dcl_* model and baseline through the contract."""
 import itertools
+import math
 import operator
 import subprocess
 import sys
@@ -66,6 +67,80 @@ def test_linear_module_matches_the_formula_with_unequal_branches():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
     assert (v.prod(0) > 0).any() and (v.prod(0) == 0).any(), "the check should see both fired and silent units"
     assert np.allclose(got[v.prod(0) == 0], 0.1, rtol=1e-5), "a silent unit sits at the floor eps**(1/T) = 0.1"
+
+
+def test_fusion_known_answers():
+    """Numbers worked out by hand: (prod v + eps) ** (1/T), eps = 10**-T unless given; pairs averaged."""
+    fuse = lambda values, **kw: dcl_fuse(torch.tensor(values, dtype=torch.float32)[:, None], **kw).item()
+    assert fuse([2.0, 8.0]) == pytest.approx(math.sqrt(16.01), rel=1e-6)
+    assert fuse([1.0, 2.0, 4.0]) == pytest.approx(8.001 ** (1 / 3), rel=1e-6)
+    assert fuse([0.0, 5.0]) == pytest.approx(0.1, rel=1e-6)
+    assert fuse([0.0, 0.0, 0.0, 0.0]) == pytest.approx(0.1, rel=1e-6)
+    assert fuse([0.0, 5.0], eps=1e-4) == pytest.approx(0.01, rel=1e-6)
+    pairs = dcl_fuse_pairs(torch.tensor([[1.0], [4.0], [9.0]])).item()
+    assert pairs == pytest.approx((math.sqrt(4.01) + math.sqrt(9.01) + math.sqrt(36.01)) / 3, rel=1e-6)
+
+
+def _constant_branches(module: DCLModule, values):
+    """Every branch's response set to a constant (mapping weights zero, bias = the value)."""
+    with torch.no_grad():
+        for branch, value in zip(module.branches, values):
+            branch.mapping.weight.zero_()
+            branch.mapping.bias.fill_(value)
+
+
+def test_each_mode_and_eps_infers_by_its_rule():
+    x = torch.randn(5, 4)
+    v = [1.0, 2.0, 4.0]
+    deterministic = DCLModule(4, 3, [2, 2, 2])
+    _constant_branches(deterministic, v)
+    for train in (True, False):
+        np.testing.assert_allclose(_np(deterministic.train(train)(x)), 8.001 ** (1 / 3), rtol=1e-6)
+
+    stochastic = DCLModule(4, 3, [2, 2, 2], mode="stochastic")
+    _constant_branches(stochastic, v)
+    expected_eval = (math.sqrt(2.01) + math.sqrt(4.01) + math.sqrt(8.01)) / 3    # every pair, eps = 10**-2
+    np.testing.assert_allclose(_np(stochastic.eval()(x)), expected_eval, rtol=1e-6)
+    torch.manual_seed(14)
+    for _ in range(6):
+        out = stochastic.train()(x)
+        i, j = stochastic.last_active
+        np.testing.assert_allclose(_np(out), math.sqrt(v[i] * v[j] + 0.01), rtol=1e-6)
+
+    own_eps = DCLModule(4, 3, [2, 2, 2], eps=1e-6, mode="stochastic").eval()
+    _constant_branches(own_eps, [0.0, 0.0, 9.0])
+    np.testing.assert_allclose(_np(own_eps(x)), 1e-3, rtol=1e-5)            # sqrt(0 + 1e-6) for every pair
+    with torch.no_grad():
+        deterministic.mode = "stochastic"     # the same weights read as an S model: the mean over pairs
+        np.testing.assert_allclose(_np(deterministic.eval()(x)), expected_eval, rtol=1e-6)
+
+
+# (model, kwargs, replaced layer, (filters weight shape, mapping weight shape) of every branch): the paper's
+# branch sizes written out, not derived from the code: LeNet FC500 on 50 x 4 x 4 inputs, 1/5 -> 100 filters;
+# B3S on the 100-way output, 20 each; CIFAR LeNet FC512 on 128 x 4 x 4 inputs, 1/4 -> 128; BigNet's 256 -> 1024 conv3x3, 256 each;
+# AlexNet fc6 9216 -> 4096, 1024 each; WRN-16-4's 256 -> 256 conv3x3, 64 each; its 10-way fc, ceil(10/4) = 3.
+BRANCH_SHAPES = [
+    ("dcl_lenet", dict(variant="A2"), "fc1", [((100, 800), (500, 100))] * 2),
+    ("dcl_lenet", dict(variant="A3D"), "fc1", [((100, 800), (500, 100))] * 3),
+    ("dcl_lenet", dict(variant="B3S"), "fc", [((20, 500), (100, 20))] * 3),
+    ("dcl_lenet_cifar", dict(num_classes=10), "fc1", [((128, 2048), (512, 128))] * 2),
+    ("dcl_bignet", dict(), "fc1", [((256, 256, 3, 3), (1024, 256, 1, 1))] * 2),
+    ("dcl_alexnet", dict(num_classes=10), "fc6", [((1024, 9216), (4096, 1024))] * 2),
+    ("dcl_wrn16", dict(num_classes=10), "stages.2.1.conv0", [((64, 256, 3, 3), (256, 64, 1, 1))] * 2),
+    ("dcl_wrn16", dict(num_classes=10, layer="fc"), "fc", [((3, 256), (10, 3))] * 2),
+    ("dcl_wrn16", dict(num_classes=10, width=[16, 48]), "stages.2.1.conv0",
+     [((16, 256, 3, 3), (256, 16, 1, 1)), ((48, 256, 3, 3), (256, 48, 1, 1))]),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,layer,shapes", BRANCH_SHAPES,
+                         ids=[f"{n}-{'-'.join(map(str, k.values())) or 'default'}" for n, k, _, _ in BRANCH_SHAPES])
+def test_branch_widths_are_the_papers_filter_counts(name, kwargs, layer, shapes):
+    with torch.device("meta"):
+        model = collab_zoo.create_model(name, **kwargs)
+    module = model.backbone.get_submodule(layer)
+    assert isinstance(module, DCLModule)
+    assert [(tuple(b.filters.weight.shape), tuple(b.mapping.weight.shape)) for b in module.branches] == shapes
 
 
 def test_conv_module_matches_the_formula_and_keeps_the_replaced_geometry():
