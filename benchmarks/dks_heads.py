@@ -1,0 +1,121 @@
+"""A miniature of the DKS paper's Table 3: how the auxiliary heads' design decides whether the synergy loss helps.
+
+    python benchmarks/dks_heads.py [--seeds 3] [--quick]
+
+CIFAR ResNet-32 (``dks_resnet32``) on the built-in multidigit-II set (level 3, 16x16), every head kind of
+``aux=`` trained as deep supervision (``pairs="none"``, the paper's DS) and as DKS (``pairs="bidirectional"``), plus
+the plain ``cifar_resnet32``; the same recipe and seeds for every row. The paper (CIFAR-100 error, DS / DKS):
+AP+2FC 31.85 / 35.09, AP+1Conv+2FC 30.24 / 32.52, narrow blocks 29.52 / 29.18, shallow blocks 29.39 / 28.69,
+its designed heads 29.89 / 26.81, baseline 29.97: simple heads make DKS worse than DS, richer heads make it better.
+
+Writes ``benchmarks/results/dks_heads.json`` (``dks_heads_quick.json`` with ``--quick``: 1 epoch on 500 images,
+a smoke run that shows the script works end to end; its numbers say nothing about the paper's question).
+``--kinds`` limits the head kinds (all five by default). Top-1 of the main head, mean and standard
+deviation over the seeds, and each kind's head parameter count (training minus exported parameters).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from common import RESULTS_ROOT, run_metadata, write_json_atomic  # noqa: E402
+
+import collab_zoo  # noqa: E402
+from collab_zoo.methods.dks import AUX_KINDS  # noqa: E402
+from collab_zoo.training.args import parse_args  # noqa: E402
+from collab_zoo.training.engine import run_training  # noqa: E402
+
+DATA = ["--dataset", "multidigit-II", "--md-level", "3", "--md-train-size", "5000", "--md-test-size", "2000",
+        "--input-size", "16", "--recipe", "multidigit", "--epochs", "15"]
+QUICK = ["--epochs", "1", "--md-train-size", "500", "--md-test-size", "200"]
+PAPER_ERROR = {  # Table 3, CIFAR-100 error (%) of ResNet-32, DS / DKS
+    "ap_2fc": (31.85, 35.09), "ap_conv_2fc": (30.24, 32.52), "narrow": (29.52, 29.18), "shallow": (29.39, 28.69),
+    "blocks": (29.89, 26.81),
+}
+PAPER_BASELINE_ERROR = 29.97
+
+
+def runs(kinds: Sequence[str] = AUX_KINDS) -> Dict[str, Any]:
+    """label -> (model, kwargs): the baseline, then DS and DKS for every head kind."""
+    table: Dict[str, Any] = {"baseline": ("cifar_resnet32", {})}
+    for aux in kinds:
+        table[f"{aux} DS"] = ("dks_resnet32", dict(aux=aux, pairs="none"))
+        table[f"{aux} DKS"] = ("dks_resnet32", dict(aux=aux, pairs="bidirectional"))
+    return table
+
+
+def head_parameters(aux: str, num_classes: int = 100) -> int:
+    with torch.device("meta"):
+        model = collab_zoo.create_model("dks_resnet32", num_classes=num_classes, aux=aux)
+    return sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in model.export().parameters())
+
+
+def train(model: str, kwargs: Dict[str, Any], data: Sequence[str], seed: int, out: str) -> Dict[str, Any]:
+    argv = ["--model", model, "--seed", str(seed), "--output", out, "--log-with", "none", "--cpu", *data]
+    if kwargs:
+        argv += ["--model-kwargs", *[f"{k}={v!r}" for k, v in kwargs.items()]]
+    args = parse_args(argv)
+    args.experiment = f"{model}-{seed}-{time.time_ns()}"
+    return run_training(args)
+
+
+def summary(values: Sequence[float]) -> Dict[str, Any]:
+    values = list(values)
+    return dict(mean=round(statistics.mean(values), 2),
+                std=round(statistics.stdev(values), 2) if len(values) > 1 else 0.0,
+                values=[round(v, 2) for v in values])
+
+
+def main(argv: List[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="1 epoch on 500 images: a smoke run")
+    parser.add_argument("--kinds", nargs="+", default=list(AUX_KINDS), choices=list(AUX_KINDS))
+    args = parser.parse_args(argv)
+    os.environ["COLLAB_ZOO_NO_PROGRESS"] = "1"
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, force=True)
+    data = DATA + (QUICK if args.quick else [])
+    seeds = list(range(args.seeds))
+    table: Dict[str, Any] = {}
+    start_all = time.time()
+    with tempfile.TemporaryDirectory() as out:
+        for label, (model, kwargs) in runs(args.kinds).items():
+            results = []
+            for seed in seeds:
+                start = time.time()
+                results.append(train(model, kwargs, data, seed, out))
+                print(f"  {label:18s} seed {seed}: top-1 {results[-1]['top1']:.2f}%  ({time.time() - start:.0f} s)",
+                      flush=True)
+            row: Dict[str, Any] = dict(model=model, kwargs={k: str(v) for k, v in kwargs.items()},
+                                       top1=summary(r["top1"] for r in results))
+            if "aux" in kwargs:
+                row["head_parameters"] = head_parameters(kwargs["aux"])
+                ds, dks = PAPER_ERROR[kwargs["aux"]]
+                row["paper_cifar100_error"] = ds if kwargs["pairs"] == "none" else dks
+            else:
+                row["paper_cifar100_error"] = PAPER_BASELINE_ERROR
+            table[label] = row
+    for aux in args.kinds:
+        table[f"{aux} DKS"]["dks_minus_ds"] = round(
+            table[f"{aux} DKS"]["top1"]["mean"] - table[f"{aux} DS"]["top1"]["mean"], 2)
+    payload = dict(data=" ".join(data), seeds=seeds, quick=args.quick, table=table,
+                   minutes=round((time.time() - start_all) / 60, 1), machine=run_metadata())
+    name = "dks_heads_quick.json" if args.quick else "dks_heads.json"
+    print(f"wrote {write_json_atomic(RESULTS_ROOT / name, payload)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
