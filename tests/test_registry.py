@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -126,15 +127,23 @@ def test_hub_configs_ship_in_a_non_editable_wheel(tmp_path):
     wheel = next(wheel_dir.glob("collab_zoo-*.whl"))
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
                    check=True, capture_output=True, timeout=300)
-    code = ("import collab_zoo, json; print(json.dumps([collab_zoo.__file__, "
-            "collab_zoo.list_pretrained(include_pending=True)]))")
-    env = subprocess_env(PYTHONPATH=str(site))
+    # The shipped weights load from the installed package, offline, sha256-checked.
+    code = ("import collab_zoo, json; m = collab_zoo.create_model('dks_resnet20.digits', pretrained=True); "
+            "print(json.dumps([collab_zoo.__file__, collab_zoo.list_pretrained(include_pending=True), "
+            "m.pretrained_load_report.source, m.pretrained_load_report.location]))")
+    env = subprocess_env(PYTHONPATH=str(site), HF_HUB_OFFLINE="1")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr
-    location, tags = json.loads(out.stdout.strip().splitlines()[-1])
+    location, tags, source, weights = json.loads(out.stdout.strip().splitlines()[-1])
     assert location.startswith(str(site)), location
-    assert "dks_resnet50.in1k" in tags
+    assert "dks_resnet50.in1k" in tags and "dks_resnet20.digits" in tags
+    assert source == "package" and weights.startswith(str(site)), weights
+    import zipfile
+
+    packaged = {Path(n).name for n in zipfile.ZipFile(wheel).namelist() if n.startswith("collab_zoo/pretrained/")}
+    shipped = {c.packaged_file for c in hub_configs().values() if c.packaged_file}
+    assert shipped and shipped <= packaged, shipped - packaged
 
 
 def _write_extra_configs(folder):
