@@ -43,8 +43,11 @@ KNOWN = "tests/test_known_answers.py"
 # name -> (module path, fast test selection)
 MODULES: Dict[str, Dict[str, Any]] = {
     "evaluate": dict(path="collab_zoo/training/evaluate.py", tests=[KNOWN]),
+    # The parser's help text is hundreds of string literals: lines that are only help text are not mutated
+    # (a flag's name, type and default on the add_argument line still are).
     "args": dict(path="collab_zoo/training/args.py",
-                 tests=[KNOWN, "tests/test_train.py::test_every_flag_has_help_text_and_timm_helpers_are_used"]),
+                 tests=[KNOWN, "tests/test_train.py::test_every_flag_has_help_text_and_timm_helpers_are_used"],
+                 skip_lines=[r"^\s*help=", r'^\s*f?"[^"]*"\)*,?\s*$']),
     "checkpoint": dict(path="collab_zoo/training/checkpoint.py", tests=[KNOWN]),
     "registry": dict(path="collab_zoo/registry.py", tests=["tests/test_registry.py"]),
     "weights": dict(path="collab_zoo/weights.py", tests=["tests/test_weights.py"]),
@@ -129,6 +132,11 @@ def _classify(diff: str) -> str:
     return "other"
 
 
+def _cfg_list(key: str, values: List[str]) -> str:
+    """A setup.cfg list (one value per indented line); nothing when empty."""
+    return f"{key}=\n" + "".join(f"    {v}\n" for v in values) if values else ""
+
+
 def run_module(name: str, commit: str, work: Path, max_children: int, limit_s: int) -> Dict[str, Any]:
     spec = MODULES[name]
     tree = work / name
@@ -143,7 +151,8 @@ def run_module(name: str, commit: str, work: Path, max_children: int, limit_s: i
         f"only_mutate={spec['path']}\n"
         f"pytest_add_cli_args_test_selection=\n    {selection}\n"
         "pytest_add_cli_args=\n    -p\n    no:cacheprovider\n"
-        "also_copy=\n    tests\n    train.py\n    validate.py\n")
+        "also_copy=\n    tests\n    train.py\n    validate.py\n"
+        + _cfg_list("do_not_mutate_patterns", spec.get("skip_lines", [])))
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     started = time.time()
     log = tree / "mutmut-run.log"
@@ -176,7 +185,7 @@ def run_module(name: str, commit: str, work: Path, max_children: int, limit_s: i
     text = sum(1 for s in survivors if s["kind"] == "message-text" and s["status"] == "survived")
     tested = max(total - no_tests, 1)
     return dict(
-        module=spec["path"], tests=spec["tests"], commit=commit, seconds=round(elapsed, 1),
+        module=spec["path"], tests=spec["tests"], skipped_lines=spec.get("skip_lines", []), commit=commit, seconds=round(elapsed, 1),
         interrupted=interrupted, total=total, killed=killed, survived=counts.get("survived", 0),
         no_tests=no_tests, timeout=counts.get("timeout", 0), other=counts,
         score=round(killed / tested, 4),
