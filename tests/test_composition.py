@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import collab_zoo
 from collab_zoo.errors import CollabZooError, IncompatibleConfigError
+from collab_zoo.hub import save_for_hub
 from collab_zoo.methods import complementary as cm
 
 # Small members of each method, their input and the kwargs that keep them tiny.
@@ -213,3 +214,31 @@ def test_every_method_member_pair_trains_or_refuses_at_construction(method, memb
     with torch.no_grad():
         scores = model(x)
     assert scores.shape == (2, NUM_CLASSES) and bool(torch.isfinite(scores).all())
+
+
+def test_a_composed_round_runs_through_collab_task_and_the_hub_folder_keeps_inference_only(tmp_path):
+    """CollabTask (what train.py runs) trains the DKS member with its own loss and measures the round on the
+    member's own inference; the Hub folder drops the members' DKS heads and loads back to the same answers."""
+    from collab_zoo.training.task import CollabTask
+
+    model = _ensemble("dks_resnet20")
+    x, y = torch.randn(10, 3, 32, 32), torch.arange(10) % NUM_CLASSES
+    task = CollabTask(model, round_index=0, verbose=False)
+    assert task.head_names == ("member1_aux_stage1", "member1_aux_stage2", "member1_main")
+    result = task(x, y)
+    assert {"member1_ce_main", "member1_synergy"} <= set(result) and result["loss"].requires_grad
+    result["loss"].backward()
+    loader = [(x[:5], y[:5]), (x[5:], y[5:])]
+    task.complete_round(loader)
+    with torch.no_grad():
+        expected = cm.heldout_class_stats(model.members[0].eval()(x), y).error
+    assert torch.allclose(model.class_error[0].double(), expected, atol=1e-6)
+
+    from safetensors.torch import load_file
+
+    save_for_hub(model, tmp_path)
+    keys = load_file(str(tmp_path / "model.safetensors")).keys()
+    assert not any(".aux_heads." in k for k in keys) and any(k.startswith("members.1.backbone.") for k in keys)
+    loaded = collab_zoo.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x))
