@@ -9,7 +9,7 @@ alternation (paired ratios, median and quartiles; at 1 thread unless ``--threads
 member paths: ``separate`` (the CPU's choice under ``ensemble_forward="auto"``) and ``batched`` (one forward
 vmapped over the stacked members, CUDA's choice). Issue 15's target: the chosen path <= 1.05x.
 
-``train`` -> results/composition.json: complementary x3 of DKS ResNet-20 members (each round trains the member
+``train`` -> results/composition.json (``--quick``: results/composition_quick.json): complementary x3 of DKS ResNet-20 members (each round trains the member
 with DKS's own loss, importance-weighted per image) against complementary x3 of plain CIFAR ResNet-20 members
 (the released code's weighted cross-entropy), on the built-in digits, 3 seeds, same schedule; the test top-1 of
 each round's member and of the ensemble after every round. Reported whatever comes out.
@@ -89,20 +89,22 @@ def run_forward(args) -> Path:
 
 # --- the training miniature -----------------------------------------------------------------------------------------
 
-def _loaders(seed: int, quick: bool):
-    """Built-in digits at 32x32 (scikit-learn's real 8x8 digits, upsampled): train, held-out, test tensors."""
-    from sklearn.datasets import load_digits
+def _loaders(quick: bool):
+    """The built-in digits (train.py's ``--dataset digits``: scikit-learn's real 8x8 digits, its fixed 1,438 / 359
+    split) upsampled to 32x32, 3 channels; 300 training images held out for the rounds' per-class errors."""
+    from collab_zoo.data.builtin import digits_split, upsample
 
-    digits = load_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
-    images = torch.nn.functional.interpolate(images, size=32, mode="bilinear", align_corners=False)
-    images = ((images - 0.5) / 0.5).expand(-1, 3, -1, -1).contiguous()
-    labels = torch.tensor(digits.target)
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(1234))  # one split for all seeds
-    test, held, train = order[:360], order[360:660], order[660:]
+    def tensors(split):
+        data = digits_split(split)
+        images = (upsample(data.images, 32) - 0.5) / 0.5
+        return images.expand(-1, 3, -1, -1).contiguous(), data.labels
+
+    (x, y), test = tensors("train"), tensors("test")
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(1234))  # one split for every seed
+    held, train = order[:300], order[300:]
     if quick:
-        train = train[:400]
-    return (images[train], labels[train]), (images[held], labels[held]), (images[test], labels[test])
+        train = train[:500]
+    return (x[train], y[train]), (x[held], y[held]), test
 
 
 def _top1(scores: torch.Tensor, y: torch.Tensor) -> float:
@@ -116,7 +118,7 @@ def _predict(module: torch.nn.Module, x: torch.Tensor, batch: int = 256) -> torc
 
 
 def train_ensemble(member: str, seed: int, epochs: int, quick: bool) -> Dict[str, Any]:
-    (x_train, y_train), (x_held, y_held), (x_test, y_test) = _loaders(seed, quick)
+    (x_train, y_train), (x_held, y_held), (x_test, y_test) = _loaders(quick)
     torch.manual_seed(seed)
     model = collab_zoo.create_model("complementary", member=member, tau=3, num_classes=10)
     record: Dict[str, Any] = dict(member=member, seed=seed, rounds=[])
@@ -149,7 +151,7 @@ def train_ensemble(member: str, seed: int, epochs: int, quick: bool) -> Dict[str
 
 def run_train(args) -> Path:
     torch.set_num_threads(args.threads)
-    epochs = 2 if args.quick else 8
+    epochs = 4 if args.quick else 10
     runs: List[Dict[str, Any]] = []
     for seed in range(3):
         for member in ("dks_resnet20", "cifar_resnet20"):
@@ -161,11 +163,12 @@ def run_train(args) -> Path:
         summary[member] = dict(ensemble_top1_mean=round(statistics.mean(finals), 2),
                                ensemble_top1_sd=round(statistics.stdev(finals), 2), ensemble_top1=finals,
                                round1_member_top1_mean=round(statistics.mean(firsts), 2))
-    payload = dict(what="complementary x3 (tau=3) of dks_resnet20 vs cifar_resnet20 on built-in digits (10 classes, "
-                        "32x32; 1,077 train / 300 held-out / 360 test images, 400 train with --quick)",
+    payload = dict(what="complementary x3 (tau=3) of dks_resnet20 vs cifar_resnet20 on the built-in digits (10 "
+                        "classes, 32x32; 1,138 train / 300 held-out / 359 test images, 500 train with --quick)",
                    epochs_per_round=epochs, batch=64, optimizer="SGD nesterov 0.9, wd 5e-4, one-cycle lr 0.1",
                    seeds=[0, 1, 2], threads=args.threads, summary=summary, runs=runs, machine=run_metadata())
-    path = results_dir(args.quick) / "composition.json"
+    # A quick run is recorded too, under its own name (results/quick/ is git-ignored).
+    path = results_dir(False) / ("composition_quick.json" if args.quick else "composition.json")
     write_json_atomic(path, payload)
     print(f"wrote {path}: {summary}")
     return path
