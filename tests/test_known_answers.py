@@ -289,6 +289,57 @@ def test_a_config_file_sits_between_the_recipe_and_the_flags(tmp_path):
     assert (other.lr, other.sched, other.decay_epochs, other.epochs) == (0.1, "step", 30, 7)
 
 
+# timm's train.py defaults this project keeps (same flag, same meaning, same value)...
+TIMM_DEFAULTS_KEPT = dict(
+    momentum=0.9, clip_mode="norm", sched="cosine", lr_base_size=256, lr_noise_pct=0.67, lr_noise_std=1.0,
+    lr_cycle_mul=1.0, lr_cycle_decay=0.5, lr_cycle_limit=1, lr_k_decay=1.0, warmup_lr=1e-5, min_lr=0.0,
+    cooldown_epochs=0, patience_epochs=10, decay_rate=0.1, reprob=0.0, remode="pixel", recount=1, mixup=0.0,
+    cutmix=0.0, mixup_prob=1.0, mixup_switch_prob=0.5, mixup_mode="batch", mixup_off_epoch=0, dist_bn="reduce",
+    seed=42, worker_seeding="all", checkpoint_hist=10, eval_metric="top1", grad_accum_steps=1, train_split="train",
+    val_split="validation", output="output", sched_on_updates=True, lr=None, opt_eps=None, clip_grad=None)
+# ...and the ones it changes for small CPU runs, each stated in the flag's help ("timm's default: ...").
+CHANGED_DEFAULTS = dict(
+    batch_size=64, opt="momentum", weight_decay=5e-4, lr_base=0.2, epochs=30, warmup_epochs=1, smoothing=0.0,
+    workers=0, model_ema_decay=0.998, amp_dtype="bfloat16", decay_milestones=[30, 60], decay_epochs=30,
+    log_interval=20, model="dks_resnet32", heldout_frac=0.1, md_level=1, md_train_size=10_000, md_test_size=2_000,
+    skip_nonfinite_steps=0, recovery_interval=0, log_with="auto", local_rank=0)
+
+
+def test_the_default_settings_are_timms_or_the_stated_ones():
+    args = vars(parse_args([]))
+    for name, value in {**TIMM_DEFAULTS_KEPT, **CHANGED_DEFAULTS}.items():
+        assert args[name] == value and type(args[name]) is type(value), name
+    # Everything a run changes when asked is off unless asked.
+    for switch in ("pretrained", "no_resume_opt", "channels_last", "grad_checkpointing", "cpu", "amp", "no_ddp_bb",
+                   "warmup_prefix", "no_aug", "resplit", "sync_bn", "model_ema", "model_ema_warmup", "pin_mem",
+                   "no_prefetcher", "log_wandb", "keep_training_heads", "dataset_download", "skip_bad_images"):
+        assert args[switch] is False, switch
+    for unset in ("dataset", "data_dir", "recipe", "experiment", "img_size", "in_chans", "input_size", "mean",
+                  "std", "crop_pct", "num_classes", "scale", "ratio", "hflip", "vflip", "color_jitter", "aa", "drop",
+                  "drop_path", "torchcompile", "push_to_hub", "baseline", "pretrained_path"):
+        assert args[unset] is None, unset
+    assert args["model_kwargs"] == {} and args["opt_kwargs"] == {} and args["explicit"] == []
+    validate = vars(parse_validate_args(["--model", "m"]))
+    assert (validate["batch_size"], validate["workers"], validate["log_freq"], validate["seed"], validate["split"],
+            validate["amp_dtype"]) == (128, 0, 10, 42, "validation", "bfloat16")
+    assert validate["use_ema"] is False and validate["checkpoint"] == "" and validate["model"] == ["m"]
+
+
+def test_flag_values_arrive_with_their_types():
+    args = parse_args(["--lr", "0.25", "--epochs", "4", "--decay-milestones", "2", "3", "--decay-epochs", "2.5",
+                       "--momentum", "0.5", "--mean", "0.5", "--std", "0.25", "--scale", "0.5", "1", "--opt-betas",
+                       "0.8", "0.9", "--model-kwargs", "tau=4", "pairs=top_down", "--opt-kwargs", "foo=1.5",
+                       "--torchcompile", "--warmup-prefix", "--no-sched-on-updates", "--dr", "0.5",
+                       "--pretrained-file", "w.safetensors", "--checkpoint-interval", "3", "-vb", "7", "-j", "2"])
+    assert (args.lr, args.epochs, args.decay_milestones, args.decay_epochs, args.momentum) == (0.25, 4, [2, 3], 2.5, 0.5)
+    assert (args.mean, args.std, args.scale, args.opt_betas) == ([0.5], [0.25], [0.5, 1.0], [0.8, 0.9])
+    assert args.model_kwargs == {"tau": 4, "pairs": "top_down"} and args.opt_kwargs == {"foo": 1.5}
+    assert args.torchcompile == "inductor" and args.warmup_prefix and not args.sched_on_updates
+    assert (args.decay_rate, args.pretrained_path, args.recovery_interval) == (0.5, "w.safetensors", 3)
+    assert (args.validation_batch_size, args.workers) == (7, 2)
+    assert type(args.epochs) is int and type(args.decay_epochs) is float
+
+
 def test_every_recipe_names_only_real_flags():
     defaults = vars(parse_args([]))
     for name, values in RECIPES.items():
