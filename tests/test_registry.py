@@ -199,6 +199,10 @@ def test_registering_a_broken_hub_config_file_is_a_clear_error(tmp_path):
     ({"crop_mode": "zoom"}, "crop_mode"),
     ({"hf_hub_id": "not a repo"}, "hf_hub_id"),
     ({"filename": "../model.safetensors"}, "plain file name"),
+    ({"packaged_file": "../model.safetensors", "sha256": "b" * 64}, "plain file name"),
+    ({"packaged_file": "absent.safetensors", "sha256": "b" * 64}, "this installation lacks"),
+    ({"packaged_file": "dks_resnet20.digits.safetensors"}, "needs the file's 'sha256'"),
+    ({"label_names": ["a", "b"]}, "label_names"),
 ])
 def test_hub_config_fields_of_the_wrong_kind_are_named(changes, message):
     with pytest.raises(HubConfigError, match=message):
