@@ -49,11 +49,11 @@ def _finished_ensemble(name: str, path: str) -> torch.nn.Module:
     return model.eval()
 
 
-def forward_row(name: str, shape, batch: int, paths, repeats: int) -> Dict[str, Any]:
-    row: Dict[str, Any] = dict(model=name, input=list(shape), batch=batch)
-    images = torch.randn(batch, *shape)
+def forward_row(name: str, shape, batch: int, paths, repeats: int, device: str) -> Dict[str, Any]:
+    row: Dict[str, Any] = dict(model=name, input=list(shape), batch=batch, device=device)
+    images = torch.randn(batch, *shape, device=device)
     for path in paths:
-        ensemble = _finished_ensemble(name, path)
+        ensemble = _finished_ensemble(name, path).to(device)
         singles = [copy.deepcopy(member).eval() for member in ensemble.members]
 
         def separate_forwards():
@@ -66,7 +66,8 @@ def forward_row(name: str, shape, batch: int, paths, repeats: int) -> Dict[str, 
                 ensemble(images)
 
         with torch.no_grad():
-            assert torch.allclose(ensemble(images), _finished_ensemble(name, "separate")(images), atol=1e-5)
+            reference = _finished_ensemble(name, "separate").to(device)
+            assert torch.allclose(ensemble(images), reference(images), atol=1e-4)
         row[path] = paired_ratio(separate_forwards, ensemble_eval, repeats=repeats, warmup=2, min_sample_seconds=0.05)
         print(f"{name} {path}: x{row[path]['ratio']} (IQR {row[path]['ratio_q1']}-{row[path]['ratio_q3']})",
               flush=True)
@@ -76,12 +77,15 @@ def forward_row(name: str, shape, batch: int, paths, repeats: int) -> Dict[str, 
 def run_forward(args) -> Path:
     torch.set_num_threads(args.threads)
     repeats = 5 if args.quick else 20
-    rows = [forward_row(name, shape, batch, paths, repeats) for name, shape, batch, paths in FORWARD_ROWS
-            if not (args.quick and name == "complementary_resnet50_x4")]
+    cuda = args.device.startswith("cuda")
+    rows = [forward_row(name, shape, batch, ("separate", "batched") if cuda else paths, repeats, args.device)
+            for name, shape, batch, paths in FORWARD_ROWS if not (args.quick and name == "complementary_resnet50_x4")]
     payload = dict(what="complementary x4 eval over four separate forwards of its members (paired ratios)",
-                   target="<= 1.05 by the path ensemble_forward='auto' picks on this device (cpu: separate)",
+                   target="<= 1.05 by the path ensemble_forward='auto' picks on this device (cpu: separate, "
+                          "cuda: batched)",
                    threads=args.threads, repeats=repeats, rows=rows, machine=run_metadata())
-    path = results_dir(args.quick) / "composition_forward.json"
+    name = "composition_forward" + ("_cuda" if cuda else "")
+    path = results_dir(args.quick) / f"{name}.json"
     write_json_atomic(path, payload)
     print(f"wrote {path}")
     return path
@@ -179,6 +183,8 @@ def main(argv=None) -> int:
     parser.add_argument("what", choices=["forward", "train"])
     parser.add_argument("--quick", action="store_true", help="a smoke run: fewer repeats / epochs, results/quick/")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="forward only: cuda times both member paths on the GPU "
+                        "(results/composition_forward_cuda.json)")
     args = parser.parse_args(argv)
     (run_forward if args.what == "forward" else run_train)(args)
     return 0
