@@ -129,7 +129,8 @@ def dcl_fair_experiment(seeds: Sequence[int], quick: bool, out: str) -> Dict[str
                 r = _train(model, kwargs, data + common, _SWEEP_SEED, out, ["--lr", str(lr)])
                 sweep[str(lr)] = dict(top1=r["top1"], final_train_top1=_epoch_log(r)["train_top1"][-1:])
                 print(f"  {label:18s} sweep lr {lr}: top-1 {r['top1']:.2f}%", flush=True)
-            best_lr = max(lrs, key=lambda lr: sweep[str(lr)]["top1"])
+            # best test top-1 on the sweep's own draw; ties go to the higher final training accuracy
+            best_lr = max(lrs, key=lambda lr: (sweep[str(lr)]["top1"], *sweep[str(lr)]["final_train_top1"]))
             results, logs = [], []
             for seed in seeds:
                 r = _train(model, kwargs, data + common, seed, out, ["--lr", str(best_lr)])
