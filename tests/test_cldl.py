@@ -95,7 +95,8 @@ def _hand_weighted_loss(heads, target, lambdas, variant, weights):
         for b in range(batch):
             probs = [_softmax(h[b]) for h in heads]
             y = target[b]
-            total += lambdas[m] * weights[b] * _hand_t([p[y] for p in probs], m, variant) * -math.log(probs[m][y]) / batch
+            loss = _hand_t([p[y] for p in probs], m, variant) * -math.log(probs[m][y])
+            total += lambdas[m] * weights[b] * loss / batch
     return total
 
 
@@ -109,7 +110,8 @@ def test_sample_weights_known_answer(variant):
     assert all(ones_parts[k].item() == pytest.approx(v.item(), rel=1e-6) for k, v in plain_parts.items())
     weights = [0.5, 0.0, 2.0]
     total, _ = cldl_loss(heads, target, LAMBDAS[3], variant, sample_weight=torch.tensor(weights))
-    assert total.item() == pytest.approx(_hand_weighted_loss(HEADS4[:3], TARGET, LAMBDAS[3], variant, weights), rel=1e-5)
+    by_hand = _hand_weighted_loss(HEADS4[:3], TARGET, LAMBDAS[3], variant, weights)
+    assert total.item() == pytest.approx(by_hand, rel=1e-5)
     # Weight 0 on samples 1 and 2: only sample 0 is left, in every head's term (T_m included): its own loss / B.
     dropped, _ = cldl_loss(heads, target, LAMBDAS[3], variant, sample_weight=torch.tensor([1.0, 0.0, 0.0]))
     alone = _hand_loss([[h[0]] for h in HEADS4[:3]], TARGET[:1], LAMBDAS[3], variant)

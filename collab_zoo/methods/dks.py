@@ -127,7 +127,8 @@ def dks_loss(heads: Sequence[Tensor], target: Tensor, pairs: str = "bidirectiona
 
     if sample_weight is not None and tuple(sample_weight.shape) != (logits.shape[1],):
         raise IncompatibleConfigError(
-            f"sample_weight must hold one weight per sample, shape [{logits.shape[1]}]; got {tuple(sample_weight.shape)}.")
+            f"sample_weight must hold one weight per sample, shape [{logits.shape[1]}]; got "
+            f"{tuple(sample_weight.shape)}.")
     ce = torch.stack([weighted_mean(F.cross_entropy(z, target, reduction="none"), sample_weight)
                       for z in logits])                                   # [M]
     total = (alpha_t * ce).sum()
@@ -251,7 +252,8 @@ class DonorHead(nn.Module):
         return self.donor.forward_head(self.donor.forward_features(x))
 
 
-def default_head_layout(stage_blocks: Sequence[int], attach: Sequence[int]) -> Tuple[List[List[int]], List[List[float]]]:
+def default_head_layout(stage_blocks: Sequence[int],
+                        attach: Sequence[int]) -> Tuple[List[List[int]], List[List[float]]]:
     """Blocks and width multipliers of the stages each head copies, for networks the released code does not
     define: the head nearest the output copies its later stages, the intermediate ones at half depth (rounded
     up) and the last at full depth and double width; every other head copies its later stages at half depth
@@ -546,7 +548,8 @@ class DKSModel(BackboneWrapper):
             elif aux == "shallow":
                 head_blocks = [[1 for _ in bs] for bs in head_blocks]
             self.head_blocks, self.head_widths = head_blocks, head_widths
-            heads = [self._view.build_head(a, b, w, num_classes) for a, b, w in zip(self.attach, head_blocks, head_widths)]
+            heads = [self._view.build_head(a, b, w, num_classes)
+                     for a, b, w in zip(self.attach, head_blocks, head_widths)]
         self.aux_heads = nn.ModuleList(heads)
         # A wrapped zoo network (DCL) names its levels under its own "backbone." prefix, which says nothing here.
         self.head_names = tuple("aux_" + self._view.stage_names[a].removeprefix("backbone.").replace(".", "_")
