@@ -299,7 +299,7 @@ class ShellSession:
                 command = re.sub(r"(\s+#.*)?$", lambda m: f" --epochs {epochs}{m.group(0)}", command, count=1)
         return command
 
-    def run(self, command: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    def run(self, command: str, timeout: float = 3600) -> subprocess.CompletedProcess:
         ready = self.prepared(command)
         output = self.workdir / "output"
         before = set(os.listdir(output)) if output.is_dir() else set()
