@@ -340,6 +340,46 @@ def test_flag_values_arrive_with_their_types():
     assert type(args.epochs) is int and type(args.decay_epochs) is float
 
 
+def test_config_files_are_checked_value_by_value(tmp_path, caplog):
+    import logging
+
+    from collab_zoo.training.args import ConfigFileError
+
+    def config(text, name="c.yaml"):
+        path = tmp_path / name
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        return str(path)
+
+    # Accepted: an int where a float is wanted, a single value for a list flag, a map for --model-kwargs, a
+    # switch as a YAML boolean, a choice from the list; timm's own settings this script lacks are named and ignored.
+    with caplog.at_level(logging.WARNING, logger="collab_zoo.train"):
+        args = parse_args(["-c", config("lr: 1\ndecay_milestones: 5\nmodel_kwargs: {tau: 3}\namp: true\n"
+                                        "amp_dtype: float16\nmean: [0.5]\nunknown_flag: 3\nconfig: other.yaml\n"
+                                        "drop-path: 0.1\n")])
+    assert (args.lr, type(args.lr), args.decay_milestones, args.model_kwargs) == (1, int, [5], {"tau": 3})
+    assert args.amp is True and args.amp_dtype == "float16" and args.mean == [0.5] and args.drop_path == 0.1
+    assert any(r.getMessage().endswith("settings train.py does not have, ignored: unknown_flag, config")
+               for r in caplog.records)
+    for text, words in (("epochs: 2.5\n", "epochs must be int, got 2.5."),
+                        ("lr: true\n", "lr must be float, got True."),
+                        ("amp: 1\n", "amp is a switch and must be true or false, got 1."),
+                        ("amp_dtype: float8\n", "amp_dtype must be one of bfloat16, float16, got 'float8'."),
+                        ("model_kwargs: [1]\n", "model_kwargs must map option names to values"),
+                        ("decay_milestones: {a: 1}\n", "decay_milestones must be a list, got {'a': 1}."),
+                        ("decay_milestones: [1, x]\n", "decay_milestones must be int, got 'x'."),
+                        ("- 1\n", "must map setting names to values"),
+                        ("a: [\n", "is not valid YAML: "),
+                        (b"lr: \xff\n", "is not UTF-8 text; save the YAML file as UTF-8.")):
+        path = config(text)
+        with pytest.raises(ConfigFileError) as e:
+            parse_args(["-c", path])
+        assert str(e.value).startswith(f"-c/--config {path}") and words in str(e.value), (text, str(e.value))
+    with pytest.raises(ConfigFileError, match="no such file"):
+        parse_args(["-c", str(tmp_path / "missing.yaml")])
+    with pytest.raises(ConfigFileError, match="is a folder; give the YAML file"):
+        parse_args(["-c", str(tmp_path)])
+
+
 def test_every_recipe_names_only_real_flags():
     defaults = vars(parse_args([]))
     for name, values in RECIPES.items():
@@ -397,6 +437,19 @@ def test_sizes_and_device_flags_are_normalised():
     assert full.input_size == (1, 12, 12) and full.data_dir == "positional_dir" and not full.cpu
     v = parse_validate_args(["somewhere", "--model", "a", "b", "--input-size", "20", "--device", "cpu"])
     assert (v.model, v.img_size, v.cpu, v.data_dir) == (["a", "b"], 20, True, "somewhere")
+    both = parse_validate_args(["old", "--data-dir", "new", "--model", "m", "--device", "cpu:0"])
+    assert both.data_dir == "new" and both.cpu
+    assert parse_args(["old", "--data-dir", "new"]).data_dir == "new"
+    assert not parse_validate_args(["--model", "m", "--device", "cuda:0"]).cpu
+
+
+def test_validate_py_checks_its_numbers_and_sizes(capsys):
+    for bad, words in ((["-b", "0"], "-b/--batch-size must be at least 1, got 0"),
+                       (["--input-size", "3", "8"], "--input-size takes C H W"),
+                       (["--crop-pct", "0"], "--crop-pct must be greater than 0, got 0.0")):
+        with pytest.raises(SystemExit) as e:
+            parse_validate_args(["--model", "m", *bad])
+        assert e.value.code == 2 and words in capsys.readouterr().err
 
 
 # --- resume: the next batches and their augmentation are those of the uninterrupted epoch ---------------------------
