@@ -156,15 +156,35 @@ def _cfg_list(key: str, values: List[str]) -> str:
     return f"{key}=\n" + "".join(f"    {v}\n" for v in values) if values else ""
 
 
+def _refresh_tests(tree: Path, tests_commit: str) -> None:
+    """The copy's tests (and mutmut's copy of them) from ``tests_commit``; the mutated module stays as it was."""
+    for folder in (tree / "tests", tree / "mutants" / "tests"):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        archive = subprocess.Popen(["git", "-C", str(ROOT), "archive", tests_commit, "tests"], stdout=subprocess.PIPE)
+        subprocess.run(["tar", "-x", "--strip-components=1", "-C", str(folder)], stdin=archive.stdout, check=True)
+        archive.wait()
+    # Which tests reach which function is measured again, so the new tests are run against the mutants.
+    (tree / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+
+
 def run_module(name: str, commit: str, work: Path, max_children: int, limit_s: int,
-               carry_on: bool = False) -> Dict[str, Any]:
+               carry_on: bool = False, recheck_survivors: bool = False) -> Dict[str, Any]:
     spec = MODULES[name]
     tree = work / name
-    if carry_on and (tree / "mutants").is_dir():
-        # A run stopped by its time limit: mutmut checks only the mutants it has not checked yet.
-        commit = (tree / ".mutation-commit").read_text().strip()
+    if (carry_on or recheck_survivors) and (tree / "mutants").is_dir():
+        # A run stopped by its time limit: mutmut checks only the mutants it has not checked yet. With
+        # recheck_survivors, the tests come from ``commit`` and the survivors so far are run again first.
+        tests_commit, commit = commit, (tree / ".mutation-commit").read_text().strip()
         original = subprocess.check_output(["git", "-C", str(ROOT), "show", f"{commit}:{spec['path']}"], text=True)
-        return _run_mutmut(name, spec, tree, commit, original, max_children, limit_s)
+        result = {}
+        if recheck_survivors:
+            _refresh_tests(tree, tests_commit)
+            (tree / ".mutation-tests-commit").write_text(tests_commit)
+            result = _run_mutmut(name, spec, tree, commit, original, max_children, limit_s, only_survivors=True)
+        if carry_on:
+            result = _run_mutmut(name, spec, tree, commit, original, max_children, limit_s)
+        return result
     _copy_tree(commit, tree)
     (tree / ".mutation-commit").write_text(commit)
     target = tree / spec["path"]
@@ -183,13 +203,18 @@ def run_module(name: str, commit: str, work: Path, max_children: int, limit_s: i
 
 
 def _run_mutmut(name: str, spec: Dict[str, Any], tree: Path, commit: str, original: str, max_children: int,
-                limit_s: int) -> Dict[str, Any]:
+                limit_s: int, only_survivors: bool = False) -> Dict[str, Any]:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    names: List[str] = []
+    if only_survivors:
+        meta = json.loads((tree / "mutants" / (spec["path"] + ".meta")).read_text())
+        names = [key for key, code in meta["exit_code_by_key"].items() if code == 0]
     started = time.time()
     log = tree / "mutmut-run.log"
     with open(log, "a") as out:
         try:
-            proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)],
+            proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children),
+                                   *names],
                                   cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=limit_s)
             interrupted = proc.returncode != 0
         except subprocess.TimeoutExpired:
@@ -216,7 +241,9 @@ def _run_mutmut(name: str, spec: Dict[str, Any], tree: Path, commit: str, origin
     text = sum(1 for s in survivors if s["kind"] == "message-text" and s["status"] == "survived")
     tested = max(total - no_tests, 1)
     return dict(
-        module=spec["path"], tests=spec["tests"], skipped_lines=spec.get("skip_lines", []),
+        module=spec["path"], tests=spec["tests"],
+        tests_commit=(tree / ".mutation-tests-commit").read_text().strip()
+        if (tree / ".mutation-tests-commit").exists() else commit, skipped_lines=spec.get("skip_lines", []),
         skipped_functions=spec.get("skip_functions", []), commit=commit, seconds=round(elapsed, 1),
         interrupted=interrupted, total=total, killed=killed, survived=counts.get("survived", 0),
         no_tests=no_tests, timeout=counts.get("timeout", 0), other=counts,
@@ -245,6 +272,8 @@ def main(argv=None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the copies (mutants/ and the run log)")
     p.add_argument("--carry-on", action="store_true",
                    help="with --work of a kept run stopped by --limit-s: check only the mutants not checked yet")
+    p.add_argument("--recheck-survivors", action="store_true",
+                   help="with --work of a kept run: take the tests from --commit and run the survivors again")
     p.add_argument("--out", default=str(RESULTS), help="results JSON, merged per module")
     args = p.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES]
@@ -262,7 +291,8 @@ def main(argv=None) -> int:
     try:
         for name in args.modules:
             print(f"{name}: mutating {MODULES[name]['path']} at {commit[:12]} ...", flush=True)
-            result = run_module(name, commit, work, args.max_children, args.limit_s, args.carry_on)
+            result = run_module(name, commit, work, args.max_children, args.limit_s, args.carry_on,
+                                args.recheck_survivors)
             results["modules"][name] = result
             import mutmut
 
