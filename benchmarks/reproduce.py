@@ -460,7 +460,6 @@ def main(argv=None) -> int:
     if args.replot:
         replot()
         return 0
-    os.environ["COLLAB_ZOO_NO_PROGRESS"] = "1"
     import logging
 
     logging.basicConfig(level=logging.WARNING, force=True)

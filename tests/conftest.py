@@ -35,6 +35,8 @@ os.environ.update(
     HF_HUB_DISABLE_PROGRESS_BARS="1",
     HF_HUB_ETAG_TIMEOUT="2",
     TOKENIZERS_PARALLELISM="false",
+    # Built data sets are cached on disk; the suite keeps its cache out of the user's ~/.cache.
+    COLLAB_ZOO_CACHE=os.path.join(_CACHE, "collab_zoo"),
 )
 os.environ.pop("HF_HUB_OFFLINE", None)
 

@@ -184,7 +184,7 @@ class MLP(TrainingHooks, nn.Module):
 
 
 default_cfgs = zoo_default_cfgs({
-    "mlp_mnist": mnist_cfg("hidden_layers.0", "fc", pool_size=None),
+    "mlp_mnist": mnist_cfg("hidden_layers.0", "fc", pool_size=None, fixed_input_size=True),
 })
 
 

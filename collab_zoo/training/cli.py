@@ -184,7 +184,9 @@ def _load_checkpoint_weights(model: nn.Module, weights: Path, name: str) -> List
 
 
 def _builtin_class_count(dataset: str) -> Optional[int]:
-    return {"digits": 10, "multidigit-II": 100, "multidigit-III": 1000}.get(dataset)
+    from ..data import builtin_num_classes
+
+    return builtin_num_classes(dataset)
 
 
 def _build_for_validation(name: str, args, checkpoint: Optional[str], data_classes: Optional[int]
@@ -207,7 +209,7 @@ def _build_for_validation(name: str, args, checkpoint: Optional[str], data_class
                 raise IncompatibleConfigError(f"--checkpoint {checkpoint} was trained as {saved['model']}, not {name}.")
             kwargs = {**saved.get("model_kwargs", {}), **kwargs}
             saved_chans = saved.get("in_chans") or (saved.get("input_size") or [None])[0]
-            if saved_chans is None and saved.get("dataset") in ("digits", "multidigit-II", "multidigit-III"):
+            if saved_chans is None and _builtin_class_count(saved.get("dataset")) is not None:
                 saved_chans = 1
             in_chans = in_chans or saved_chans
         num_classes = num_classes or data_classes
