@@ -358,10 +358,13 @@ def test_config_files_are_checked_value_by_value(tmp_path, caplog):
                                         "drop-path: 0.1\n")])
     assert (args.lr, type(args.lr), args.decay_milestones, args.model_kwargs) == (1, int, [5], {"tau": 3})
     assert args.amp is True and args.amp_dtype == "float16" and args.mean == [0.5] and args.drop_path == 0.1
-    assert any(r.getMessage().endswith("settings train.py does not have, ignored: unknown_flag, config")
-               for r in caplog.records)
+    assert f"-c/--config {tmp_path / 'c.yaml'}: settings train.py does not have, ignored: unknown_flag, config" in [
+        r.getMessage() for r in caplog.records]
+    assert parse_args(["-c", config("lr: null\nepochs: 3\n")]).lr is None   # null leaves the default
     for text, words in (("epochs: 2.5\n", "epochs must be int, got 2.5."),
                         ("lr: true\n", "lr must be float, got True."),
+                        ("epochs: true\n", "epochs must be int, got True."),
+                        ("a: [\n", "while parsing a flow node"),
                         ("amp: 1\n", "amp is a switch and must be true or false, got 1."),
                         ("amp_dtype: float8\n", "amp_dtype must be one of bfloat16, float16, got 'float8'."),
                         ("model_kwargs: [1]\n", "model_kwargs must map option names to values"),
