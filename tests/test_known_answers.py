@@ -742,7 +742,8 @@ def test_a_checkpoint_that_cannot_be_written_says_so_and_replaces_nothing(tmp_pa
         write_checkpoint(blocker / "checkpoints", rank=0, is_main=True, barrier=lambda: None, rank_state={},
                          **_checkpoint_parts())
     message = str(e.value)
-    assert message.startswith("Could not write the checkpoint last (") and "ENOTDIR" in message
+    assert message.startswith("Could not write the checkpoint last (Not a directory, ENOTDIR, at ")
+    assert str(blocker) in message.split(", at ", 1)[1].split("). ", 1)[0]
     assert "Nothing was replaced" in message and "--resume" in message
     with pytest.raises(RunWriteError, match="^Could not write the checkpoint best"):
         write_weights(blocker / "best", _weights(), {})
