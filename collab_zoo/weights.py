@@ -94,7 +94,7 @@ def check_safetensors_header(path: os.PathLike) -> None:
             if magic == b"PK" or head[:1] == b"\x80":
                 raise UnsafeWeightsError(
                     f"{path} is a pickle/torch.save file, not safetensors. collab_zoo never unpickles weights it "
-                    "loads. Convert it once with `python -m collab_zoo.convert ...` (see README) or "
+                    "loads. Convert it once with `python -m collab_zoo.convert ...` (README, 'Publishing weights') or "
                     "`safetensors.torch.save_file(state_dict, 'model.safetensors')` in a trusted session.")
             raise CorruptWeightsError(f"{path} is not a valid safetensors file (bad header).")
         header = first + f.read(header_len - 1)

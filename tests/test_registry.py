@@ -102,7 +102,7 @@ def _valid_config(**changes):
 @pytest.mark.parametrize("changes, message", [
     ({"revision": "main"}, "40-hex"),
     ({"sha256": "abc"}, "64 lowercase hex"),
-    ({"filename": "pytorch_model.bin"}, "safetensors"),
+    ({"filename": "pytorch_model.bin"}, "must be a .safetensors file; pickles are never loaded"),
     ({"input_size": [224, 224]}, "input_size"),
 ])
 def test_malformed_hub_configs_are_refused(changes, message):

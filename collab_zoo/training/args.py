@@ -91,7 +91,7 @@ def _add_data_arguments(p: argparse.ArgumentParser, training: bool) -> None:
                         "eval/, test/); a split may also be a .tar of its class folders. Without --dataset this "
                         "means a folder data set")
     g.add_argument("--dataset", metavar="NAME", default=None,
-                   help="'digits', 'multidigit-II', 'multidigit-III' (built in, no download), empty or 'folder' "
+                   help="'digits', 'multidigit-II', 'multidigit-III', 'mnist5k', 'mnist-II', 'mnist-III' (built in, no download), empty or 'folder' "
                         "(an image folder or tar under --data-dir), or timm's '<type>/<name>' (torch/cifar10, "
                         "hfds/..., wds/...). Default: a folder when --data-dir is given, else digits")
     if training:
@@ -115,7 +115,8 @@ def _add_data_arguments(p: argparse.ArgumentParser, training: bool) -> None:
                    help="image colour mode the data set converts to (default: L for 1-channel models, else RGB)")
     g.add_argument("--input-key", default=None, type=str, help="data set key for input images (hfds, wds)")
     g.add_argument("--target-key", default=None, type=str, help="data set key for target labels (hfds, wds)")
-    g.add_argument("--md-level", type=int, default=1, help="multi-digit layout level (multidigit-II: 1-5, III: 1-10)")
+    g.add_argument("--md-level", type=int, default=1, help="multi-digit layout level (multidigit-II / mnist-II: 1-5, -III: 1-10; "
+                                                           "mnist-II level N = the paper's MNIST-II-0N)")
     if training:
         g.add_argument("--md-train-size", type=int, default=10_000, help="multi-digit training images to generate")
     g.add_argument("--md-test-size", type=int, default=2_000, help="multi-digit evaluation images to generate")

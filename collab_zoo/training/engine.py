@@ -634,6 +634,8 @@ class _Run:
         train_set, heldout = self.bundle.train, None
         if task.needs_heldout:
             train_set, heldout = heldout_split(self.bundle, a.heldout_frac, a.seed)
+            if getattr(self.model, "objective", None) == "margin" and hasattr(self.model, "set_class_counts"):
+                self.model.set_class_counts(train_set)  # Eq. 3 divides by the training set's class counts
         batches = batches_per_epoch(len(train_set), a.batch_size, self.world)
         updates_per_epoch = math.ceil(batches / a.grad_accum_steps)
         optimizer, scheduler = self._make_optimizer(task.get_trainable_module(), updates_per_epoch)
@@ -1169,7 +1171,8 @@ def _input_channels(model: nn.Module, args) -> int:
     if first:
         try:
             weight = model.get_submodule(first).weight
-            return int(weight.shape[1])
+            if weight.ndim == 4:  # a Linear first layer (an MLP) has in_features, not channels
+                return int(weight.shape[1])
         except (AttributeError, IndexError):
             pass
     return int(cfg.get("input_size", (3,))[0])
