@@ -209,8 +209,25 @@ def _recipes_passage() -> str:
                      for name, settings in RECIPES.items())
 
 
+def _pretrained_passage() -> str:
+    """The shipped tags, from their hub_configs/ files (accuracy measured by validate.py on the shipped file)."""
+    methods = {"dks": "DKS (backbone only)", "cldl": "CLDL (Eq. 9)", "dcl": "DCL",
+               "complementary": "complementary, 4 rounds"}
+    rows = ["| tag | method | input | top-1 / top-5 (%) | trained by |", "|---|---|---|---|---|"]
+    for path in sorted((ROOT / "hub_configs").glob("*.json")):
+        cfg = json.loads(path.read_text())
+        if not cfg.get("packaged_file"):
+            continue
+        metrics, origin = cfg["reported_metrics"], cfg["origin"]
+        size = "x".join(str(v) for v in cfg["input_size"])
+        rows.append(f"| `{cfg['model']}` | {methods[cfg['model'].split('_')[0]]} | {size} | "
+                    f"{metrics['top1']:.2f} / {metrics['top5']:.2f} | `{origin['command']}` |")
+    return "\n".join(rows)
+
+
 GENERATORS: Dict[str, Callable[[], str]] = {
     "main-job": _main_job_passage,
+    "pretrained": _pretrained_passage,
     "recipes": _recipes_passage,
     "tested-range": _tested_range_passage,
     "conformance": _conformance_passage,

@@ -212,8 +212,13 @@ def test_main_job_prints_what_the_readme_quotes(hub, tmp_path):
     assert block.not_run is None
     _, outputs = _run_block(block, tmp_path)
     record = json.loads(readme_runner.MAIN_JOB_RESULTS.read_text())
-    assert readme_runner.main_job_figures(outputs[0]) == record["printed"], \
-        "the main job now prints other figures: run python tests/readme_runner.py --record-main-job"
+    printed = readme_runner.main_job_figures(outputs[0])
+    assert printed.keys() == record["printed"].keys()
+    # Seed 0 gives the same figures run after run on one machine; another CPU may pick other kernels (AVX-512 vs
+    # AVX2 reductions sum in another order), so a CI machine is held to half a point, not to the last digit.
+    drift = {m: abs(float(printed[m]) - float(v)) for m, v in record["printed"].items()}
+    assert max(drift.values()) <= 0.5, \
+        f"the main job now prints {printed}, the README quotes {record['printed']}: run python tests/readme_runner.py --record-main-job"
 
 
 def test_shell_runner_fills_only_the_documented_placeholders(tmp_path):
