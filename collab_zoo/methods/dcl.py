@@ -147,11 +147,11 @@ def default_eps(num_factors: int) -> float:
 
 # Inputs of at most float32's range (float32, bfloat16, float16: max ~3.4e38) multiply exactly in float64 for up
 # to 8 factors (3.4e38 ** 8 ~ 1.8e307 < float64's ~1.8e308); wider inputs or more factors take the log domain.
-_MAX_LINEAR_FACTORS = 8
+# The bound is written inline below: TorchScript cannot read a module-level int.
 
 
 def _fuses_linearly(factors: Tensor) -> bool:
-    return factors.dtype != torch.float64 and factors.shape[0] <= _MAX_LINEAR_FACTORS
+    return factors.dtype != torch.float64 and factors.shape[0] <= 8
 
 
 def _exclusive_sum(logs: Tensor) -> Tensor:
