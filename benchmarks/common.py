@@ -265,3 +265,25 @@ def write_json_atomic(path: Path, payload: Dict[str, Any]) -> Path:
 
 def write_result(name: str, payload: Dict[str, Any]) -> Path:
     return write_json_atomic(RESULTS / f"{name}.json", dict(payload, machine=run_metadata()))
+
+
+def train_run(model: str, kwargs: Dict[str, Any], data: Sequence[str], seed: int, out: str,
+              extra: Sequence[str] = ()) -> Dict[str, Any]:
+    """One train.py run in this process (its results.json as a dict), in a run folder of its own under ``out``."""
+    from collab_zoo.training.args import parse_args
+    from collab_zoo.training.engine import run_training
+
+    argv = ["--model", model, "--seed", str(seed), "--output", out, "--log-with", "none", "--cpu", *data, *extra]
+    if kwargs:
+        argv += ["--model-kwargs", *[f"{k}={v!r}" for k, v in kwargs.items()]]
+    args = parse_args(argv)
+    args.experiment = f"{model}-{seed}-{time.time_ns()}"
+    return run_training(args)
+
+
+def seed_summary(values: Sequence[float], digits: int = 3) -> Dict[str, Any]:
+    """Mean, sample standard deviation and the values of one figure over seeds."""
+    values = list(values)
+    return dict(mean=round(statistics.mean(values), digits),
+                std=round(statistics.stdev(values), digits) if len(values) > 1 else 0.0,
+                values=[round(v, digits) for v in values])

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -28,12 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from common import RESULTS_ROOT, run_metadata, write_json_atomic  # noqa: E402
+from common import RESULTS_ROOT, run_metadata, write_json_atomic, seed_summary, train_run  # noqa: E402
 
 import collab_zoo  # noqa: E402
 from collab_zoo.methods.dks import AUX_KINDS  # noqa: E402
-from collab_zoo.training.args import parse_args  # noqa: E402
-from collab_zoo.training.engine import run_training  # noqa: E402
 
 DATA = ["--dataset", "multidigit-II", "--md-level", "3", "--md-train-size", "5000", "--md-test-size", "2000",
         "--input-size", "16", "--recipe", "multidigit", "--epochs", "15"]
@@ -62,22 +59,6 @@ def head_parameters(aux: str, num_classes: int = 100) -> int:
     return sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in model.export().parameters())
 
 
-def train(model: str, kwargs: Dict[str, Any], data: Sequence[str], seed: int, out: str) -> Dict[str, Any]:
-    argv = ["--model", model, "--seed", str(seed), "--output", out, "--log-with", "none", "--cpu", *data]
-    if kwargs:
-        argv += ["--model-kwargs", *[f"{k}={v!r}" for k, v in kwargs.items()]]
-    args = parse_args(argv)
-    args.experiment = f"{model}-{seed}-{time.time_ns()}"
-    return run_training(args)
-
-
-def summary(values: Sequence[float]) -> Dict[str, Any]:
-    values = list(values)
-    return dict(mean=round(statistics.mean(values), 2),
-                std=round(statistics.stdev(values), 2) if len(values) > 1 else 0.0,
-                values=[round(v, 2) for v in values])
-
-
 def main(argv: List[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
@@ -97,11 +78,11 @@ def main(argv: List[str] | None = None) -> int:
             results = []
             for seed in seeds:
                 start = time.time()
-                results.append(train(model, kwargs, data, seed, out))
+                results.append(train_run(model, kwargs, data, seed, out))
                 print(f"  {label:18s} seed {seed}: top-1 {results[-1]['top1']:.2f}%  ({time.time() - start:.0f} s)",
                       flush=True)
             row: Dict[str, Any] = dict(model=model, kwargs={k: str(v) for k, v in kwargs.items()},
-                                       top1=summary(r["top1"] for r in results))
+                                       top1=seed_summary((r["top1"] for r in results), digits=2))
             if "aux" in kwargs:
                 row["head_parameters"] = head_parameters(kwargs["aux"])
                 ds, dks = PAPER_ERROR[kwargs["aux"]]

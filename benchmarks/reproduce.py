@@ -24,10 +24,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from common import RESULTS, write_result  # noqa: E402
+from common import RESULTS, write_result, seed_summary, train_run  # noqa: E402
 
-from collab_zoo.training.args import parse_args  # noqa: E402
-from collab_zoo.training.engine import run_training  # noqa: E402
 
 # --- the experiments -------------------------------------------------------------------------------------------------
 # Every entry: label -> (model, model kwargs). One recipe per paper (a built-in set, same for all its entries).
@@ -126,21 +124,21 @@ def dcl_fair_experiment(seeds: Sequence[int], quick: bool, out: str) -> Dict[str
         for label, (model, kwargs) in DCL_FAIR_RUNS.items():
             sweep = {}
             for lr in lrs:
-                r = _train(model, kwargs, data + common, _SWEEP_SEED, out, ["--lr", str(lr)])
+                r = train_run(model, kwargs, data + common, _SWEEP_SEED, out, ["--lr", str(lr)])
                 sweep[str(lr)] = dict(top1=r["top1"], final_train_top1=_epoch_log(r)["train_top1"][-1:])
                 print(f"  {label:18s} sweep lr {lr}: top-1 {r['top1']:.2f}%", flush=True)
             # best test top-1 on the sweep's own draw; ties go to the higher final training accuracy
             best_lr = max(lrs, key=lambda lr: (sweep[str(lr)]["top1"], *sweep[str(lr)]["final_train_top1"]))
             results, logs = [], []
             for seed in seeds:
-                r = _train(model, kwargs, data + common, seed, out, ["--lr", str(best_lr)])
+                r = train_run(model, kwargs, data + common, seed, out, ["--lr", str(best_lr)])
                 results.append(r)
                 logs.append(_epoch_log(r))
                 print(f"  {label:18s} lr {best_lr} seed {seed}: top-1 {r['top1']:.2f}%  train top-1 "
                       f"{logs[-1]['train_top1'][-1]:.2f}%", flush=True)
             table[label] = dict(model=model, kwargs={k: str(v) for k, v in kwargs.items()}, lr=best_lr, sweep=sweep,
-                                top1=_summary(r["top1"] for r in results),
-                                final_train_top1=_summary(log["train_top1"][-1] for log in logs),
+                                top1=seed_summary(r["top1"] for r in results),
+                                final_train_top1=seed_summary(log["train_top1"][-1] for log in logs),
                                 curves=logs)
         payload["datasets"][name] = dict(table=table, figure=str(_plot_fair_curves(name, table)))
     return payload
@@ -172,23 +170,6 @@ def _plot_fair_curves(name: str, table: Dict[str, Any]) -> Path:
     return path
 
 
-def _train(model: str, kwargs: Dict[str, Any], data: List[str], seed: int, out: str,
-           extra: Sequence[str] = ()) -> Dict[str, Any]:
-    argv = ["--model", model, "--seed", str(seed), "--output", out, "--log-with", "none", "--cpu", *data, *extra]
-    if kwargs:
-        argv += ["--model-kwargs", *[f"{k}={v!r}" for k, v in kwargs.items()]]
-    args = parse_args(argv)
-    args.experiment = f"{model}-{seed}-{time.time_ns()}"
-    return run_training(args)
-
-
-def _summary(values: Sequence[float]) -> Dict[str, float]:
-    values = list(values)
-    return dict(mean=round(statistics.mean(values), 3),
-                std=round(statistics.stdev(values), 3) if len(values) > 1 else 0.0,
-                values=[round(v, 3) for v in values])
-
-
 def run_grid(runs: Dict[str, Tuple[str, Dict[str, Any]]], data: List[str], seeds: Sequence[int], out: str,
              quick: bool) -> Dict[str, Any]:
     table: Dict[str, Any] = {}
@@ -196,15 +177,15 @@ def run_grid(runs: Dict[str, Tuple[str, Dict[str, Any]]], data: List[str], seeds
         results = []
         for seed in seeds:
             start = time.time()
-            r = _train(model, kwargs, data, seed, out, extra[0] if extra else ())
+            r = train_run(model, kwargs, data, seed, out, extra[0] if extra else ())
             results.append(r)
             print(f"  {label:24s} seed {seed}: top-1 {r['top1']:.2f}%  ({time.time() - start:.0f} s)", flush=True)
         heads = sorted({k for r in results for k in r if k.startswith("top1_")})
         table[label] = dict(model=model, kwargs={k: str(v) for k, v in kwargs.items()},
-                            top1=_summary(r["top1"] for r in results),
+                            top1=seed_summary(r["top1"] for r in results),
                             extra_args=" ".join(extra[0]) if extra else "",
-                            heads={h[5:]: _summary(r[h] for r in results) for h in heads},
-                            train_seconds=_summary(r["train_seconds"] for r in results))
+                            heads={h[5:]: seed_summary(r[h] for r in results) for h in heads},
+                            train_seconds=seed_summary(r["train_seconds"] for r in results))
     return table
 
 
@@ -349,8 +330,8 @@ def complementary_experiment(seeds: Sequence[int], quick: bool, tau: int = 4) ->
     summary = {}
     for method, data in table.items():
         per_t = list(zip(*data["T"]))
-        summary[method] = {f"T={k + 1}": _summary(v) for k, v in enumerate(per_t)}
-    summary["round 2 gain on round 1's hardest 10% of classes (points)"] = _summary(hard_class_gain)
+        summary[method] = {f"T={k + 1}": seed_summary(v) for k, v in enumerate(per_t)}
+    summary["round 2 gain on round 1's hardest 10% of classes (points)"] = seed_summary(hard_class_gain)
     return dict(dataset="multidigit-II level 3", member="lenet (16x16)", tau=tau, epochs_per_network=epochs,
                 heldout_fraction=0.1, table=summary)
 
