@@ -348,6 +348,15 @@ class PushedCommit(str):
         return str(self)
 
 
+def upload_as_one_commit(api, repo_id: str, folder: os.PathLike, *, private: Optional[bool],
+                         revision: Optional[str], commit_message: str) -> PushedCommit:
+    """Create the repo if needed and upload ``folder`` as one commit; its id with the repo's URLs."""
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    info = api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, commit_message=commit_message)
+    repo_url = str(getattr(info, "repo_url", "") or f"{api.endpoint}/{repo_id}")
+    return PushedCommit(info.oid, repo_id, info.commit_url, repo_url)
+
+
 def push_to_hub(model: nn.Module, repo_id: str, *, revision: Optional[str] = None, private: Optional[bool] = None,
                 token: Optional[str] = None, commit_message: Optional[str] = None, keep_training_heads: bool = False,
                 metrics: Optional[Dict[str, float]] = None, datasets: Iterable[str] = (),
@@ -366,11 +375,8 @@ def push_to_hub(model: nn.Module, repo_id: str, *, revision: Optional[str] = Non
         save_for_hub(model, tmp, keep_training_heads=keep_training_heads, metrics=metrics, datasets=datasets,
                      description=description, model_args=model_args, base_model=base_model, repo_id=repo_id,
                      license=license)
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        info = api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision,
-                                 commit_message=commit_message or f"Upload {repo_id} from collab_zoo")
-    repo_url = str(getattr(info, "repo_url", "") or f"{api.endpoint}/{repo_id}")
-    commit = PushedCommit(info.oid, repo_id, info.commit_url, repo_url)
+        commit = upload_as_one_commit(api, repo_id, tmp, private=private, revision=revision,
+                                      commit_message=commit_message or f"Upload {repo_id} from collab_zoo")
     message = (f"Pushed {repo_id} at commit {commit}\n  {commit.commit_url}\n"
                f"  load exactly this upload: collab_zoo.create_model(\"hf-hub:{repo_id}@{commit}\", pretrained=True)")
     _logger.info(message)

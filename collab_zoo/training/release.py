@@ -158,7 +158,7 @@ def release_run(run: Path, repo_id: str, *, revision: Optional[str] = None, priv
     (a ``collab_zoo.hub.PushedCommit``: a str with ``commit_url`` and ``repo_url``)."""
     from huggingface_hub import HfApi
 
-    from ..hub import PushedCommit
+    from ..hub import upload_as_one_commit
     from ..weights import check_hub_id
 
     check_hub_id(repo_id)
@@ -166,12 +166,10 @@ def release_run(run: Path, repo_id: str, *, revision: Optional[str] = None, priv
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory() as tmp:
         files = _stage(checked, Path(tmp), repo_id, license, train_command)
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        info = api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision,
-                                 commit_message=commit_message or f"Release {checked.folder.name} from collab_zoo")
-    repo_url = str(getattr(info, "repo_url", "") or f"{api.endpoint}/{repo_id}")
-    commit = PushedCommit(info.oid, repo_id, info.commit_url, repo_url)
-    message = (f"Released {checked.folder} to {repo_url}\n  commit {commit}  ({info.commit_url})\n"
+        commit = upload_as_one_commit(
+            api, repo_id, tmp, private=private, revision=revision,
+            commit_message=commit_message or f"Release {checked.folder.name} from collab_zoo")
+    message = (f"Released {checked.folder} to {commit.repo_url}\n  commit {commit}  ({commit.commit_url})\n"
                f"  files: {', '.join(files)}\n"
                f"  load exactly this upload: collab_zoo.create_model(\"hf-hub:{repo_id}@{commit}\", pretrained=True)")
     _logger.info(message)
