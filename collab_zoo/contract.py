@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import TrainOutputNotATensorError
+from .errors import IncompatibleConfigError, TrainOutputNotATensorError
 
 Heads = Tuple[Tensor, ...]
 LossParts = Dict[str, Tensor]
@@ -41,7 +41,7 @@ __all__ = [
     "scores_and_heads", "deterministic_mode_of", "parameters_left_unused_of", "CONFORMANCE_FAMILIES",
     "CONFORMANCE_CHECKS", "exempt_from_conformance", "conformance_exemptions", "inherit_conformance_exemptions",
     "target_probability", "is_soft_target", "TrainHeads", "is_tracing", "group_ordinals", "prefixed_group_matcher",
-    "model_display_name", "weighted_mean",
+    "model_display_name", "weighted_mean", "check_single_objective",
 ]
 
 
@@ -101,6 +101,18 @@ def is_tracing() -> bool:
         return True
     compiler = getattr(torch, "compiler", None)
     return bool(compiler is not None and (compiler.is_compiling() or getattr(compiler, "is_exporting", bool)()))
+
+
+def check_single_objective(backbone: nn.Module, method: str, nested_example: str) -> None:
+    """Refuse a backbone with several heads or training rounds: a method that adds heads (DKS, CLDL) replaces the
+    network's objective with its own, so such a backbone's objective would be silently dropped."""
+    names = head_names_of(backbone)
+    rounds = num_rounds_of(backbone)
+    if len(names) != 1 or rounds != 1:
+        raise IncompatibleConfigError(
+            f"{method} adds heads to a network with one head trained in one round; {model_display_name(backbone)} "
+            f"has heads {list(names)} and {rounds} round(s), with an objective of its own that {method} would "
+            f"override. Put {method} inside instead (e.g. complementary with member='{nested_example}').")
 
 
 def model_display_name(model: nn.Module) -> str:

@@ -109,7 +109,7 @@ from ..builder import build_zoo_model
 from ..convert import read_torch_checkpoint, register_converter, strip_prefix
 from ..contract import (BackboneWrapper, Heads, LossParts, deterministic_mode_of, exempt_from_conformance,
                         inherit_conformance_exemptions, is_soft_target, is_tracing, parameters_left_unused_of,
-                        weighted_mean)
+                        weighted_mean, check_single_objective)
 from ..errors import IncompatibleConfigError, StateDictMismatchError
 from ..registry import base_cfg, cifar_cfg, mnist_cfg, zoo_default_cfgs, zoo_model
 
@@ -697,18 +697,6 @@ class _GoogLeNetView:
         return (*outputs, net.forward_head(x))
 
 
-def _check_backbone_composes(backbone: nn.Module) -> None:
-    """CLDL adds companion heads to a network with one head trained in one round (its loss replaces the network's
-    own): a model with several heads or rounds has an objective CLDL would silently drop."""
-    names = tuple(getattr(backbone, "head_names", ("main",)))
-    rounds = int(getattr(backbone, "num_rounds", 1))
-    if len(names) != 1 or rounds != 1:
-        raise IncompatibleConfigError(
-            f"CLDL adds companion heads to a network with one head trained in one round; {type(backbone).__name__} has "
-            f"heads {list(names)} and {rounds} round(s), with an objective of its own that CLDL would override. "
-            "Put CLDL inside instead (e.g. complementary with member='cldl_nin').")
-
-
 def _view_for(backbone: nn.Module):
     if isinstance(backbone, NetworkInNetwork):
         return _NINView(backbone)
@@ -761,7 +749,7 @@ class CLDLModel(BackboneWrapper):
             num_heads = len(head_stages) + 1
         self.backbone = backbone
         self.loss, self.inference, self.gamma = loss, inference, float(gamma)
-        _check_backbone_composes(backbone)
+        check_single_objective(backbone, "CLDL", "cldl_nin")
         self._view = _view_for(backbone)
         self.placement = self._view.place(int(num_heads), self.gamma, head_layers, head_stages)
         self.num_heads = len(self.placement.taps) + 1

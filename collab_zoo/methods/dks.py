@@ -70,7 +70,8 @@ from ..builder import build_zoo_model
 from ..convert import (add_hub_arguments, as_state_dict, check_state_dict_keys, finish_hub_folder,
                        read_torch_checkpoint, register_converter, strip_prefix)
 from ..contract import (BackboneWrapper, Heads, LossParts, classifier_module_name, forward_heads_of, head_names_of,
-                        inherit_conformance_exemptions, is_tracing, model_display_name, weighted_mean)
+                        inherit_conformance_exemptions, is_tracing, model_display_name, weighted_mean,
+                        check_single_objective)
 from ..errors import IncompatibleConfigError
 from ..registry import base_cfg, cifar_cfg, zoo_default_cfgs, zoo_model
 
@@ -457,13 +458,7 @@ class _FeatureLevelView:
 
 def _check_backbone_composes(backbone: nn.Module) -> None:
     """DKS adds heads to a network with one head trained in one round, whose training step runs every parameter."""
-    names = head_names_of(backbone)
-    rounds = int(getattr(backbone, "num_rounds", 1))
-    if len(names) != 1 or rounds != 1:
-        raise IncompatibleConfigError(
-            f"DKS adds auxiliary heads to a network with one head trained in one round; {model_display_name(backbone)} "
-            f"has heads {list(names)} and {rounds} round(s), with an objective of its own that DKS would override. "
-            "Put DKS inside instead (e.g. complementary with member='dks_resnet20').")
+    check_single_objective(backbone, "DKS", "dks_resnet20")
     if getattr(backbone, "leaves_parameters_unused", False):
         raise IncompatibleConfigError(
             f"{model_display_name(backbone)} leaves some parameters unused in a training step (stochastic DCL "
