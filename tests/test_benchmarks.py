@@ -204,6 +204,45 @@ def test_tables_quote_the_new_file_with_iqr_threads_and_commit(tmp_path, keep_th
     assert "`dcl_lenet` / `lenet`" in tables.section(tmp_path)
 
 
+def _seeds(*values):
+    return dict(mean=sum(values) / len(values), std=0.5, values=list(values))
+
+
+def test_dks_heads_table_pairs_ds_with_dks_per_kind_beside_the_papers_accuracy():
+    doc = dict(data="--dataset digits", seeds=[0, 1], quick=True, complete=True, table={
+        "baseline": dict(model="cifar_resnet32", top1=_seeds(90.0, 92.0)),
+        "ap_2fc DS": dict(head_parameters=12_900, top1=_seeds(80.0, 82.0)),
+        "ap_2fc DKS": dict(head_parameters=12_900, top1=_seeds(77.0, 78.0)),
+    })
+    lines = tables.dks_heads_table(doc)
+    # DS mean 81.00, DKS mean 77.50: -3.50; the paper's AP+2FC errors 31.85 / 35.09 as accuracy
+    assert "| AP+2FC | 12,900 | 81.00 ± 0.50 | 77.50 ± 0.50 | -3.50 | 68.15 / 64.91 |" in lines
+    assert lines[-1].startswith("| none (plain `cifar_resnet32`) | 0 | 91.00 ± 0.50 |") and "70.03" in lines[-1]
+    assert not any("blocks" in line for line in lines)  # a kind that was not run gets no row
+
+
+def test_section_leaves_out_a_head_table_whose_run_stopped_part_way(tmp_path):
+    doc = dict(data="--dataset digits", seeds=[0], quick=True, complete=False,
+               table={"baseline": dict(model="cifar_resnet32", top1=_seeds(90.0))})
+    (tmp_path / "dks_heads_quick.json").write_text(json.dumps(doc))
+    assert "Table 3 in miniature" not in tables.section(tmp_path)
+    (tmp_path / "dks_heads_quick.json").write_text(json.dumps(dict(doc, complete=True)))
+    assert "Table 3 in miniature" in tables.section(tmp_path)
+
+
+def test_dcl_fair_table_shows_the_sweep_the_chosen_rate_and_training_accuracy(tmp_path):
+    row = dict(model="lenet", lr=0.04, sweep={"0.01": dict(top1=30.64), "0.04": dict(top1=46.8)},
+               top1=_seeds(50.0, 51.0), final_train_top1=_seeds(64.0, 66.0))
+    doc = dict(scale="medium", common="--epochs 10", datasets={
+        "MNIST-II-01": dict(table={"baseline (LeNet)": row}, figure="/x/repro_dcl_fair_MNIST-II-01_medium.png")})
+    text = "\n".join(tables.dcl_fair_tables(doc))
+    # the paper's MNIST-II-01 baseline error 1.96 as accuracy
+    assert "| baseline (LeNet) | 0.01: 30.6, 0.04: 46.8 | 0.04 | 50.50 ± 0.50 | 65.00 ± 0.50 | 98.04 |" in text
+    assert "(benchmarks/results/repro_dcl_fair_MNIST-II-01_medium.png)" in text
+    (tmp_path / "repro_dcl_fair_medium.json").write_text(json.dumps(doc))
+    assert "the medium scale" in tables.section(tmp_path)
+
+
 # --- gpu.py ----------------------------------------------------------------------------------------------------------
 
 def test_gpu_script_says_no_gpu_and_exits_0_without_one(tmp_path):
