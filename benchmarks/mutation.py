@@ -54,6 +54,7 @@ MODULES: Dict[str, Dict[str, Any]] = {
                  skip_functions=["build_parser", "build_validate_parser", "_add_data_arguments",
                                  "_add_input_arguments"]),
     "checkpoint": dict(path="collab_zoo/training/checkpoint.py", tests=[KNOWN]),
+    "data": dict(path="collab_zoo/data/builtin.py", tests=["tests/test_data.py"]),
     "registry": dict(path="collab_zoo/registry.py", tests=["tests/test_registry.py"]),
     "weights": dict(path="collab_zoo/weights.py", tests=["tests/test_weights.py"]),
     "methods-dks": dict(path="collab_zoo/methods/dks.py", tests=["tests/test_dks.py"]),
