@@ -331,7 +331,7 @@ def section(results: Path = RESULTS) -> str:
     stability, comp = _load("repro_dcl-stability", results), _load("repro_complementary", results)
     # The full runs where they exist, else the smaller scale that was run; each table says which.
     fair = _load("repro_dcl_fair", results) or _load("repro_dcl_fair_medium", results)
-    heads = _load("dks_heads", results) or _load("dks_heads_quick", results)
+    heads = _load("dks_heads", results) or _load("dks_heads_medium", results) or _load("dks_heads_quick", results)
     if heads is not None and not heads.get("complete", True):
         heads = None  # a run stopped part-way: its rows are not the table the paper's question needs
     machine = _machine_of(cost) or _machine_of(dks)
@@ -382,7 +382,7 @@ def section(results: Path = RESULTS) -> str:
         out += ["### DKS: which auxiliary heads make synergy pay (Table 3 in miniature)", "",
                 f"`dks_resnet32`, every `aux=` head kind trained as deep supervision (DS, `pairs='none'`) and as "
                 f"DKS (`pairs='bidirectional'`), plus the plain network (`{heads['data']}`; "
-                f"{'a 3-epoch smoke scale, ' if heads.get('quick') else ''}{len(heads['seeds'])} seeds). Head "
+                f"{heads.get('scale') or ('quick' if heads.get('quick') else 'full')} scale, {len(heads['seeds'])} seeds). Head "
                 "parameters are at 100 classes, as in the paper. The paper's columns are CIFAR-100 accuracy.", ""]
         out += dks_heads_table(heads) + [""]
     if comp:
