@@ -331,9 +331,11 @@ def section(results: Path = RESULTS) -> str:
     stability, comp = _load("repro_dcl-stability", results), _load("repro_complementary", results)
     # The full runs where they exist, else the smaller scale that was run; each table says which.
     fair = _load("repro_dcl_fair", results) or _load("repro_dcl_fair_medium", results)
-    heads = _load("dks_heads", results) or _load("dks_heads_medium", results) or _load("dks_heads_quick", results)
-    if heads is not None and not heads.get("complete", True):
-        heads = None  # a run stopped part-way: its rows are not the table the paper's question needs
+    # Every scale that ran to the end, longest first: the scales answer different questions (does synergy slow the
+    # first epochs, does that last). A run stopped part-way is left out: its rows are not the table the paper's
+    # question needs.
+    head_runs = [d for d in (_load(f"dks_heads{suffix}", results) for suffix in ("", "_medium", "_quick"))
+                 if d is not None and d.get("complete", True)]
     machine = _machine_of(cost) or _machine_of(dks)
     if _is_v2(cost):  # the scripts as issue 15 left them
         how = ("`python benchmarks/run_all.py` (about three hours on a quiet machine; `benchmarks/cost.py --only "
@@ -378,13 +380,16 @@ def section(results: Path = RESULTS) -> str:
                 f"best rate (`{fair['common']}`{', the ' + fair['scale'] + ' scale' if fair.get('scale') else ''}). "
                 "Mapping weights start positive, so no fused unit starts at the floor.", ""]
         out += dcl_fair_tables(fair) + [""]
-    if heads:
+    if head_runs:
         out += ["### DKS: which auxiliary heads make synergy pay (Table 3 in miniature)", "",
-                f"`dks_resnet32`, every `aux=` head kind trained as deep supervision (DS, `pairs='none'`) and as "
-                f"DKS (`pairs='bidirectional'`), plus the plain network (`{heads['data']}`; "
-                f"{heads.get('scale') or ('quick' if heads.get('quick') else 'full')} scale, {len(heads['seeds'])} seeds). Head "
-                "parameters are at 100 classes, as in the paper. The paper's columns are CIFAR-100 accuracy.", ""]
-        out += dks_heads_table(heads) + [""]
+                "`dks_resnet32` with each `aux=` head kind, trained as deep supervision (DS, `pairs='none'`) and as "
+                "DKS (`pairs='bidirectional'`), plus the plain network; the same recipe and seeds for every row. "
+                "Head parameters are at 100 classes, as in the paper. The paper's columns are CIFAR-100 accuracy.",
+                ""]
+        for heads in head_runs:
+            scale = heads.get("scale") or ("quick" if heads.get("quick") else "full")
+            out += [f"*{scale} scale* (`{heads['data']}`, {len(heads['seeds'])} seeds)", ""]
+            out += dks_heads_table(heads) + [""]
     if comp:
         gain = comp["table"]["round 2 gain on round 1's hardest 10% of classes (points)"]
         out += ["### Complementary networks: class-level boosting against a plain ensemble and sample-level "

@@ -228,6 +228,10 @@ def test_section_leaves_out_a_head_table_whose_run_stopped_part_way(tmp_path):
     assert "Table 3 in miniature" not in tables.section(tmp_path)
     (tmp_path / "dks_heads_quick.json").write_text(json.dumps(dict(doc, complete=True)))
     assert "Table 3 in miniature" in tables.section(tmp_path)
+    # every scale that ran to the end gets its table, the longer first
+    (tmp_path / "dks_heads_medium.json").write_text(json.dumps(dict(doc, complete=True, scale="medium")))
+    text = tables.section(tmp_path)
+    assert 0 < text.index("*medium scale*") < text.index("*quick scale*")
 
 
 def test_dcl_fair_table_shows_the_sweep_the_chosen_rate_and_training_accuracy(tmp_path):
