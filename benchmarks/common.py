@@ -77,7 +77,10 @@ def git_state() -> Dict[str, Any]:
 
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no")
-    changed = [line[3:] for line in (status or "").splitlines() if line.strip()]
+    # Results files are what the benchmarks write, not code: a run that starts while an earlier one's file is still
+    # uncommitted (cost.py at 2 threads after 1) measures the commit all the same.
+    changed = [line[3:] for line in (status or "").splitlines()
+               if line.strip() and not line[3:].startswith("benchmarks/results/")]
     return dict(commit=commit.strip() if commit else None, dirty=bool(changed) if status is not None else None,
                 changed_paths=changed[:50])
 
