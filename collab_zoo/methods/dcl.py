@@ -165,6 +165,8 @@ def _exclusive_sum(logs: Tensor) -> Tensor:
 def _exclusive_product(values: Tensor) -> Tensor:
     """``prod_{s != t} values[s]`` for every t, from prefix and suffix products (no division: 0 / 0 at a silent
     branch would be nan)."""
+    if values.shape[0] == 2:  # the paper's usual two branches: the product of the others is the other one
+        return values.flip(0)
     one = torch.ones_like(values[:1])
     before = torch.cumprod(torch.cat([one, values[:-1]]), dim=0)
     after = torch.cumprod(torch.cat([values[1:], one]).flip(0), dim=0).flip(0)
