@@ -303,8 +303,15 @@ def cost_section(d: Dict[str, Any]) -> List[str]:
     for config in d["configs"].values():
         rows = [row for row in config["rows"].values() if "baseline" in row and "train_step_time" in row]
         if rows:
-            out += [f"Time at {_config_label(config)}:", ""] + cost_time_table(config) + [""]
+            out += [f"Time at {_config_label(config)} ({_load_range(config)}):", ""] + cost_time_table(config) + [""]
     return out + cost_bullets(d)
+
+
+def _load_range(config: Dict[str, Any]) -> str:
+    """The 1-minute load averages this configuration's rows started at: a paired ratio from a busy machine is
+    noisier, so each table says how busy its machine was."""
+    loads = [row["load_average_at_start"][0] for row in config["rows"].values() if row.get("load_average_at_start")]
+    return f"1-minute load {min(loads):.2f}-{max(loads):.2f} at the rows' starts" if loads else "load not recorded"
 
 
 def gpu_section(d: Dict[str, Any]) -> List[str]:

@@ -198,7 +198,9 @@ def test_tables_quote_the_new_file_with_iqr_threads_and_commit(tmp_path, keep_th
     st = row["eval_time"]
     assert f"x{st['ratio']:.2f} ({st['ratio_q1']:.2f}-{st['ratio_q3']:.2f})" in text
     assert f"{st['time_over_flops']:.2f}" in text
-    assert "Time at 1 thread:" in text and "at 1 thread of torch" in text
+    load = row["load_average_at_start"][0]
+    assert f"Time at 1 thread (1-minute load {load:.2f}-{load:.2f} at the rows' starts):" in text
+    assert "at 1 thread of torch" in text
     assert f"`{run['commit'][:12]}`" in text and run["command"] in text
     # and section() takes it from a results folder, the way the README's section is made
     assert "`dcl_lenet` / `lenet`" in tables.section(tmp_path)
