@@ -186,6 +186,16 @@ def test_targets_apply_the_issues_limits():
     assert verdict["dks_resnet18 train step <= 1.10x its FLOP ratio over resnet18"] is None
 
 
+def test_a_row_is_busy_when_the_load_exceeds_its_own_threads():
+    doc = dict(runs={"r": dict(commit="abc", dirty=False, quick=False, cores=2)})
+    rows = {"own_two_threads": dict(run="r", load_average_at_start=[2.4, 0, 0]),
+            "something_else_too": dict(run="r", load_average_at_start=[2.6, 0, 0])}
+    quiet = {label.split(" (")[0]: (passed, detail) for passed, label, detail in cost.provenance(doc, rows, 2)}
+    assert quiet["the machine was quiet at each row's start"] == (False, "busy before ['something_else_too']")
+    one = {label.split(" (")[0]: passed for passed, label, _ in cost.provenance(doc, rows, 1)}
+    assert one["the machine was quiet at each row's start"] is False  # 2.4 > 1 + 0.5 as well
+
+
 # --- tables.py on the new files --------------------------------------------------------------------------------------
 
 def test_tables_quote_the_new_file_with_iqr_threads_and_commit(tmp_path, keep_threads):
