@@ -4,6 +4,7 @@ huggingface_hub reads HF_ENDPOINT, HF_HUB_CACHE and the offline flag once, at im
 collab_zoo imports it (through timm); so the port is chosen and the variables are set here, before any test
 module imports anything. Tests then use the real client against a real HTTP server.
 """
+import atexit
 import os
 import shutil
 import sys
@@ -45,7 +46,9 @@ import torch  # noqa: E402
 
 from collab_zoo.loopback_hub import LoopbackHub  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Two threads on the 2-core machines the suite is sized for; fewer when OMP_NUM_THREADS asks (mutation testing
+# runs two single-threaded test processes side by side).
+torch.set_num_threads(min(2, os.cpu_count() or 1, int(os.environ.get("OMP_NUM_THREADS") or 2)))
 _HUB = LoopbackHub(port=_PORT).start()
 
 
@@ -60,7 +63,10 @@ def hf_cache():
     return Path(_CACHE)
 
 
-def pytest_sessionfinish(session, exitstatus):
+@atexit.register
+def _stop_hub_and_remove_cache():
+    # At interpreter exit, not at session finish: a tool that runs several pytest sessions in one process (mutmut
+    # does) imports this module once, so a Hub stopped after the first session would stay stopped for the rest.
     _HUB.stop()
     shutil.rmtree(_CACHE, ignore_errors=True)
 
