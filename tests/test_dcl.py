@@ -222,6 +222,27 @@ def test_fast_fusion_equals_the_log_domain_version(num, dtype):
         np.testing.assert_allclose(_np(dcl_fuse(factors)), _np(fused), rtol=0, atol=0)
 
 
+def test_pairs_mean_equals_float64_arithmetic_over_silent_ordinary_and_huge_responses():
+    """The stochastic mode's test-time mean, in float32 with and without a gradient, within 1e-6 relative of
+    ``mean_{i<j} sqrt(v_i v_j + eps)`` done in float64 (products up to 1e60, past float32's range)."""
+    torch.manual_seed(41)
+    shape = (4, 5, 6)
+    scale = torch.tensor([0.0, 1e-3, 1.0, 30.0, 1e12, 1e30])[torch.randint(0, 6, shape)]
+    factors = torch.rand(shape) * scale
+    factors[:, 0, 0] = 0.0
+    wide = _np(factors)
+    expected = np.mean([np.sqrt(wide[i] * wide[j] + 1e-2) for i, j in itertools.combinations(range(4), 2)], axis=0)
+    assert expected.max() > 1e25, "the case has pairs whose float32 product would overflow"
+    with torch.no_grad():
+        fast = dcl_fuse_pairs(factors)
+    leaf = factors.clone().requires_grad_()
+    through_autograd = dcl_fuse_pairs(leaf)
+    through_autograd.sum().backward()
+    assert fast.dtype == torch.float32 and torch.isfinite(leaf.grad).all()
+    np.testing.assert_allclose(_np(fast), expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(through_autograd.detach(), fast, rtol=0, atol=0)
+
+
 def test_stochastic_training_trains_exactly_two_branches_per_step():
     torch.manual_seed(4)
     module = DCLModule(6, 5, [3, 3, 3, 3], mode="stochastic").train()
