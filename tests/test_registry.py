@@ -1,5 +1,6 @@
 """The registry: zoo names in timm's registry, tags from hub_configs/, and the errors a user can act on."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,8 @@ import torch
 
 import collab_zoo
 from collab_zoo.errors import NoPretrainedWeightsError, UnknownModelError, UnknownTagError
-from collab_zoo.registry import HubConfigError, _parse_hub_config, hub_configs
+from collab_zoo.registry import (EXTRA_CONFIGS_ENV, HubConfigError, HubConfigWarning, _hub_config_files,
+                                 _parse_hub_config, closest_model_names, get_hub_config, hub_configs)
 
 from conftest import ROOT, subprocess_env
 
@@ -220,3 +222,97 @@ def test_a_tag_registered_at_run_time_never_changes_the_bare_names_defaults():
     assert (after.tag, after.input_size, after.num_classes) == (before.tag, before.input_size, before.num_classes)
     assert collab_zoo.create_model("dks_resnet110").pretrained_cfg["input_size"] == before.input_size
     assert collab_zoo.get_pretrained_cfg("dks_resnet50").tag == "in1k"  # a shipped tag stays the default
+
+
+# --- known answers, in this process (the subprocess tests above cannot see a change made in this one) -------------
+
+def test_hub_config_files_are_the_shipped_ones_then_each_extra_folder_in_order(tmp_path, monkeypatch):
+    first, second, missing = tmp_path / "first", tmp_path / "second", tmp_path / "missing"
+    first.mkdir()
+    second.mkdir()
+    (first / "z.json").write_bytes(b"z")
+    (first / "a.json").write_bytes(b"a")
+    (first / "notes.txt").write_bytes(b"not a config")
+    (second / "b.json").write_bytes(b"b")
+    monkeypatch.setenv(EXTRA_CONFIGS_ENV, os.pathsep.join([str(first), "", str(missing), str(second)]))
+    with pytest.warns(HubConfigWarning) as caught:
+        files = _hub_config_files()
+    assert [str(w.message) for w in caught] == [
+        f"{EXTRA_CONFIGS_ENV} names {missing}, which is not a folder; it is skipped."]
+    shipped = [(f"hub_configs/{p.name}", p.read_bytes()) for p in sorted((ROOT / "hub_configs").glob("*.json"))]
+    assert len(shipped) == 8
+    assert files == shipped + [(str(first / "a.json"), b"a"), (str(first / "z.json"), b"z"),
+                               (str(second / "b.json"), b"b")]
+
+
+def test_reading_the_configs_skips_each_broken_file_with_one_warning(tmp_path, monkeypatch):
+    folder = tmp_path / "configs"
+    _write_extra_configs(folder)
+    monkeypatch.setenv(EXTRA_CONFIGS_ENV, str(folder))
+    with pytest.warns(HubConfigWarning) as caught:
+        configs = hub_configs.__wrapped__()  # the uncached read, as at import
+    messages = [str(w.message) for w in caught]
+    shipped = {p.name[:-len(".json")] for p in (ROOT / "hub_configs").glob("*.json")}
+    assert set(configs) == shipped | {"dks_resnet20.extra"}
+    assert configs["dks_resnet20.extra"].num_classes == _valid_config()["num_classes"]
+    assert len(messages) == 3 and all(m.endswith("This tag is skipped until the file is fixed.") for m in messages)
+    assert sorted(m.split(":")[0] for m in messages) == sorted(
+        str(folder / f"dks_resnet20.{kind}.json") for kind in ("badtype", "latin1", "truncated"))
+
+
+def test_get_hub_config_answers_for_tags_defaults_and_strangers():
+    shipped = hub_configs()["dks_resnet50.in1k"]
+    assert get_hub_config("dks_resnet50.in1k") is shipped
+    assert get_hub_config("dks_resnet50") is shipped, "the bare name gives its default tag's config"
+    assert get_hub_config("dks_resnet50.nope") is None
+    assert get_hub_config("cifar_resnet32") is None, "an architecture without tags"
+    assert get_hub_config("resnet50") is None, "timm's own default tag is not a zoo config"
+    assert get_hub_config("no_such_arch") is None
+
+
+def test_get_pretrained_cfg_refuses_an_unknown_tag_naming_the_architecture_and_the_tag():
+    with pytest.raises(UnknownTagError) as e:
+        collab_zoo.get_pretrained_cfg("dks_resnet50.in21k")
+    assert str(e.value) == "Unknown pretrained tag 'in21k' for 'dks_resnet50'. Available: dks_resnet50.in1k."
+    with pytest.raises(UnknownTagError) as e:
+        collab_zoo.get_pretrained_cfg("cifar_resnet32.in1k")
+    assert str(e.value) == "'cifar_resnet32' has no pretrained tags; use the bare name 'cifar_resnet32'."
+
+
+def test_unknown_tag_lists_every_tag_comma_separated():
+    for tag in ("aa1", "aa2"):
+        collab_zoo.register_hub_config(_valid_config(model=f"dks_resnet110.{tag}", revision="a" * 40,
+                                                     sha256="b" * 64))
+    with pytest.raises(UnknownTagError) as e:
+        collab_zoo.get_pretrained_cfg("dks_resnet110.nope")
+    assert "Available: dks_resnet110.aa1, dks_resnet110.aa2" in str(e.value)
+
+
+def test_unknown_model_message_names_five_closest_names_from_the_architecture():
+    closest = ["dks_resnet50", "dks_resnet152", "dks_resnet32", "dks_resnet20", "dks_resnet18"]
+    assert closest_model_names("dks_resnet5.in1k") == closest, "the tag is left out of the comparison"
+    with pytest.raises(UnknownModelError) as e:
+        collab_zoo.get_pretrained_cfg("dks_resnet5")
+    assert str(e.value) == ("Unknown model 'dks_resnet5'. Closest names: " + ", ".join(closest) + ". See "
+                            "collab_zoo.list_models() for the zoo, timm.list_models() for timm's own.")
+
+
+def test_list_pretrained_is_in_natural_order_and_filters_by_architecture():
+    assert collab_zoo.list_pretrained("dks_resnet1[58]*", include_pending=True) == ["dks_resnet18.in1k",
+                                                                                    "dks_resnet152.in1k"]
+    everything = collab_zoo.list_pretrained(include_pending=True)
+    assert set(everything) >= {"dks_resnet20.digits", "dks_resnet50.in1k", "dcl_lenet.digits"}
+
+
+def test_registering_from_a_path_names_the_file_and_an_unknown_architecture(tmp_path):
+    absent = tmp_path / "absent.json"
+    with pytest.raises(HubConfigError) as e:
+        collab_zoo.register_hub_config(absent)
+    assert str(e.value) == f"{absent}: cannot be read (No such file or directory)."
+    folder = tmp_path / "configs"
+    _write_extra_configs(folder)
+    with pytest.raises(HubConfigError) as e:
+        collab_zoo.register_hub_config(folder / "dks_resnet20.truncated.json")
+    assert str(e.value).startswith(f"{folder / 'dks_resnet20.truncated.json'}: ")
+    with pytest.raises(UnknownModelError, match=r"^Unknown model 'no_such_arch'\."):
+        collab_zoo.register_hub_config(_valid_config(model="no_such_arch.in1k"))
