@@ -12,7 +12,8 @@ import torch
 import collab_zoo
 from collab_zoo.errors import NoPretrainedWeightsError, UnknownModelError, UnknownTagError
 from collab_zoo.registry import (EXTRA_CONFIGS_ENV, HubConfigError, HubConfigWarning, _hub_config_files,
-                                 _parse_hub_config, closest_model_names, get_hub_config, hub_configs)
+                                 _parse_hub_config, base_cfg, cifar_cfg, closest_model_names, get_hub_config,
+                                 hub_configs, mnist_cfg, zoo_default_cfgs)
 
 from conftest import ROOT, subprocess_env
 
@@ -316,3 +317,62 @@ def test_registering_from_a_path_names_the_file_and_an_unknown_architecture(tmp_
     assert str(e.value).startswith(f"{folder / 'dks_resnet20.truncated.json'}: ")
     with pytest.raises(UnknownModelError, match=r"^Unknown model 'no_such_arch'\."):
         collab_zoo.register_hub_config(_valid_config(model="no_such_arch.in1k"))
+
+
+def test_the_cfg_helpers_give_timms_fields_for_each_input_kind():
+    extra = dict(pool_size=(7, 7))
+    assert base_cfg("conv1", "fc", **extra) == dict(
+        first_conv="conv1", classifier="fc", num_classes=1000, input_size=(3, 224, 224),
+        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop_pct=0.875, interpolation="bilinear",
+        pool_size=(7, 7))
+    assert cifar_cfg("stem", ("fc", "aux")) == dict(
+        first_conv="stem", classifier=("fc", "aux"), num_classes=100, input_size=(3, 32, 32),
+        mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762), crop_pct=1.0, interpolation="bilinear")
+    assert mnist_cfg("conv", "out", num_classes=100, size=16) == dict(
+        first_conv="conv", classifier="out", num_classes=100, input_size=(1, 16, 16), mean=(0.1307,),
+        std=(0.3081,), crop_pct=1.0, interpolation="bilinear")
+    assert mnist_cfg("conv", "out")["input_size"] == (1, 28, 28) and mnist_cfg("conv", "out")["num_classes"] == 10
+
+
+def test_a_tags_pretrained_cfg_is_the_base_with_the_json_fields_on_top():
+    data = _valid_config()
+    config = _parse_hub_config("dks_resnet18.in1k.json", data)
+    base = dict(first_conv="conv1", classifier="fc", num_classes=1, input_size=(3, 1, 1), custom="kept")
+    published = data["revision"] is not None and data["sha256"] is not None
+    expected = dict(
+        first_conv="conv1", classifier="fc", custom="kept",
+        hf_hub_id=f"{data['hf_hub_id']}@{data['revision']}" if published else None, file=None,
+        hf_hub_filename=data["filename"], num_classes=data["num_classes"], input_size=tuple(data["input_size"]),
+        interpolation=data["interpolation"], crop_pct=data["crop_pct"], crop_mode=data["crop_mode"],
+        mean=tuple(data["mean"]), std=tuple(data["std"]), license=data["license"],
+        paper_name=data["paper"].get("title"), paper_ids=data["paper"].get("id"),
+        origin_url=data["origin"].get("url"), description=data["origin"].get("description"),
+        notes=tuple(data.get("notes", ())) or None)
+    assert config.to_pretrained_cfg(base) == expected
+    pinned = _parse_hub_config("dks_resnet18.in1k.json", dict(data, revision="c" * 40, sha256="d" * 64,
+                                                               label_names=[str(i) for i in range(1000)]))
+    cfg = pinned.to_pretrained_cfg(base)
+    assert cfg["hf_hub_id"] == f"{data['hf_hub_id']}@{'c' * 40}" and cfg["file"] is None
+    assert cfg["label_names"] == tuple(str(i) for i in range(1000))
+    shipped = hub_configs()["dcl_lenet.digits"]
+    cfg = shipped.to_pretrained_cfg({})
+    assert cfg["file"] == str(ROOT / "collab_zoo" / "pretrained" / shipped.packaged_file)
+    assert cfg["hf_hub_id"] is None, "a shipped tag not yet on the Hub names no repo"
+
+
+def test_zoo_default_cfgs_folds_in_tags_and_picks_only_a_fitting_shipped_default():
+    from collab_zoo.registry import _BASE_CFGS
+
+    out = zoo_default_cfgs({name: dict(_BASE_CFGS[name]) for name in ("dks_resnet50", "dks_resnet20")})
+    assert out["dks_resnet50"].tags[0] == "in1k", "the shipped ImageNet tag is the bare name's default"
+    assert out["dks_resnet50"].cfgs["in1k"].hf_hub_filename == hub_configs()["dks_resnet50.in1k"].filename
+    assert out["dks_resnet50"].cfgs[""].num_classes == _BASE_CFGS["dks_resnet50"]["num_classes"]
+    # dks_resnet20.digits is 1x16x16 with 100 classes: not what dks_resnet20 is defined for, so never its default
+    assert out["dks_resnet20"].tags[0] == "" and "digits" in out["dks_resnet20"].tags
+    assert out["dks_resnet20"].cfgs["digits"].input_size == tuple(hub_configs()["dks_resnet20.digits"].input_size)
+
+
+def test_is_zoo_model_reads_the_architecture_before_the_tag():
+    assert collab_zoo.is_zoo_model("dks_resnet50") and collab_zoo.is_zoo_model("dks_resnet50.in1k")
+    assert collab_zoo.is_zoo_model("dks_resnet50.any.thing")
+    assert not collab_zoo.is_zoo_model("resnet50.a1_in1k") and not collab_zoo.is_zoo_model("in1k")
