@@ -376,3 +376,85 @@ def test_is_zoo_model_reads_the_architecture_before_the_tag():
     assert collab_zoo.is_zoo_model("dks_resnet50") and collab_zoo.is_zoo_model("dks_resnet50.in1k")
     assert collab_zoo.is_zoo_model("dks_resnet50.any.thing")
     assert not collab_zoo.is_zoo_model("resnet50.a1_in1k") and not collab_zoo.is_zoo_model("in1k")
+
+
+def test_without_extra_folders_only_the_shipped_configs_are_read_and_an_unreadable_file_is_skipped(
+        tmp_path, monkeypatch):
+    monkeypatch.delenv(EXTRA_CONFIGS_ENV, raising=False)
+    shipped = [(f"hub_configs/{p.name}", p.read_bytes()) for p in sorted((ROOT / "hub_configs").glob("*.json"))]
+    assert _hub_config_files() == shipped
+    (tmp_path / "folder.json").mkdir()  # matches *.json but cannot be read as a file
+    monkeypatch.setenv(EXTRA_CONFIGS_ENV, str(tmp_path))
+    with pytest.warns(HubConfigWarning) as caught:
+        assert _hub_config_files() == shipped
+    assert [str(w.message) for w in caught] == [
+        f"{tmp_path / 'folder.json'}: cannot be read (Is a directory); this tag is skipped."]
+
+
+def test_patterns_match_the_architecture_of_a_tagged_name():
+    assert collab_zoo.list_pretrained("dks_resnet18", include_pending=True) == ["dks_resnet18.in1k"]
+    timm_fives = collab_zoo.list_models("resnet5*", include_timm=True)
+    assert "resnet50" in timm_fives and "vit_base_patch16_224" not in timm_fives
+    assert cifar_cfg("a", "b", pool_size=(8, 8))["pool_size"] == (8, 8)
+    assert mnist_cfg("a", "b", pool_size=(4, 4))["pool_size"] == (4, 4)
+
+
+def test_a_parsed_config_keeps_every_field_of_its_json():
+    data = _valid_config(dataset="digits", notes=["one", "two"])
+    config = _parse_hub_config("dks_resnet18.in1k.json", data)
+    assert (config.label_names_source, config.reported_metrics, config.dataset, config.notes, config.paper,
+            config.origin) == (data["label_names_source"], data["reported_metrics"], "digits", ("one", "two"),
+                               data["paper"], data["origin"])
+    plain = dict(_valid_config())
+    plain.pop("dataset", None)
+    assert _parse_hub_config("dks_resnet18.in1k.json", plain).dataset == "imagenet-1k"
+    shipped = hub_configs()["dcl_lenet.digits"]
+    assert shipped.packaged_file == json.loads((ROOT / "hub_configs" / "dcl_lenet.digits.json").read_text())[
+        "packaged_file"]
+    assert _parse_hub_config("dks_resnet18.in1k.json", _valid_config(num_classes=1, label_names=None)) \
+        .num_classes == 1, "one class is allowed"
+
+
+_LONG = "x" * 100
+
+
+@pytest.mark.parametrize("data, message", [
+    ([1, 2], "must be a JSON object, not a list."),
+    ({"num_classes": _LONG}, f"field 'num_classes' should be a whole number, got {json.dumps(_LONG)[:60]}."),
+    ({"revision": None, "drop": "revision"}, "missing field 'revision' (write null while the upload is pending)."),
+    ({"revision": [1] * 40}, f"field 'revision' should be a string or null, got {json.dumps([1] * 40)[:60]}."),
+    ({"model": "nodot"}, "field 'model' must be 'architecture.tag', got 'nodot'."),
+    ({"num_classes": 0}, "field 'num_classes' must be 1 or more."),
+    ({"input_size": [3, 0, 224]}, "field 'input_size' must be [channels, height, width] (three whole numbers "
+                                  "above 0)."),
+    ({"input_size": [3, -1, 224]}, "field 'input_size' must be [channels, height, width] (three whole numbers "
+                                   "above 0)."),
+    ({"mean": [0.5]}, "field 'mean' must be 3 numbers, one per input channel."),
+    ({"std": [0.2, 0.0, 0.2]}, "field 'std' must be above 0 for every channel."),
+    ({"crop_pct": 0}, "field 'crop_pct' must be above 0."),
+    ({"notes": "text"}, "field 'notes' must be a list of strings."),
+    ({"dataset": 5}, "field 'dataset' must be a string."),
+    ({"packaged_file": "weights.bin", "sha256": "b" * 64},
+     "field 'packaged_file' must be the name of a .safetensors file in collab_zoo/pretrained/."),
+    ({"packaged_file": "absent.safetensors"},
+     "field 'packaged_file' needs the file's 'sha256': shipped weights are checked like downloads."),
+])
+def test_each_refusal_of_a_hub_config_says_exactly_what_is_wrong(data, message):
+    name = "dks_resnet18.in1k"
+    if isinstance(data, dict):
+        changes = dict(data)
+        drop = changes.pop("drop", None)
+        name = "nodot" if changes.get("model") == "nodot" else name
+        data = _valid_config(**changes)
+        if drop:
+            del data[drop]
+    with pytest.raises(HubConfigError) as e:
+        _parse_hub_config(f"{name}.json", data)
+    assert str(e.value) == f"{name}.json: {message}"
+
+
+def test_a_bad_file_name_in_a_config_names_its_field():
+    for field, extra in (("filename", {}), ("packaged_file", {"sha256": "b" * 64})):
+        with pytest.raises(HubConfigError) as e:
+            _parse_hub_config("dks_resnet18.in1k.json", _valid_config(**{field: "../x.safetensors"}, **extra))
+        assert str(e.value).startswith(f"dks_resnet18.in1k.json: field '{field}'"), str(e.value)
