@@ -60,9 +60,14 @@ MODULES: Dict[str, Dict[str, Any]] = {
     "registry": dict(path="collab_zoo/registry.py",
                      tests=["tests/test_registry.py",
                             "--deselect=tests/test_registry.py::test_hub_configs_ship_in_a_non_editable_wheel"]),
+    # Downloads, hash checks, eviction and the Hub's error messages are stated in test_hub.py as well.
     "weights": dict(path="collab_zoo/weights.py",
-                    tests=["tests/test_weights.py", "--deselect=tests/test_weights.py::"
-                           "test_a_silent_hub_is_reported_within_the_timeout_or_the_cache_is_used"]),
+                    tests=["tests/test_weights.py", "tests/test_hub.py",
+                           "--deselect=tests/test_weights.py::"
+                           "test_a_silent_hub_is_reported_within_the_timeout_or_the_cache_is_used",
+                           "--deselect=tests/test_hub.py::test_offline_reload_from_cache_and_offline_miss",
+                           "--deselect=tests/test_hub.py::test_hub_unreachable_error_mentions_the_ways_out",
+                           "--deselect=tests/test_hub.py::test_plain_timm_loads_a_zoo_repo_once_collab_zoo_is_imported"]),
     "methods-dks": dict(path="collab_zoo/methods/dks.py", tests=["tests/test_dks.py"]),
     "methods-cldl": dict(path="collab_zoo/methods/cldl.py", tests=["tests/test_cldl.py"]),
     "methods-dcl": dict(path="collab_zoo/methods/dcl.py", tests=["tests/test_dcl.py"]),
