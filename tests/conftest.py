@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import tempfile
+import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,8 +25,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-_PORT = _free_port()
-_CACHE = tempfile.mkdtemp(prefix="collab-zoo-test-hf-")
+# One Hub and one cache per process: a tool that runs several pytest sessions in one process (mutmut does)
+# executes this file again for each, but huggingface_hub keeps the endpoint and cache it read at the first import.
+_SESSION = sys.modules.setdefault("_collab_zoo_test_session", types.ModuleType("_collab_zoo_test_session"))
+if not hasattr(_SESSION, "port"):
+    _SESSION.port, _SESSION.cache = _free_port(), tempfile.mkdtemp(prefix="collab-zoo-test-hf-")
+_PORT, _CACHE = _SESSION.port, _SESSION.cache
 os.environ.update(
     HF_ENDPOINT=f"http://127.0.0.1:{_PORT}",
     HF_HUB_CACHE=_CACHE,
@@ -49,7 +54,15 @@ from collab_zoo.loopback_hub import LoopbackHub  # noqa: E402
 # Two threads on the 2-core machines the suite is sized for; fewer when OMP_NUM_THREADS asks (mutation testing
 # runs two single-threaded test processes side by side).
 torch.set_num_threads(min(2, os.cpu_count() or 1, int(os.environ.get("OMP_NUM_THREADS") or 2)))
-_HUB = LoopbackHub(port=_PORT).start()
+if not hasattr(_SESSION, "hub"):
+    _SESSION.hub = LoopbackHub(port=_PORT).start()
+
+    @atexit.register
+    def _stop_hub_and_remove_cache():
+        # At interpreter exit, not at session finish: a later session in this process reuses both.
+        _SESSION.hub.stop()
+        shutil.rmtree(_SESSION.cache, ignore_errors=True)
+_HUB = _SESSION.hub
 
 
 @pytest.fixture(scope="session")
@@ -61,14 +74,6 @@ def hub():
 @pytest.fixture(scope="session")
 def hf_cache():
     return Path(_CACHE)
-
-
-@atexit.register
-def _stop_hub_and_remove_cache():
-    # At interpreter exit, not at session finish: a tool that runs several pytest sessions in one process (mutmut
-    # does) imports this module once, so a Hub stopped after the first session would stay stopped for the rest.
-    _HUB.stop()
-    shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 def subprocess_env(**extra):
