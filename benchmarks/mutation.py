@@ -220,7 +220,8 @@ def _run_mutmut(name: str, spec: Dict[str, Any], tree: Path, commit: str, origin
     names: List[str] = []
     if only_survivors:
         meta = json.loads((tree / "mutants" / (spec["path"] + ".meta")).read_text())
-        names = [key for key, code in meta["exit_code_by_key"].items() if code == 0]
+        # survived (0), and those no selected test reached (33): new tests may reach them
+        names = [key for key, code in meta["exit_code_by_key"].items() if code in (0, 33)]
     started = time.time()
     log = tree / "mutmut-run.log"
     with open(log, "a") as out:

@@ -304,3 +304,101 @@ def test_adapt_input_channels_from_one_channel_keeps_a_grey_image_response():
     expected = torch.nn.functional.conv2d(grey, weight)
     assert torch.allclose(torch.nn.functional.conv2d(grey.expand(1, 3, 8, 8), rgb), expected, atol=1e-5)
     assert torch.equal(adapt_input_channels(weight, 1), weight)
+
+
+# --- known answers for the helpers the Hub tests reach only through a child process ------------------------------
+
+def test_git_blob_sha1_and_the_etag_kind_are_gits_and_the_hubs(tmp_path):
+    from collab_zoo.weights import _expected_from_etag, _git_blob_sha1
+
+    small = tmp_path / "hello.txt"
+    small.write_bytes(b"hello\n")
+    assert _git_blob_sha1(small) == "ce013625030ba8dba906f756967f9e9ca394464a"  # `git hash-object` of it
+    lfs, blob, other = tmp_path / ("a" * 64), tmp_path / ("b" * 40), tmp_path / ("c" * 63)
+    for path in (lfs, blob, other):
+        path.write_bytes(b"x")
+    assert _expected_from_etag(lfs) == ("sha256", "a" * 64)
+    assert _expected_from_etag(blob) == ("sha1", "b" * 40)
+    assert _expected_from_etag(other) is None
+    upper = tmp_path / ("A" * 64)
+    upper.write_bytes(b"x")
+    assert _expected_from_etag(upper) is None, "the Hub's ETags are lowercase hex"
+    link = tmp_path / "snapshot-name"
+    link.symlink_to(lfs)
+    assert _expected_from_etag(link) == ("sha256", "a" * 64), "a snapshot link is judged by the blob it names"
+
+
+def test_evicting_a_cached_file_removes_the_link_and_its_blob(tmp_path):
+    from collab_zoo.weights import _evict_cached
+
+    blob = tmp_path / "blobs" / ("d" * 64)
+    blob.parent.mkdir()
+    blob.write_bytes(b"weights")
+    link = tmp_path / "snapshots" / "model.safetensors"
+    link.parent.mkdir()
+    link.symlink_to(blob)
+    _evict_cached(link)
+    assert not link.is_symlink() and not blob.exists()
+    plain = tmp_path / "plain.safetensors"
+    plain.write_bytes(b"w")
+    _evict_cached(plain)
+    assert not plain.exists()
+
+
+def test_the_unreachable_message_names_the_file_repo_revision_and_ways_out():
+    from huggingface_hub import constants
+
+    from collab_zoo.weights import _unreachable_message
+
+    message = _unreachable_message("org/repo", None, "model.safetensors", "connection refused")
+    assert message.startswith(f"Could not fetch 'model.safetensors' of Hub repo 'org/repo' (revision main) from "
+                              f"{constants.ENDPOINT}: connection refused. Nothing usable is cached under "
+                              f"{constants.HF_HUB_CACHE}.\nWhat to do: ")
+    for way_out in ("HF_ENDPOINT", "pretrained_cfg_overlay=dict(file='/path/to/model.safetensors')",
+                    "'local-dir:/path/to/folder'", "HF_HUB_OFFLINE=1"):
+        assert way_out in message
+    assert "(revision " + "a" * 40 + ")" in _unreachable_message("org/repo", "a" * 40, "w.safetensors", "x")
+
+
+def test_the_no_weights_message_for_a_pending_tag_and_for_an_untagged_architecture():
+    from collab_zoo.registry import hub_configs
+    from collab_zoo.weights import _pending_message
+
+    pending = hub_configs()["dks_resnet50.in1k"]
+    assert not pending.published
+    message = _pending_message({"architecture": "dks_resnet50", "tag": "in1k"})
+    assert message == (
+        "'dks_resnet50.in1k' has a hub config but its Hub upload is pending (no pinned revision/sha256 yet). "
+        f"Its weights come from {pending.origin['url']}. Convert that file with `{pending.origin['convert']}`, "
+        "then load it with create_model('local-dir:OUT_DIR') or "
+        "pretrained_cfg_overlay=dict(file='OUT_DIR/model.safetensors').")
+    published = collab_zoo.list_pretrained()
+    assert _pending_message({"architecture": "cifar_resnet32"}) == (
+        f"'cifar_resnet32' has no published pretrained weights. Zoo models with published weights: "
+        f"{', '.join(published)}. Train it with train.py, or pass your own weights with "
+        "pretrained_cfg_overlay=dict(file=...).")
+    tagged = _pending_message({"architecture": "dks_resnet20", "tag": "nope"})
+    assert tagged.startswith(f"'dks_resnet20' has no published pretrained weights (its tags: "
+                             f"{', '.join(collab_zoo.tags_of('dks_resnet20'))}). ")
+    assert _pending_message({}).startswith("'this model' has no published pretrained weights. ")
+
+
+def test_a_shipped_tag_loads_from_the_package_checked_and_a_missing_copy_says_reinstall(tmp_path):
+    import dataclasses
+
+    from collab_zoo.registry import hub_configs
+    from collab_zoo.weights import _from_package
+
+    shipped = hub_configs()["dcl_lenet.digits"]
+    state_dict, source, location = _from_package(shipped)
+    assert (source, location) == ("package", str(shipped.packaged_path))
+    assert all(torch.equal(state_dict[k], v) for k, v in load_file(str(shipped.packaged_path)).items())
+    missing = dataclasses.replace(shipped, packaged_file="absent.safetensors")
+    with pytest.raises(NoPretrainedWeightsError) as e:
+        _from_package(missing)
+    assert str(e.value).startswith(f"'dcl_lenet.digits' ships its weights as {missing.packaged_path}, which this "
+                                   "installation lacks. Reinstall collab-zoo")
+    wrong_hash = dataclasses.replace(shipped, sha256="0" * 64)
+    with pytest.raises(ChecksumMismatchError):
+        _from_package(wrong_hash)
+    assert shipped.packaged_path.is_file(), "a shipped file is never evicted"
