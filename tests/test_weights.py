@@ -402,3 +402,140 @@ def test_a_shipped_tag_loads_from_the_package_checked_and_a_missing_copy_says_re
     with pytest.raises(ChecksumMismatchError):
         _from_package(wrong_hash)
     assert shipped.packaged_path.is_file(), "a shipped file is never evicted"
+
+
+def _read(config, origin="cfg.json"):
+    from collab_zoo.weights import read_model_config
+
+    return read_model_config(json.dumps(config).encode(), origin)
+
+
+def test_read_model_config_keeps_timms_fields_and_drops_every_weight_location(caplog):
+    config = {"architecture": "dks_resnet20", "num_classes": 7, "num_features": 64,
+              "pretrained_cfg": {"input_size": [3, 32, 32], "mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2],
+                                 "crop_pct": 1.0, "hf_hub_filename": "w.safetensors", "url": "http://x/w.pth",
+                                 "file": "/elsewhere/w.safetensors", "hf_hub_id": "other/repo", "source": "",
+                                 "mystery": 1},
+              "model_args": {"drop_path_rate": 0.1}, "collab_zoo": {"sha256": "f" * 64}}
+    with caplog.at_level("WARNING", logger="collab_zoo"):
+        got = _read(config)
+    assert got == {"architecture": "dks_resnet20", "num_classes": 7, "num_features": 64,
+                   "pretrained_cfg": {"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.2, 0.2, 0.2),
+                                      "crop_pct": 1.0, "hf_hub_filename": "w.safetensors", "num_classes": 7},
+                   "model_args": {"drop_path_rate": 0.1}, "collab_zoo": {"sha256": "f" * 64}}
+    assert [r.getMessage() for r in caplog.records] == [
+        f"cfg.json: ignoring pretrained_cfg fields this timm ({timm.__version__}) does not know: mystery.",
+        "cfg.json: ignoring pretrained_cfg file, hf_hub_id, url: weights come only from the repo or folder itself."]
+
+
+def test_read_model_config_reads_timms_older_single_dict_layout():
+    got = _read({"architecture": "test_resnet", "num_features": 32, "num_classes": 5, "input_size": [3, 16, 16],
+                 "collab_zoo": "not an object"})
+    assert got == {"architecture": "test_resnet", "num_classes": 5, "num_features": 32,
+                   "pretrained_cfg": {"num_classes": 5, "input_size": (3, 16, 16)}, "model_args": {},
+                   "collab_zoo": {}}
+    bare = _read({"architecture": "test_resnet", "pretrained_cfg": {}})
+    assert bare == {"architecture": "test_resnet", "num_classes": None, "num_features": None, "pretrained_cfg": {},
+                    "model_args": {}, "collab_zoo": {}}
+    assert _read({"architecture": "test_resnet", "pretrained_cfg": {"num_classes": 0}})["num_classes"] == 0
+
+
+@pytest.mark.parametrize("config, problem", [
+    ([1], "must be a JSON object, not a list"),
+    ({"architecture": "a/b", "pretrained_cfg": {}},
+     "field 'architecture' must name a registered model (e.g. \"dks_resnet32\"), not 'a/b'"),
+    ({"architecture": "", "pretrained_cfg": {}},
+     "field 'architecture' must name a registered model (e.g. \"dks_resnet32\"), not ''"),
+    ({"architecture": "m", "pretrained_cfg": [1]}, "field 'pretrained_cfg' must be an object, not a list"),
+    ({"architecture": "m", "pretrained_cfg": {}, "model_args": [1]},
+     "field 'model_args' must be an object, not a list"),
+    ({"architecture": "m", "pretrained_cfg": {}, "model_args": {"weights_dir": "/tmp"}},
+     "field 'model_args.weights_dir' would name a weight source outside the repo or folder"),
+    ({"architecture": "m", "pretrained_cfg": {}, "num_classes": -1},
+     "field 'num_classes' must be a whole number >= 0, not -1"),
+    ({"architecture": "m", "pretrained_cfg": {}, "num_classes": True},
+     "field 'num_classes' must be a whole number >= 0, not True"),
+    ({"architecture": "m", "pretrained_cfg": {}, "num_features": "64"},
+     "field 'num_features' must be a whole number, not '64'"),
+    ({"architecture": "m", "pretrained_cfg": {}, "num_features": False},
+     "field 'num_features' must be a whole number, not False"),
+    ({"architecture": "m", "pretrained_cfg": {"hf_hub_filename": "../w.safetensors"}},
+     "field 'pretrained_cfg.hf_hub_filename' is refused: "),
+    ({"architecture": "m", "pretrained_cfg": {"input_size": [3, 0, 32]}},
+     "field 'pretrained_cfg.input_size' must be [channels, height, width], not [3, 0, 32]"),
+    ({"architecture": "m", "pretrained_cfg": {"test_input_size": [3, True, 32]}},
+     "field 'pretrained_cfg.test_input_size' must be [channels, height, width], not [3, True, 32]"),
+    ({"architecture": "m", "pretrained_cfg": {"mean": []}}, "field 'pretrained_cfg.mean' must be a list of numbers, "
+                                                            "not []"),
+    ({"architecture": "m", "pretrained_cfg": {"std": [True]}}, "field 'pretrained_cfg.std' must be a list of "
+                                                               "numbers, not [True]"),
+])
+def test_read_model_config_refusals_say_exactly_which_field(config, problem):
+    with pytest.raises(InvalidModelConfigError) as e:
+        _read(config, origin="repo/config.json")
+    assert str(e.value).startswith(f"repo/config.json: {problem}")
+    assert str(e.value).endswith("; write it again, or fix that field by hand.")
+
+
+def _tensor_file(path: Path, value: float = 1.0) -> Path:
+    save_file({"w": torch.full((2,), value)}, str(path))
+    return path
+
+
+def test_a_folder_gives_its_named_or_only_safetensors_file_and_says_what_else_it_holds(tmp_path, caplog):
+    from collab_zoo.errors import UnsafeWeightsError
+    from collab_zoo.weights import _weights_in_folder, resolve_weights
+
+    only = tmp_path / "only"
+    only.mkdir()
+    _tensor_file(only / "weights.safetensors")
+    assert _weights_in_folder(only, None) == only / "weights.safetensors"
+    with caplog.at_level("WARNING", logger="collab_zoo"):
+        state_dict, kind, location = resolve_weights({"source": "local-dir", "file": str(only),
+                                                      "url": "http://x/w.pth"})
+    assert (kind, location) == ("local-dir", str(only / "weights.safetensors")), "no config.json: no pin to check"
+    assert torch.equal(state_dict["w"], torch.ones(2))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"local-dir:{only}: ignoring pretrained_cfg url: its weights come only from inside it."]
+
+    two = tmp_path / "two"
+    two.mkdir()
+    _tensor_file(two / "a.safetensors", 1.0)
+    _tensor_file(two / "b.safetensors", 2.0)
+    assert _weights_in_folder(two, "b.safetensors") == two / "b.safetensors"
+    state_dict, _, location = resolve_weights({"source": "local-dir", "file": str(two),
+                                               "hf_hub_filename": "b.safetensors"})
+    assert location == str(two / "b.safetensors") and torch.equal(state_dict["w"], torch.full((2,), 2.0))
+    with pytest.raises(NoPretrainedWeightsError) as e:
+        _weights_in_folder(two, None)
+    assert str(e.value) == f"No 'model.safetensors' in {two}."
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "w.bin").write_bytes(b"x")
+    (pickled / "notes.txt").write_bytes(b"x")
+    with pytest.raises(NoPretrainedWeightsError) as e:
+        _weights_in_folder(pickled, None)
+    assert str(e.value) == (f"No 'model.safetensors' in {pickled}. It holds w.bin, which collab_zoo never "
+                            "unpickles: convert it once with `python -m collab_zoo.convert` in a session you trust.")
+    with pytest.raises(UnsafeWeightsError) as e:
+        _weights_in_folder(pickled, "w.bin")
+    assert str(e.value) == f"Refusing {pickled / 'w.bin'}: only .safetensors weights are loaded."
+    with pytest.raises(InvalidHubIdError) as e:
+        _weights_in_folder(pickled, "../w.safetensors")
+    assert f"folder {pickled}" in str(e.value)
+    with pytest.raises(FileNotFoundError) as e:
+        resolve_weights({"source": "local-dir", "file": str(tmp_path / "absent")})
+    assert str(e.value) == f"Model folder {tmp_path / 'absent'} does not exist."
+
+
+def test_a_broken_folder_config_is_named_by_its_path(tmp_path):
+    from collab_zoo.weights import resolve_weights
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    _tensor_file(folder / "model.safetensors")
+    (folder / "config.json").write_text("[1]")
+    with pytest.raises(InvalidModelConfigError) as e:
+        resolve_weights({"source": "local-dir", "file": str(folder)})
+    assert str(e.value).startswith(f"{folder / 'config.json'}: must be a JSON object, not a list.")
