@@ -458,3 +458,22 @@ def test_a_bad_file_name_in_a_config_names_its_field():
         with pytest.raises(HubConfigError) as e:
             _parse_hub_config("dks_resnet18.in1k.json", _valid_config(**{field: "../x.safetensors"}, **extra))
         assert str(e.value).startswith(f"dks_resnet18.in1k.json: field '{field}'"), str(e.value)
+
+
+def test_a_dotted_tag_is_one_tag_and_names_match_by_their_first_dot():
+    collab_zoo.register_hub_config(_valid_config(model="dks_resnet110.v1.5", revision="a" * 40, sha256="b" * 64))
+    assert "v1.5" in collab_zoo.tags_of("dks_resnet110")
+    assert "dks_resnet110.v1.5" in collab_zoo.list_pretrained("dks_resnet110")
+    assert closest_model_names("dks_resnet5.v1.5") == closest_model_names("dks_resnet5")
+    assert len(collab_zoo.list_models(include_timm=True)) > 1000, "no pattern: every timm model"
+
+
+def test_optional_fields_may_be_left_out_and_a_shipped_file_is_kept(recwarn, monkeypatch):
+    data = _valid_config()
+    data.pop("notes", None)
+    assert _parse_hub_config("dks_resnet18.in1k.json", data).notes == ()
+    shipped = json.loads((ROOT / "hub_configs" / "dcl_lenet.digits.json").read_text())
+    assert _parse_hub_config("dcl_lenet.digits.json", shipped).packaged_file == shipped["packaged_file"]
+    monkeypatch.delenv(EXTRA_CONFIGS_ENV, raising=False)
+    _hub_config_files()
+    assert not [w for w in recwarn if issubclass(w.category, HubConfigWarning)], "no folder set: nothing to warn"
