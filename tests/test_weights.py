@@ -399,7 +399,7 @@ def test_a_shipped_tag_loads_from_the_package_checked_and_a_missing_copy_says_re
     assert str(e.value).startswith(f"'dcl_lenet.digits' ships its weights as {missing.packaged_path}, which this "
                                    "installation lacks. Reinstall collab-zoo")
     wrong_hash = dataclasses.replace(shipped, sha256="0" * 64)
-    with pytest.raises(ChecksumMismatchError):
+    with pytest.raises(ChecksumMismatchError, match=r"'dcl_lenet\.digits'"):
         _from_package(wrong_hash)
     assert shipped.packaged_path.is_file(), "a shipped file is never evicted"
 
@@ -438,6 +438,8 @@ def test_read_model_config_reads_timms_older_single_dict_layout():
     assert bare == {"architecture": "test_resnet", "num_classes": None, "num_features": None, "pretrained_cfg": {},
                     "model_args": {}, "collab_zoo": {}}
     assert _read({"architecture": "test_resnet", "pretrained_cfg": {"num_classes": 0}})["num_classes"] == 0
+    tiny = _read({"architecture": "test_resnet", "pretrained_cfg": {"input_size": [1, 1, 1]}})
+    assert tiny["pretrained_cfg"]["input_size"] == (1, 1, 1), "one pixel, one channel is a size"
 
 
 @pytest.mark.parametrize("config, problem", [
@@ -465,6 +467,10 @@ def test_read_model_config_reads_timms_older_single_dict_layout():
      "field 'pretrained_cfg.input_size' must be [channels, height, width], not [3, 0, 32]"),
     ({"architecture": "m", "pretrained_cfg": {"test_input_size": [3, True, 32]}},
      "field 'pretrained_cfg.test_input_size' must be [channels, height, width], not [3, True, 32]"),
+    ({"architecture": "m", "pretrained_cfg": {}, "model_args": {"init": "/abs/w.safetensors"}},
+     "field 'model_args.init' would name a weight source outside the repo or folder"),
+    ({"architecture": "m", "pretrained_cfg": {"min_input_size": [3, 0, 1]}},
+     "field 'pretrained_cfg.min_input_size' must be [channels, height, width], not [3, 0, 1]"),
     ({"architecture": "m", "pretrained_cfg": {"mean": []}}, "field 'pretrained_cfg.mean' must be a list of numbers, "
                                                             "not []"),
     ({"architecture": "m", "pretrained_cfg": {"std": [True]}}, "field 'pretrained_cfg.std' must be a list of "
@@ -518,6 +524,11 @@ def test_a_folder_gives_its_named_or_only_safetensors_file_and_says_what_else_it
         _weights_in_folder(pickled, None)
     assert str(e.value) == (f"No 'model.safetensors' in {pickled}. It holds w.bin, which collab_zoo never "
                             "unpickles: convert it once with `python -m collab_zoo.convert` in a session you trust.")
+    for name in ("x.pth", "y.pt", "z.tar"):
+        (pickled / name).write_bytes(b"x")
+    with pytest.raises(NoPretrainedWeightsError) as e:
+        _weights_in_folder(pickled, None)
+    assert "It holds w.bin, x.pth, y.pt, z.tar, which" in str(e.value), "every pickle suffix is named"
     with pytest.raises(UnsafeWeightsError) as e:
         _weights_in_folder(pickled, "w.bin")
     assert str(e.value) == f"Refusing {pickled / 'w.bin'}: only .safetensors weights are loaded."
