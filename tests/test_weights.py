@@ -323,6 +323,9 @@ def test_git_blob_sha1_and_the_etag_kind_are_gits_and_the_hubs(tmp_path):
     upper = tmp_path / ("A" * 64)
     upper.write_bytes(b"x")
     assert _expected_from_etag(upper) is None, "the Hub's ETags are lowercase hex"
+    for name in ("X" * 64, "X" * 40, "g" * 40):
+        (tmp_path / name).write_bytes(b"x")
+        assert _expected_from_etag(tmp_path / name) is None, name
     link = tmp_path / "snapshot-name"
     link.symlink_to(lfs)
     assert _expected_from_etag(link) == ("sha256", "a" * 64), "a snapshot link is judged by the blob it names"
