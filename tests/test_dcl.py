@@ -196,7 +196,8 @@ def _log_domain_fusion(factors: np.ndarray, eps: float):
 
 
 @pytest.mark.parametrize("num,dtype", [(2, torch.float32), (3, torch.float32), (4, torch.float32),
-                                       (8, torch.float32), (3, torch.bfloat16), (9, torch.float32),
+                                       (8, torch.float32), (2, torch.bfloat16), (3, torch.bfloat16),
+                                       (9, torch.float32),
                                        (3, torch.float64)])
 def test_fast_fusion_equals_the_log_domain_version(num, dtype):
     """Values and gradients within 1e-6 relative of the log-domain formula, over silent, ordinary and huge
@@ -692,3 +693,68 @@ def test_a_traced_stochastic_model_draws_when_the_graph_runs():
         graph(x)
         assert layer.last_active == (0, 1, 2) and not model.parameters_left_unused()
     assert layer.mode == "stochastic"
+
+
+# --- known answers for the options and the report (from the mutation run's survivors) -------------------------
+
+def test_pairs_and_fusion_take_a_list_or_a_tensor_and_their_own_eps():
+    listed = dcl_fuse_pairs([torch.tensor([1.0]), torch.tensor([4.0]), torch.tensor([9.0])]).item()
+    assert listed == pytest.approx((math.sqrt(4.01) + math.sqrt(9.01) + math.sqrt(36.01)) / 3, rel=1e-6)
+    assert dcl_fuse_pairs(torch.tensor([[1.0], [4.0]]), eps=1e-4).item() == pytest.approx(math.sqrt(4.0001), rel=1e-6)
+    assert dcl_fuse([torch.tensor([2.0]), torch.tensor([8.0])]).item() == pytest.approx(math.sqrt(16.01), rel=1e-6)
+    with pytest.raises(IncompatibleConfigError) as e:
+        dcl_fuse_pairs(torch.ones(1, 3))
+    assert str(e.value) == "fusing pairs needs at least 2 branch responses, got 1."
+    assert DCLModule(4, 3, [2, 2], eps=0.5).fusion_eps(2) == 0.5
+    assert DCLModule(4, 3, [2, 2]).fusion_eps(3) == pytest.approx(1e-3)
+
+
+def test_a_drawn_pair_is_two_distinct_branches_in_order():
+    module = DCLModule(4, 3, [2, 2, 2, 2], mode="stochastic")
+    torch.manual_seed(12)
+    pairs = [module.draw_pair() for _ in range(40)]
+    assert all(first < second for first, second in pairs)
+    assert len(set(pairs)) == 6, "every pair of the four branches comes up"
+
+
+def test_dcl_on_the_classifier_names_its_branches_and_rebuilds_for_any_class_count():
+    on_classifier = collab_zoo.create_model("dcl_lenet", variant="B2", num_classes=10)
+    assert on_classifier.classifier_names() == tuple(
+        f"backbone.{on_classifier.layer}.branches.{i}.{part}" for i in (0, 1) for part in ("filters", "mapping"))
+    on_classifier.reset_classifier(1)
+    assert isinstance(on_classifier.dcl_module, DCLModule) and on_classifier.dcl_module.out_channels == 1
+    on_classifier.reset_classifier(0)
+    assert on_classifier.dcl_module is None and on_classifier.classifier_names() == ("backbone.fc",)
+    inside = collab_zoo.create_model("dcl_lenet", variant="A2", num_classes=10)
+    assert inside.classifier_names() == (inside.get_classifier(name_only=True),) == ("backbone.fc",)
+
+
+def test_the_undrawn_branch_is_named_as_left_unused():
+    model = collab_zoo.create_model("dcl_lenet", variant="A3S", num_classes=10).train()
+    torch.manual_seed(13)
+    model(torch.randn(2, 1, 28, 28))
+    module = model.dcl_module
+    (idle,) = set(range(3)) - set(module.last_active)
+    prefix = f"backbone.{model.layer}.branches.{idle}"
+    assert model.parameters_left_unused() == {f"{prefix}.{part}.{kind}" for part in ("filters", "mapping")
+                                              for kind in ("weight", "bias")}
+    model.eval()(torch.randn(2, 1, 28, 28))
+    assert model.parameters_left_unused() == set()
+    with pytest.raises(IncompatibleConfigError) as e:
+        model.collab_loss((torch.zeros(2, 10), torch.zeros(2, 10)), torch.tensor([0, 1]))
+    assert str(e.value) == "DCL models have one head; collab_loss got 2 outputs."
+
+
+def test_the_complexity_table_prints_each_figure_as_computed():
+    from collab_zoo.methods.dcl import ComplexityRow
+
+    row = ComplexityRow(baseline="base", model="dcl_x", config="k=1, m=2", num_classes=10, input_size=(3, 8, 8),
+                        baseline_params=1_234_567, dcl_params=1_000_000, baseline_weights=1000, dcl_weights=750,
+                        baseline_flops=12_345_678, dcl_flops=2_500_000, dcl_train_flops=1_250_000)
+    assert format_complexity_table([row]).splitlines() == [
+        # text columns left-aligned, numbers right-aligned, each as wide as its widest cell, two spaces between
+        "baseline  DCL model  config    classes  input     params  DCL params  weights -%  MFLOPs  DCL MFLOPs  "
+        "DCL train",
+        "-" * 111,
+        "base      dcl_x      k=1, m=2  10       3x8x8  1,234,567   1,000,000       25.00    12.3         2.5  "
+        "      1.2"]
