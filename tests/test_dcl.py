@@ -758,3 +758,263 @@ def test_the_complexity_table_prints_each_figure_as_computed():
         "-" * 111,
         "base      dcl_x      k=1, m=2  10       3x8x8  1,234,567   1,000,000       25.00    12.3         2.5  "
         "      1.2"]
+
+
+# --- known answers from the second mutation pass: every option reaches the layer it names --------------------
+
+def test_three_float32_factors_have_the_formulas_gradient_whatever_the_layout():
+    """The linear (float64) path's gradient, on a layout whose second dimension is 2: the shortcut for two
+    branches must look at the branch count, not at another dimension."""
+    factors = torch.tensor([[1.0, 2.0], [3.0, 0.0], [0.5, 4.0]], requires_grad=True)
+    dcl_fuse(factors, eps=1e-3).sum().backward()
+    v = np.array([[1.0, 2.0], [3.0, 0.0], [0.5, 4.0]])
+    total = v.prod(0) + 1e-3
+    expected = np.stack([(1 / 3) * total ** (-2 / 3) * np.prod(np.delete(v, t, axis=0), axis=0) for t in range(3)])
+    np.testing.assert_allclose(factors.grad.numpy(), expected, rtol=1e-6)
+
+
+def test_fusion_stays_finite_and_exact_where_a_linear_product_would_not():
+    # float64 inputs take the log domain: 1e200 * 1e200 would overflow float64
+    wide = torch.full((2, 1), 1e200, dtype=torch.float64)
+    assert dcl_fuse(wide).item() == pytest.approx(1e200, rel=1e-12)
+    # nine float32 factors of 1e38: their product (1e342) is past float64's range, so more than 8 go by logs
+    assert dcl_fuse(torch.full((9, 2), 1e38)).tolist() == pytest.approx([1e38, 1e38], rel=1e-6)
+    # the log domain keeps float64's precision where the product and eps are of one size
+    small = torch.tensor([[1e-4], [1e-4]], dtype=torch.float64)
+    assert dcl_fuse(small, eps=1e-8).item() == pytest.approx(math.sqrt(2e-8), rel=1e-12)
+
+
+def test_bfloat16_pairs_are_the_float64_mean_rounded_once():
+    torch.manual_seed(14)
+    responses = (torch.rand(3, 64) * 10).to(torch.bfloat16)
+    v = responses.double().numpy()
+    expected = np.mean([np.sqrt(v[i] * v[j] + 0.01) for i, j in itertools.combinations(range(3), 2)], axis=0)
+    with torch.no_grad():
+        fused = dcl_fuse_pairs(responses)
+    assert fused.dtype == torch.bfloat16
+    assert torch.equal(fused, torch.from_numpy(expected).to(torch.bfloat16))
+
+
+def test_branch_widths_accept_their_bounds_and_name_what_is_refused():
+    from collab_zoo.methods.dcl import branch_widths
+
+    assert branch_widths(10, 2, width_ratio=1) == [10, 10]
+    assert branch_widths(10, 3, width_ratio=0.001) == [1, 1, 1], "at least one filter, rounded up"
+    assert branch_widths(10, 2, width=1) == [1, 1]
+    assert branch_widths(10, 2, width=[1, 4]) == [1, 4]
+    refusals = {
+        (0,): "width_ratio must be in (0, 1], got 0.",
+        (1.5,): "width_ratio must be in (0, 1], got 1.5.",
+    }
+    for (ratio,), message in refusals.items():
+        with pytest.raises(IncompatibleConfigError) as e:
+            branch_widths(10, 2, width_ratio=ratio)
+        assert str(e.value) == message
+    with pytest.raises(IncompatibleConfigError) as e:
+        branch_widths(10, 2, width=[3, 3, 3])
+    assert str(e.value) == "width lists 3 branch widths for branches=2."
+    with pytest.raises(IncompatibleConfigError) as e:
+        branch_widths(10, 2, width=0)
+    assert str(e.value) == "every branch needs at least one filter, got widths [0, 0]."
+
+
+def test_a_module_built_directly_has_the_arguments_it_was_given():
+    from collab_zoo.methods.dcl import DCLBranch
+
+    with pytest.raises(IncompatibleConfigError) as e:
+        DCLModule(4, 3, [5])
+    assert str(e.value) == "DCL needs at least 2 branches of at least 1 filter each, got [5]."
+    assert DCLModule(4, 3, [1, 1]).widths == [1, 1]
+    assert DCLModule(4, 3, [2, 2, 2]).last_active == (0, 1, 2), "before any forward, every branch counts as run"
+    assert DCLBranch(nn.Linear(2, 2), nn.Linear(2, 2)).branch_act
+
+    # an int kernel size, every other geometry argument left at nn.Conv2d's defaults
+    plain = DCLModule(3, 4, [2, 2], kernel_size=3)
+    assert plain.kernel_size == (3, 3)
+    for branch in plain.branches:
+        conv = branch.filters
+        assert isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3)
+        assert (conv.stride, conv.padding, conv.dilation, conv.padding_mode) == ((1, 1), (0, 0), (1, 1), "zeros")
+    assert plain(torch.rand(1, 3, 7, 7)).shape == (1, 4, 5, 5)
+
+    conv = DCLModule(3, 4, [2, 3], kernel_size=3, stride=2, padding=2, dilation=2, padding_mode="reflect",
+                     bias=False, branch_act=False, dtype=torch.float64)
+    for branch, width in zip(conv.branches, (2, 3)):
+        f, m = branch.filters, branch.mapping
+        assert (f.out_channels, f.stride, f.padding, f.dilation, f.padding_mode) == (width, (2, 2), (2, 2), (2, 2),
+                                                                                     "reflect")
+        assert m.kernel_size == (1, 1) and m.out_channels == 4
+        assert f.bias is None and m.bias is None and not branch.branch_act
+        assert f.weight.dtype == m.weight.dtype == torch.float64
+    linear = DCLModule(4, 3, [2, 2], bias=False, dtype=torch.float64)
+    for branch in linear.branches:
+        assert branch.filters.bias is None and branch.mapping.bias is None
+        assert branch.filters.weight.dtype == branch.mapping.weight.dtype == torch.float64
+
+    assert conv.extra_repr() == ("3 -> 4, conv (3, 3), widths=[2, 3], mode=deterministic, eps=10^-T, "
+                                 "branch_act=False, mapping_init=positive")
+    assert DCLModule(4, 3, [2, 2], mode="stochastic", eps=0.5, mapping_init="signed").extra_repr() == (
+        "4 -> 3, linear, widths=[2, 2], mode=stochastic, eps=0.5, branch_act=True, mapping_init=signed")
+
+
+def test_a_modules_own_eps_reaches_every_fusion():
+    x = torch.randn(2, 4)
+    deterministic = DCLModule(4, 3, [2, 2], eps=0.5)
+    _constant_branches(deterministic, [2.0, 3.0])
+    assert deterministic(x).flatten().tolist() == pytest.approx([math.sqrt(6.5)] * 6, rel=1e-6)
+    stochastic = DCLModule(4, 3, [2, 2, 2], mode="stochastic", eps=0.5).train()
+    _constant_branches(stochastic, [2.0, 3.0, 5.0])
+    torch.manual_seed(15)
+    fused = stochastic(x)
+    first, second = stochastic.last_active
+    value = [2.0, 3.0, 5.0][first] * [2.0, 3.0, 5.0][second]
+    assert fused.flatten().tolist() == pytest.approx([math.sqrt(value + 0.5)] * 6, rel=1e-6)
+
+
+def test_replacing_a_layer_keeps_its_geometry_and_takes_every_option():
+    linear = DCLModule.replacing(nn.Linear(6, 4, bias=False, dtype=torch.float64), width=2)
+    assert linear.widths == [2, 2] and linear.eps is None and linear.branch_act
+    assert linear.branches[0].filters.bias is None, "bias=None keeps the replaced layer's choice"
+    assert linear.branches[0].filters.weight.dtype == torch.float64
+    chosen = DCLModule.replacing(nn.Linear(6, 4, dtype=torch.float64), branches=3, width=2, eps=0.5,
+                                 branch_act=False, bias=False, mapping_init="signed")
+    assert (chosen.widths, chosen.eps, chosen.branch_act, chosen.mapping_init) == ([2, 2, 2], 0.5, False, "signed")
+    assert all(b.filters.bias is None and b.mapping.bias is None and not b.branch_act for b in chosen.branches)
+    assert chosen.branches[0].mapping.weight.dtype == torch.float64
+
+    layer = nn.Conv2d(3, 8, 3, stride=2, padding=2, dilation=2, padding_mode="reflect", dtype=torch.float64)
+    conv = DCLModule.replacing(layer, width=4, eps=0.5, branch_act=False, mapping_init="signed")
+    assert (conv.kernel_size, conv.eps, conv.branch_act, conv.mapping_init) == ((3, 3), 0.5, False, "signed")
+    for branch in conv.branches:
+        f = branch.filters
+        assert (f.stride, f.padding, f.dilation, f.padding_mode) == ((2, 2), (2, 2), (2, 2), "reflect")
+        assert f.weight.dtype == branch.mapping.weight.dtype == torch.float64 and f.bias is not None
+        assert not branch.branch_act
+    x = torch.rand(1, 3, 11, 11, dtype=torch.float64)
+    assert conv(x).shape == layer(x).shape
+    with pytest.raises(IncompatibleConfigError) as e:
+        DCLModule.replacing(nn.ReLU(), width=2)
+    assert str(e.value) == "DCL replaces an nn.Linear or nn.Conv2d; got ReLU."
+
+
+def test_replace_with_dcl_passes_its_options_and_lists_only_replaceable_layers():
+    model = timm.create_model("resnet18", num_classes=10)
+    layers = [n for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)]
+    assert len(layers) > 12
+    with pytest.raises(IncompatibleConfigError) as e:
+        replace_with_dcl(model, "fc6", width=8)
+    assert str(e.value) == (f"ResNet has no layer named 'fc6'. Its Linear/Conv2d layers include (last 12): "
+                            f"{', '.join(layers[-12:])}.")
+    with pytest.raises(IncompatibleConfigError) as e:
+        replace_with_dcl(model, "bn1", width=8)
+    assert str(e.value) == ("'bn1' is a BatchNorm2d; DCL replaces an nn.Linear or nn.Conv2d. Candidates: "
+                            f"{', '.join(layers[-12:])}.")
+
+    module = replace_with_dcl(model, "fc", width=4)
+    assert module.num_branches == 2 and module.branch_act and module.eps is None
+    assert not getattr(model, "leaves_parameters_unused", False), "every branch of a deterministic module trains"
+    module = replace_with_dcl(model, "layer4.1.conv1", width=4, eps=0.5, bias=True)
+    assert module.eps == 0.5 and all(b.filters.bias is not None for b in module.branches)
+    replace_with_dcl(model, "layer4.1.conv2", branches=3, width=4, mode="stochastic")
+    assert model.leaves_parameters_unused
+
+    wrn = timm.create_model("wrn16_4", num_classes=10)
+    with pytest.warns(UserWarning, match="goes straight into a sum") as caught:
+        replace_with_dcl(wrn, "stages.2.1.conv1", width_ratio=0.25)
+    assert caught[0].filename == __file__, "the warning points at the caller's line"
+
+
+def test_feeds_a_sum_counts_only_additions():
+    from collab_zoo.methods.dcl import feeds_a_sum
+
+    class Activated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 1)
+
+        def forward(self, x):
+            return torch.relu(self.conv(x))
+
+    class AddedByMethod(Activated):
+        def forward(self, x):
+            return self.conv(x).add(x)
+
+    assert feeds_a_sum(Activated(), "conv") is False
+    assert feeds_a_sum(AddedByMethod(), "conv") is True
+
+
+def test_a_dcl_model_takes_its_options_and_checks_its_classifier():
+    from collab_zoo.methods.dcl import DCLModel
+
+    torch.manual_seed(16)
+    model = DCLModel(timm.create_model("lenet", num_classes=10), "fc", width=3, eps=0.5, bias=False)
+    module = model.dcl_module
+    assert (module.num_branches, module.eps) == (2, 0.5) and module.branches[0].filters.bias is None
+    model.reset_classifier(7)
+    assert (model.dcl_module.out_channels, model.dcl_module.eps) == (7, 0.5)
+    assert model.dcl_module.branches[1].mapping.bias is None
+
+    with pytest.raises(IncompatibleConfigError) as e:
+        DCLModel(timm.create_model("lenet", num_classes=0), "fc", width=2)
+    assert str(e.value) == ("DCL on the classifier ('fc') needs num_classes > 0; this model was built without a "
+                            "classifier.")
+    assert DCLModel(timm.create_model("lenet", num_classes=1), "fc", width=2).dcl_module.out_channels == 1
+
+    plain = DCLModel(nn.Sequential(nn.Flatten(), nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)), "1", width=2)
+    assert plain.classifier_names() == (), "a backbone that names no classifier has none to list"
+
+    wrn = collab_zoo.create_model("dcl_wrn16", num_classes=10)
+    wrn.reset_classifier(5, global_pool="max")
+    assert wrn.backbone.global_pool.pool_type == "max" and wrn.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 5)
+
+
+def test_every_undrawn_branch_is_named_as_left_unused():
+    model = collab_zoo.create_model("dcl_lenet", variant="A4S", num_classes=10).train()
+    torch.manual_seed(17)
+    model(torch.randn(2, 1, 28, 28))
+    idle = set(range(4)) - set(model.dcl_module.last_active)
+    assert len(idle) == 2
+    assert model.parameters_left_unused() == {f"backbone.fc1.branches.{i}.{part}.{kind}" for i in idle
+                                              for part in ("filters", "mapping") for kind in ("weight", "bias")}
+
+
+def test_entry_points_pass_input_channels_and_either_width_option():
+    one_channel = collab_zoo.create_model("dcl_wrn16", in_chans=1, num_classes=10)
+    assert one_channel.backbone.stem.in_channels == 1
+    assert one_channel.eval()(torch.randn(1, 1, 32, 32)).shape == (1, 10)
+    with torch.device("meta"):
+        # dcl_alexnet's default is width=1024 and dcl_bignet's width_ratio=1/4: either option replaces the other
+        assert collab_zoo.create_model("dcl_alexnet", width_ratio=0.25).dcl_module.widths == [1024, 1024]
+        assert collab_zoo.create_model("dcl_bignet", width_ratio=0.5).dcl_module.widths == [512, 512]
+        assert collab_zoo.create_model("dcl_bignet", width=7).dcl_module.widths == [7, 7]
+
+
+def test_complexity_rows_build_each_side_with_its_own_arguments():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    pairs = [("lenet", {"num_classes": 10}, "dcl_lenet", {"variant": "B2"}),
+             ("wrn16_4", {}, "dcl_wrn16", {"widen_factor": 4, "width": 8})]
+    lenet_row, wrn_row = complexity_rows(pairs)
+    lenet = timm.create_model("lenet", num_classes=10)
+    dcl = collab_zoo.create_model("dcl_lenet", variant="B2", num_classes=10)
+    assert (lenet_row.num_classes, lenet_row.config) == (10, "variant=B2")
+    assert lenet_row.baseline_params == sum(p.numel() for p in lenet.parameters())
+    assert lenet_row.dcl_params == sum(p.numel() for p in dcl.parameters())
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        lenet.eval()(torch.zeros(1, 1, 28, 28))
+    assert lenet_row.baseline_flops == counter.get_total_flops(), "FLOPs of one image"
+    assert wrn_row.config == "widen_factor=4, width=8"
+
+
+def test_the_command_line_prints_the_table_between_its_two_sentences(capsys):
+    from collab_zoo.methods.dcl import main
+
+    assert main() == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "DCL: parameters and forward FLOPs per image, each baseline against its DCL model"
+    assert lines[1].split()[:3] == ["baseline", "DCL", "model"] and set(lines[2]) == {"-"}
+    assert len(lines) == 3 + len(COMPLEXITY_PAIRS) + 1
+    assert lines[-1] == ("weights -% = share of the baseline's weights (tensors of 2+ dims) DCL removes; FLOPs "
+                         "count 2 per multiply-add; 'DCL train' is a training-mode forward (2 branches in "
+                         "stochastic mode).")

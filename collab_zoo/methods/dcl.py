@@ -429,24 +429,23 @@ class DCLModule(nn.Module):
                   ) -> "DCLModule":
         """A DCL module with the geometry of ``layer`` (an ``nn.Linear`` or ungrouped ``nn.Conv2d``), on its
         device and dtype. ``bias=None`` keeps the layer's choice."""
+        if not isinstance(layer, (nn.Linear, nn.Conv2d)):  # before reading .weight, which other layers lack
+            raise IncompatibleConfigError(f"DCL replaces an nn.Linear or nn.Conv2d; got {type(layer).__name__}.")
         factory = dict(device=layer.weight.device, dtype=layer.weight.dtype)
         bias = (layer.bias is not None) if bias is None else bias
         if isinstance(layer, nn.Linear):
             widths = branch_widths(layer.out_features, branches, width, width_ratio)
             return cls(layer.in_features, layer.out_features, widths, mode=mode, eps=eps, branch_act=branch_act,
                        bias=bias, mapping_init=mapping_init, **factory)
-        if isinstance(layer, nn.Conv2d):
-            if layer.groups != 1:
-                raise IncompatibleConfigError(
-                    f"DCL branches are dense convolutions; this Conv2d has groups={layer.groups}. Replace an "
-                    "ungrouped convolution (e.g. build AlexNet with grouped=False).")
-            widths = branch_widths(layer.out_channels, branches, width, width_ratio)
-            return cls(layer.in_channels, layer.out_channels, widths, kernel_size=layer.kernel_size,
-                       stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
-                       padding_mode=layer.padding_mode, mode=mode, eps=eps, branch_act=branch_act, bias=bias,
-                       mapping_init=mapping_init, **factory)
-        raise IncompatibleConfigError(
-            f"DCL replaces an nn.Linear or nn.Conv2d; got {type(layer).__name__}.")
+        if layer.groups != 1:
+            raise IncompatibleConfigError(
+                f"DCL branches are dense convolutions; this Conv2d has groups={layer.groups}. Replace an "
+                "ungrouped convolution (e.g. build AlexNet with grouped=False).")
+        widths = branch_widths(layer.out_channels, branches, width, width_ratio)
+        return cls(layer.in_channels, layer.out_channels, widths, kernel_size=layer.kernel_size,
+                   stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
+                   padding_mode=layer.padding_mode, mode=mode, eps=eps, branch_act=branch_act, bias=bias,
+                   mapping_init=mapping_init, **factory)
 
     @property
     def num_branches(self) -> int:
