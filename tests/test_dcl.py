@@ -3,6 +3,7 @@ replacement helper, the paper's sizes, numerics, and every dcl_* model and basel
 import itertools
 import math
 import operator
+import os
 import subprocess
 import sys
 
@@ -921,7 +922,9 @@ def test_replace_with_dcl_passes_its_options_and_lists_only_replaceable_layers()
     wrn = timm.create_model("wrn16_4", num_classes=10)
     with pytest.warns(UserWarning, match="goes straight into a sum") as caught:
         replace_with_dcl(wrn, "stages.2.1.conv1", width_ratio=0.25)
-    assert caught[0].filename == __file__, "the warning points at the caller's line"
+    # the warning points out of the library, at the caller (not compared with __file__: under mutmut a
+    # trampoline frame sits between the test and the function)
+    assert not caught[0].filename.endswith((os.path.join("collab_zoo", "methods", "dcl.py"), "warnings.py"))
 
 
 def test_feeds_a_sum_counts_only_additions():
