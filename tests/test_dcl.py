@@ -950,9 +950,11 @@ def test_a_dcl_model_takes_its_options_and_checks_its_classifier():
     from collab_zoo.methods.dcl import DCLModel
 
     torch.manual_seed(16)
-    model = DCLModel(timm.create_model("lenet", num_classes=10), "fc", width=3, eps=0.5, bias=False)
+    model = DCLModel(timm.create_model("lenet", num_classes=10), "fc", width=3, eps=0.5, bias=False,
+                     branch_act=False)
     module = model.dcl_module
-    assert (module.num_branches, module.eps) == (2, 0.5) and module.branches[0].filters.bias is None
+    assert (module.num_branches, module.eps, module.branch_act) == (2, 0.5, False)
+    assert module.branches[0].filters.bias is None and not module.branches[0].branch_act
     model.reset_classifier(7)
     assert (model.dcl_module.out_channels, model.dcl_module.eps) == (7, 0.5)
     assert model.dcl_module.branches[1].mapping.bias is None
