@@ -1,4 +1,5 @@
 """DKS: the loss against hand arithmetic, detached teachers, pair sets, heads, export, the authors' weights."""
+import hashlib
 import json
 import math
 import subprocess
@@ -533,18 +534,29 @@ def _authors_file(tmp_path, arch="resnet18"):
     return net, path
 
 
-def test_converter_turns_the_authors_file_into_a_loadable_hub_folder(tmp_path, hub):
+def test_converter_turns_the_authors_file_into_a_loadable_hub_folder(tmp_path, hub, capsys):
+    """In this process (convert.main, as the command line calls it), so that the converter's own code is what
+    runs; the refusal below runs `python -m collab_zoo.convert` itself."""
+    from collab_zoo import convert
+
     net, path = _authors_file(tmp_path)
     out = tmp_path / "dks_resnet18.in1k"
     config_path = tmp_path / "dks_resnet18.in1k.json"
     config_path.write_text((ROOT / "hub_configs" / "dks_resnet18.in1k.json").read_text())
     repo = "tester/dks_resnet18-authors"
-    result = subprocess.run(
-        [sys.executable, "-m", "collab_zoo.convert", "dks", "--arch", "resnet18", "--src", str(path), "--out",
-         str(out), "--push-to-hub", repo, "--write-hub-config", str(config_path)],
-        env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    code = convert.main(["dks", "--arch", "resnet18", "--src", str(path), "--out", str(out), "--push-to-hub", repo,
+                         "--write-hub-config", str(config_path)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    summary = json.loads(printed[printed.index("{"):])
+    digest = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+    assert {k: summary[k] for k in ("out", "model", "repo", "sha256")} == {
+        "out": str(out), "model": "dks_resnet18.in1k", "repo": repo, "sha256": digest}
+    # The card: the paper's Table 2 figures for DKS (hub config), and where the weights came from.
+    card = (out / "README.md").read_text()
+    assert "| paper_top1_err | 28.68 |" in card and "| paper_top5_err | 9.55 |" in card
+    assert "(converted from resnet18_dks.pth); auxiliary heads are not included." in card
+    assert json.loads((out / "config.json").read_text())["architecture"] == "dks_resnet18"
     x = torch.randn(2, 3, 64, 64)
     expected = net(x)
     local = collab_zoo.create_model(f"local-dir:{out}", pretrained=True).eval()
@@ -581,3 +593,210 @@ def test_layer_decay_never_scales_a_head_above_the_main_classifier():
     heads = [scale[id(p)] for n, p in named.items() if n.startswith("aux_heads.")]
     assert heads and max(heads) <= classifier
     assert scale[id(named["backbone.stem.0.weight"])] == min(scale.values()) < classifier
+
+
+@pytest.mark.parametrize("name,kwargs,classifiers,in_features", [
+    ("dks_resnet20", {}, ("aux_heads.0.fc", "aux_heads.1.fc", "backbone.fc"), (64, 128, 64)),  # AuxHead
+    ("dks_resnet20", {"aux": "ap_2fc"}, ("aux_heads.0.fc", "aux_heads.1.fc", "backbone.fc"), (64, 64, 64)),
+    ("dks_resnet20", {"aux": "ap_conv_2fc"}, ("aux_heads.0.fc", "aux_heads.1.fc", "backbone.fc"), (64, 64, 64)),
+    ("dks", {"backbone": "convnext_atto"},  # DonorHead: the copied backbone's own head
+     ("aux_heads.0.donor.head.fc", "aux_heads.1.donor.head.fc", "backbone.head.fc"), (320, 320, 320)),
+], ids=["blocks", "ap_2fc", "ap_conv_2fc", "donor"])
+def test_every_kind_of_head_names_and_resets_its_own_classifier(name, kwargs, classifiers, in_features):
+    """classifier_names lists each head's last layer (what fine-tuning to a new class count drops), and
+    reset_classifier gives every head, not only the main one, a fresh layer of the new width on the same inputs
+    (in_features: the released widths, 128 = the second head's doubled final stage; ap heads' hidden = 64)."""
+    model = collab_zoo.create_model(name, num_classes=5, **kwargs)
+    assert model.classifier_names() == classifiers
+    layers = [model.get_submodule(n) for n in classifiers]
+    assert [(type(m), m.in_features, m.out_features) for m in layers] == [(torch.nn.Linear, f, 5) for f in in_features]
+    model.reset_classifier(7)
+    renewed = [model.get_submodule(n) for n in classifiers]
+    assert [(type(m), m.in_features, m.out_features) for m in renewed] == [(torch.nn.Linear, f, 7) for f in in_features]
+    assert not any(new is old for new, old in zip(renewed, layers))
+    model.reset_classifier(0)
+    assert all(type(model.get_submodule(n)) is torch.nn.Identity for n in classifiers)
+    model.train()
+    assert [tuple(h.shape) for h in model(torch.randn(2, 3, 32, 32))] == [(2, f) for f in in_features]
+
+
+# Read off timm's convention by hand: the stem's conv, the main classifier, and the unpooled map at the default
+# input (ImageNet ResNets 224 -> 7x7; CIFAR networks 32 -> 8x8; the CIFAR MobileNet down-samples 16x -> 2x2).
+CFG_NAMES = {
+    "dks_resnet18": ("backbone.conv1", (7, 7), 224), "dks_resnet50": ("backbone.conv1", (7, 7), 224),
+    "dks_resnet152": ("backbone.conv1", (7, 7), 224), "dks_resnet20": ("backbone.stem.0", (8, 8), 32),
+    "dks_resnet32": ("backbone.stem.0", (8, 8), 32), "dks_resnet110": ("backbone.stem.0", (8, 8), 32),
+    "dks_wrn28_4": ("backbone.stem", (8, 8), 32), "dks_wrn28_10": ("backbone.stem", (8, 8), 32),
+    "dks_densenet40_k12": ("backbone.stem", (8, 8), 32), "dks_densenet100_k12": ("backbone.stem", (8, 8), 32),
+    "dks_mobilenet": ("backbone.stem.0", (2, 2), 32),
+}
+
+
+@pytest.mark.parametrize("name", DKS_MODELS)
+def test_pretrained_cfg_names_the_first_conv_the_classifier_and_the_unpooled_map(name):
+    first_conv, pool_size, side = CFG_NAMES[name]
+    with torch.device("meta"):  # shapes only: no weights are drawn
+        model = collab_zoo.create_model(name)
+        cfg = model.pretrained_cfg
+        features = model.forward_features(torch.empty(1, 3, side, side))
+    assert (cfg["first_conv"], cfg["classifier"], cfg["pool_size"], cfg["input_size"]) == (
+        first_conv, "backbone.fc", pool_size, (3, side, side))
+    assert type(model.get_submodule(first_conv)) is torch.nn.Conv2d
+    assert type(model.get_submodule("backbone.fc")) is torch.nn.Linear
+    assert tuple(features.shape[-2:]) == pool_size
+
+
+@pytest.mark.parametrize("name", ["dks_resnet20", "dks_resnet18"])
+def test_grad_checkpointing_recomputes_in_backward_and_changes_no_gradient(name):
+    """With checkpointing on, a stage block and a head start twice per step (forward, then again in backward);
+    off, once. The gradients are the same either way (eval-mode BN: no running statistics move). Pre-hooks:
+    torch stops a recomputation as soon as it has the tensors backward needs, before the module returns."""
+    model = collab_zoo.create_model(name, num_classes=5).eval()
+    block = model.backbone.stages[1][0] if name == "dks_resnet20" else model.backbone.layer2[0]
+    calls = {"block": 0, "head": 0}
+    block.register_forward_pre_hook(lambda *a: calls.__setitem__("block", calls["block"] + 1))
+    model.aux_heads[0].fc.register_forward_pre_hook(lambda *a: calls.__setitem__("head", calls["head"] + 1))
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([1, 4])
+    grads = []
+    for enable, runs in ((False, 1), (True, 2)):
+        model.set_grad_checkpointing(enable)
+        model.zero_grad()
+        calls.update(block=0, head=0)
+        model.collab_loss(model.forward_heads(x), y)[0].backward()
+        assert calls == {"block": runs, "head": runs}, (enable, calls)
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+
+
+@pytest.mark.parametrize("name,reference", [("dks_resnet18", "resnet18"), ("dks_densenet40_k12", "densenet40_k12")])
+def test_prune_intermediate_layers_defaults_are_timms(name, reference):
+    """Called bare, the DKS model prunes its backbone as timm's own call with timm's defaults (the last level,
+    keep the final norm, drop the head) prunes the plain network, and drops the auxiliary heads."""
+    model = collab_zoo.create_model(name, num_classes=5)
+    plain = timm.create_model(reference, num_classes=5)
+    assert model.prune_intermediate_layers() == plain.prune_intermediate_layers(1, prune_norm=False, prune_head=True)
+    assert str(model.backbone) == str(plain) and len(model.aux_heads) == 0
+
+
+def test_reset_classifier_passes_the_pooling_to_the_backbone():
+    model = collab_zoo.create_model("dks_resnet18", num_classes=5)
+    model.reset_classifier(7, "max")
+    assert model.backbone.global_pool.pool_type == "max" and model.backbone.fc.out_features == 7
+    x = torch.randn(1, 3, 64, 64)
+    features = model.forward_features(x)
+    assert torch.allclose(model.forward_head(features, pre_logits=True), features.amax(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("name,pre", [
+    # The head after a stage pools by what the main path still down-samples after it (kernel = stride), then a
+    # 3x3 conv to the final width: resnet20 stages at strides 1, 2, 4 (16, 32, 64 channels); resnet18's layer2
+    # and layer3 at 8 and 16 of 32 (128, 256 of 512 channels).
+    ("dks_resnet20", [(4, 16, 64), (2, 32, 64)]),
+    ("dks_resnet18", [(4, 128, 512), (2, 256, 512)]),
+])
+def test_ap_conv_2fc_heads_pool_by_the_missing_down_sampling(name, pre):
+    model = collab_zoo.create_model(name, num_classes=5, aux="ap_conv_2fc")
+    for head, (stride, cin, width) in zip(model.aux_heads, pre):
+        pool, conv, norm, act = head.pre
+        assert (type(pool), pool.kernel_size, pool.stride) == (torch.nn.AvgPool2d, stride, stride)
+        assert type(pool.kernel_size) is int
+        assert (type(conv), conv.in_channels, conv.out_channels, conv.kernel_size, conv.padding, conv.bias) == (
+            torch.nn.Conv2d, cin, width, (3, 3), (1, 1), None)
+        assert (type(norm), norm.num_features, type(act)) == (torch.nn.BatchNorm2d, width, torch.nn.ReLU)
+        assert (head.fc1.in_features, head.fc1.out_features, head.fc.in_features) == (width, width, width)
+    model.train()
+    side = 32 if name == "dks_resnet20" else 64
+    assert [tuple(h.shape) for h in model(torch.randn(2, 3, side, side))] == [(2, 5)] * 3
+
+
+@pytest.mark.parametrize("aux", ["blocks", "ap_2fc"])
+def test_one_class_is_a_classifier_and_zero_is_none(aux):
+    """num_classes=1 (a single logit) still gets a Linear in every head; 0 leaves features, at build and reset."""
+    one = collab_zoo.create_model("dks_resnet20", num_classes=1, aux=aux)
+    assert [type(h.fc) for h in one.aux_heads] == [torch.nn.Linear] * 2
+    assert [h.fc.out_features for h in one.aux_heads] == [1, 1]
+    zero = collab_zoo.create_model("dks_resnet20", num_classes=0, aux=aux)
+    assert [type(h.fc) for h in zero.aux_heads] == [torch.nn.Identity] * 2
+    zero.reset_classifier(1)
+    assert [h.fc.out_features for h in zero.aux_heads] == [1, 1]
+
+
+def _small_vit(depth):
+    return dict(img_size=32, patch_size=8, embed_dim=32, num_heads=2, depth=depth, reg_tokens=2)
+
+
+def test_a_backbone_that_never_down_samples_gets_heads_at_a_third_and_two_thirds():
+    """ViT blocks keep one resolution: heads go after blocks count//3 and 2*count//3, never after the last."""
+    attach = {depth: collab_zoo.create_model("dks", backbone="vit_tiny_patch16_224", num_classes=5,
+                                             backbone_kwargs=_small_vit(depth)).attach for depth in (2, 3, 4, 6)}
+    assert attach == {2: (0,), 3: (1,), 4: (1, 2), 6: (2, 4)}
+    with pytest.raises(IncompatibleConfigError) as refused:
+        collab_zoo.create_model("dks", backbone="vit_tiny_patch16_224", num_classes=5, backbone_kwargs=_small_vit(1))
+    assert str(refused.value) == "VisionTransformer has 1 feature level(s): no room for an auxiliary head."
+
+
+def test_vit_donor_heads_do_not_add_the_tokens_twice():
+    """The tokens at a ViT attach point already carry the class and register tokens and the position embedding:
+    the donor head's copies of all three are removed, and its logits are the later blocks, norm and head run
+    directly on the tapped tokens."""
+    torch.manual_seed(0)
+    model = collab_zoo.create_model("dks", backbone="vit_tiny_patch16_224", num_classes=5,
+                                    backbone_kwargs=_small_vit(3)).eval()
+    donor = model.aux_heads[0].donor
+    assert (donor.cls_token, donor.reg_token, donor.pos_embed) == (None, None, None)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        tokens = model.backbone.blocks[1](model.backbone.blocks[0](model.backbone._pos_embed(
+            model.backbone.patch_embed(x))))
+        assert tokens.shape[1] == 1 + 2 + 16
+        expected = donor.head(donor.fc_norm(donor.norm(donor.blocks[2](tokens))[:, 0]))
+        assert torch.allclose(model.forward_heads(x)[0], expected, atol=1e-5)
+
+
+def test_donor_heads_take_the_backbone_arguments_and_fresh_weights():
+    """A named timm backbone's donors are built from the name with the same arguments (ConvNeXt layer scale 0.5
+    here, timm's default is 1e-6); a backbone handed over as a module is deep-copied and re-initialised, and the
+    backbone itself is left whole."""
+    from collab_zoo.methods.dks import DKSModel
+
+    named = collab_zoo.create_model("dks", backbone="convnext_atto", num_classes=5,
+                                    backbone_kwargs=dict(ls_init_value=0.5))
+    gammas = [p for n, p in named.aux_heads[0].donor.named_parameters() if n.endswith("gamma")]
+    assert gammas and all(torch.all(g == 0.5) for g in gammas)
+
+    torch.manual_seed(0)
+    backbone = timm.create_model("convnext_atto", num_classes=5).eval()
+    reference = {k: v.clone() for k, v in backbone.state_dict().items()}
+    model = DKSModel(backbone)
+    assert model.arch is None
+    assert all(torch.equal(v, reference[k]) for k, v in backbone.state_dict().items())
+    assert all(not isinstance(m, torch.nn.Identity) for m in (backbone.stem, *backbone.stages))
+    donor = dict(model.aux_heads[-1].donor.named_parameters())
+    convs = [n for n, p in donor.items() if p.dim() == 4]
+    assert convs and not any(torch.equal(donor[n], reference[n]) for n in convs)
+    assert not any(donor[n].data_ptr() == p.data_ptr() for n, p in backbone.named_parameters() if n in donor)
+
+
+def test_a_module_without_timms_feature_interface_is_refused_by_name():
+    from collab_zoo.methods.dks import DKSModel
+
+    class NoLevels(torch.nn.Module):
+        num_classes = 5
+
+    class LevelsOnly(torch.nn.Module):
+        num_classes = 5
+
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 4, 3)
+            self.feature_info = [dict(module="a", num_chs=4, reduction=1), dict(module="b", num_chs=4, reduction=2)]
+
+    with pytest.raises(IncompatibleConfigError) as refused:
+        DKSModel(NoLevels())
+    assert str(refused.value) == (
+        "DKS needs a backbone with stages: one with timm's feature_info (any model that supports features_only), "
+        "a zoo StagedNet or a timm ResNet; NoLevels has no feature_info.")
+    with pytest.raises(IncompatibleConfigError) as refused:
+        DKSModel(LevelsOnly())
+    assert str(refused.value) == ("DKS builds its heads from the backbone's later blocks and its own head: "
+                                  "LevelsOnly lacks timm's forward_features().")
