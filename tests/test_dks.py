@@ -800,3 +800,49 @@ def test_a_module_without_timms_feature_interface_is_refused_by_name():
         DKSModel(LevelsOnly())
     assert str(refused.value) == ("DKS builds its heads from the backbone's later blocks and its own head: "
                                   "LevelsOnly lacks timm's forward_features().")
+
+
+def test_dks_loss_refusals_say_what_was_wrong():
+    heads, target = [torch.tensor(h) for h in HEADS], torch.tensor(TARGET)
+    cases = [
+        (dict(divergence="js"), "divergence must be one of ('cross_entropy', 'kl'), got 'js'."),
+        (dict(temperature=0.0), "temperature must be positive, got 0.0."),
+        (dict(alpha=[1.0, 1.0]), "alpha needs one weight per head (3), got 2."),
+        (dict(sample_weight=torch.ones(3)), "sample_weight must hold one weight per sample, shape [2]; got (3,)."),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(IncompatibleConfigError) as refused:
+            dks_loss(heads, target, **kwargs)
+        assert str(refused.value) == message
+
+
+def test_collab_loss_uses_the_models_alpha_beta_temperature_and_pairs():
+    """A model built with its own loss options computes Eq. 4 with them (hand arithmetic, as above)."""
+    model = collab_zoo.create_model("dks_resnet20", num_classes=3, alpha=[0.5, 0.25, 1.0], beta=0.3,
+                                    temperature=2.0, pairs="top_down")
+    heads = tuple(torch.tensor(h) for h in HEADS)
+    total, _ = model.collab_loss(heads, torch.tensor(TARGET))
+    expected = _hand_loss(HEADS, TARGET, "top_down", temperature=2.0, alpha=[0.5, 0.25, 1.0], beta=0.3)
+    assert total.item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(IncompatibleConfigError) as refused:
+        model.collab_loss(heads[1:], torch.tensor(TARGET))
+    assert str(refused.value) == "DKS expects 3 head outputs (train-mode forward), got 2."
+
+
+def test_export_carries_the_trained_models_preprocessing_and_drops_where_its_weights_came_from():
+    """The exported backbone is described by the DKS model's own cfg (a fine-tuned or downloaded model's
+    preprocessing, labels and provenance), and forgets the file or repo the DKS weights were read from: its
+    weights are the ones it holds now."""
+    model = collab_zoo.create_model("dks_resnet20", num_classes=3)
+    carried = dict(input_size=(3, 40, 40), interpolation="bilinear", crop_pct=0.8, crop_mode="squash",
+                   mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6), num_classes=3, label_names=["a", "b", "c"],
+                   license="mit", paper_name="Deeply-supervised Knowledge Synergy", paper_ids="arXiv:1906.00675",
+                   origin_url="https://example.org/origin", description="fine-tuned", notes="a note")
+    dropped = dict(hf_hub_id="someone/dks", hf_hub_filename="model.safetensors", url="https://example.org/w",
+                   file="/tmp/w.safetensors", state_dict={"x": 1}, source="hf-hub", tag="ft")
+    model.pretrained_cfg = dict(model.pretrained_cfg, **carried)
+    model.backbone.pretrained_cfg = dict(model.backbone.pretrained_cfg, **dropped, first_conv="stem.0")
+    cfg = model.export().pretrained_cfg
+    assert {k: cfg.get(k) for k in carried} == carried
+    assert not set(cfg) & set(dropped)
+    assert cfg["first_conv"] == "stem.0"  # the backbone's own names stay
