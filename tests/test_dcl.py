@@ -803,11 +803,8 @@ def test_branch_widths_accept_their_bounds_and_name_what_is_refused():
     assert branch_widths(10, 3, width_ratio=0.001) == [1, 1, 1], "at least one filter, rounded up"
     assert branch_widths(10, 2, width=1) == [1, 1]
     assert branch_widths(10, 2, width=[1, 4]) == [1, 4]
-    refusals = {
-        (0,): "width_ratio must be in (0, 1], got 0.",
-        (1.5,): "width_ratio must be in (0, 1], got 1.5.",
-    }
-    for (ratio,), message in refusals.items():
+    refusals = [(0, "width_ratio must be in (0, 1], got 0."), (1.5, "width_ratio must be in (0, 1], got 1.5.")]
+    for ratio, message in refusals:
         with pytest.raises(IncompatibleConfigError) as e:
             branch_widths(10, 2, width_ratio=ratio)
         assert str(e.value) == message
