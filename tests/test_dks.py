@@ -579,6 +579,33 @@ def test_converter_refuses_a_file_of_another_architecture(tmp_path):
     assert not (tmp_path / "o" / "model.safetensors").exists()
 
 
+def test_converter_refusals_say_what_the_file_is_not(tmp_path, capsys):
+    from collab_zoo import convert
+
+    _, path = _authors_file(tmp_path, "resnet18")
+    assert convert.main(["dks", "--arch", "resnet50", "--src", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert "error: The checkpoint is not a timm/torchvision 'resnet50' state_dict: missing [" in capsys.readouterr().err
+    listed = tmp_path / "a_list.pth"
+    torch.save([torch.zeros(1)], listed)
+    assert convert.main(["dks", "--arch", "resnet18", "--src", str(listed), "--out", str(tmp_path / "o")]) == 2
+    assert f"error: {listed} is not a state_dict (a mapping of names to tensors)." in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--src", "w.pth"], "the following arguments are required: --arch"),
+    (["--arch", "resnet18"], "the following arguments are required: --src"),
+    (["--arch", "resnet34", "--src", "w.pth"], "argument --arch: invalid choice: 'resnet34'"),
+])
+def test_converter_names_a_missing_or_unknown_argument(tmp_path, capsys, argv, words):
+    """The authors released ResNet-18, -50 and -152 only; both flags are required."""
+    from collab_zoo import convert
+
+    with pytest.raises(SystemExit) as stopped:
+        convert.main(["dks", *argv, "--out", str(tmp_path / "o")])
+    assert stopped.value.code == 2 and words in capsys.readouterr().err
+
+
 def test_layer_decay_never_scales_a_head_above_the_main_classifier():
     """timm's layer-wise decay on DKS: the stem gets the lowest scale, and every auxiliary head trains at most at
     the main classifier's scale (grouped with the head, never deeper than it)."""
@@ -618,6 +645,14 @@ def test_every_kind_of_head_names_and_resets_its_own_classifier(name, kwargs, cl
     assert all(type(model.get_submodule(n)) is torch.nn.Identity for n in classifiers)
     model.train()
     assert [tuple(h.shape) for h in model(torch.randn(2, 3, 32, 32))] == [(2, f) for f in in_features]
+
+
+def test_a_donor_head_whose_network_names_no_classifier_is_refused():
+    model = collab_zoo.create_model("dks", backbone="convnext_atto", num_classes=5)
+    model.aux_heads[0].donor.pretrained_cfg = {}  # ConvNeXt's get_classifier() takes no name: the cfg names it
+    with pytest.raises(IncompatibleConfigError) as refused:
+        model.classifier_names()
+    assert str(refused.value) == "ConvNeXt does not name its classifier."
 
 
 # Read off timm's convention by hand: the stem's conv, the main classifier, and the unpooled map at the default
@@ -671,10 +706,16 @@ def test_grad_checkpointing_recomputes_in_backward_and_changes_no_gradient(name)
 @pytest.mark.parametrize("name,reference", [("dks_resnet18", "resnet18"), ("dks_densenet40_k12", "densenet40_k12")])
 def test_prune_intermediate_layers_defaults_are_timms(name, reference):
     """Called bare, the DKS model prunes its backbone as timm's own call with timm's defaults (the last level,
-    keep the final norm, drop the head) prunes the plain network, and drops the auxiliary heads."""
+    keep the final norm, drop the head) prunes the plain network, and drops the auxiliary heads; called with
+    arguments, it passes each one on."""
     model = collab_zoo.create_model(name, num_classes=5)
     plain = timm.create_model(reference, num_classes=5)
     assert model.prune_intermediate_layers() == plain.prune_intermediate_layers(1, prune_norm=False, prune_head=True)
+    assert str(model.backbone) == str(plain) and len(model.aux_heads) == 0
+    model = collab_zoo.create_model(name, num_classes=5)
+    plain = timm.create_model(reference, num_classes=5)
+    assert (model.prune_intermediate_layers(2, prune_norm=True, prune_head=False)
+            == plain.prune_intermediate_layers(2, prune_norm=True, prune_head=False))
     assert str(model.backbone) == str(plain) and len(model.aux_heads) == 0
 
 
@@ -834,12 +875,14 @@ def test_export_carries_the_trained_models_preprocessing_and_drops_where_its_wei
     preprocessing, labels and provenance), and forgets the file or repo the DKS weights were read from: its
     weights are the ones it holds now."""
     model = collab_zoo.create_model("dks_resnet20", num_classes=3)
-    carried = dict(input_size=(3, 40, 40), interpolation="bilinear", crop_pct=0.8, crop_mode="squash",
+    carried = dict(input_size=(3, 40, 40), interpolation="bicubic", crop_pct=0.8, crop_mode="squash",
                    mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6), num_classes=3, label_names=["a", "b", "c"],
                    license="mit", paper_name="Deeply-supervised Knowledge Synergy", paper_ids="arXiv:1906.00675",
                    origin_url="https://example.org/origin", description="fine-tuned", notes="a note")
     dropped = dict(hf_hub_id="someone/dks", hf_hub_filename="model.safetensors", url="https://example.org/w",
                    file="/tmp/w.safetensors", state_dict={"x": 1}, source="hf-hub", tag="ft")
+    # A value equal to the backbone's own would pass without being carried.
+    assert all(model.backbone.pretrained_cfg.get(k) != v for k, v in carried.items())
     model.pretrained_cfg = dict(model.pretrained_cfg, **carried)
     model.backbone.pretrained_cfg = dict(model.backbone.pretrained_cfg, **dropped, first_conv="stem.0")
     cfg = model.export().pretrained_cfg

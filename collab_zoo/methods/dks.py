@@ -639,13 +639,13 @@ class DKSModel(BackboneWrapper):
         plain = copy.deepcopy(self.backbone)
         cfg = dict(getattr(self.backbone, "pretrained_cfg", {}) or {})
         mine = dict(getattr(self, "pretrained_cfg", {}) or {})
-        for key in ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std", "num_classes",
-                    "label_names", "license", "paper_name", "paper_ids", "origin_url", "description", "notes"):
+        for key in ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std", "label_names", "license",
+                    "paper_name", "paper_ids", "origin_url", "description", "notes"):
             if mine.get(key) is not None:
                 cfg[key] = mine[key]
         for key in ("hf_hub_id", "hf_hub_filename", "url", "file", "state_dict", "source", "tag"):
             cfg.pop(key, None)
-        cfg["num_classes"] = plain.num_classes
+        cfg["num_classes"] = plain.num_classes  # what the copied network has, whatever either cfg says
         plain.pretrained_cfg = plain.default_cfg = cfg
         return plain
 
