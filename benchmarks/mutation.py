@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "mutation.json"
@@ -197,10 +197,53 @@ def run_module(name: str, commit: str, work: Path, max_children: int, limit_s: i
         if carry_on:
             result = _run_mutmut(name, spec, tree, commit, original, max_children, limit_s)
         return result
+    _prepare_copy(spec, commit, tree)
+    return _run_mutmut(name, spec, tree, commit, (tree / ".mutation-original").read_text(), max_children, limit_s)
+
+
+def rerun_open(name: str, recorded: Dict[str, Any], tests_commit: str, work: Path, max_children: int,
+               limit_s: int) -> Dict[str, Any]:
+    """The mutants a recorded run left open (not checked when its time ran out, or survived), run again on a fresh
+    copy of the module at the recorded commit with the tests from ``tests_commit``; everything the recorded run
+    killed stays killed. For a run whose kept copy is gone (``--carry-on`` needs it)."""
+    spec = MODULES[name]
+    tree = work / name
+    commit = recorded["commit"]
+    _prepare_copy(spec, commit, tree)
+    _refresh_tests(tree, tests_commit)
+    shutil.rmtree(tree / "mutants")  # mutmut makes its own copy, of the refreshed tests too
+    (tree / ".mutation-tests-commit").write_text(tests_commit)
+    previous = {s["mutant"]: s for s in recorded["survivors"]}
+    open_names = [m for m, s in previous.items() if s["status"] in ("not checked", "survived", "no tests")]
+    fresh = _run_mutmut(name, spec, tree, commit, (tree / ".mutation-original").read_text(), max_children, limit_s,
+                        names=open_names)
+    if fresh["total"] != recorded["total"]:
+        raise SystemExit(f"{name}: the fresh copy has {fresh['total']} mutants, the recorded run {recorded['total']}; "
+                         "not the same module or mutmut version: run it whole instead.")
+    # The fresh run reports every mutant it did not run as not checked: those the recorded run killed are killed.
+    again = {s["mutant"]: s for s in fresh["survivors"]}
+    survivors = [again[m] for m in sorted(set(again) & set(previous), key=_natural)]
+    killed = recorded["total"] - len(survivors)
+    no_tests = sum(1 for s in survivors if s["status"] == "no tests")
+    counts: Dict[str, int] = {"killed": killed}
+    for s in survivors:
+        counts[s["status"]] = counts.get(s["status"], 0) + 1
+    text = sum(1 for s in survivors if s["kind"] == "message-text" and s["status"] == "survived")
+    tested = max(recorded["total"] - no_tests, 1)
+    return dict(fresh, killed=killed, survived=counts.get("survived", 0), no_tests=no_tests,
+                timeout=counts.get("timeout", 0), other=counts, score=round(killed / tested, 4),
+                survived_message_text=text, score_without_message_text=round(killed / max(tested - text, 1), 4),
+                survivors=survivors, seconds=round(recorded.get("seconds", 0) + fresh["seconds"], 1),
+                rerun_open=dict(tests_commit=tests_commit, rerun=len(open_names), seconds=fresh["seconds"]))
+
+
+def _prepare_copy(spec: Dict[str, Any], commit: str, tree: Path) -> None:
+    """A copy of the tree at ``commit`` with the module made ready for mutmut and its configuration written."""
     _copy_tree(commit, tree)
     (tree / ".mutation-commit").write_text(commit)
     target = tree / spec["path"]
     original = target.read_text()
+    (tree / ".mutation-original").write_text(original)
     target.write_text(_fence_functions(_undecorate_no_grad(original), spec.get("skip_functions", [])))
     selection = "\n    ".join(spec["tests"])
     (tree / "setup.cfg").write_text(
@@ -211,13 +254,12 @@ def run_module(name: str, commit: str, work: Path, max_children: int, limit_s: i
         "pytest_add_cli_args=\n    -p\n    no:cacheprovider\n"
         "also_copy=\n    tests\n    train.py\n    validate.py\n    hub_configs\n"
         + _cfg_list("do_not_mutate_patterns", spec.get("skip_lines", [])))
-    return _run_mutmut(name, spec, tree, commit, original, max_children, limit_s)
 
 
 def _run_mutmut(name: str, spec: Dict[str, Any], tree: Path, commit: str, original: str, max_children: int,
-                limit_s: int, only_survivors: bool = False) -> Dict[str, Any]:
+                limit_s: int, only_survivors: bool = False, names: Optional[List[str]] = None) -> Dict[str, Any]:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    names: List[str] = []
+    names = list(names or [])
     if only_survivors:
         meta = json.loads((tree / "mutants" / (spec["path"] + ".meta")).read_text())
         # survived (0), and those no selected test reached (33): new tests may reach them
@@ -287,6 +329,9 @@ def main(argv=None) -> int:
                    help="with --work of a kept run stopped by --limit-s: check only the mutants not checked yet")
     p.add_argument("--recheck-survivors", action="store_true",
                    help="with --work of a kept run: take the tests from --commit and run the survivors again")
+    p.add_argument("--rerun-open", action="store_true",
+                   help="without a kept copy: run again what the recorded run (in --out) left open - not checked or "
+                        "survived - at its commit, with the tests from --commit")
     p.add_argument("--out", default=str(RESULTS), help="results JSON, merged per module")
     args = p.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES]
@@ -304,8 +349,13 @@ def main(argv=None) -> int:
     try:
         for name in args.modules:
             print(f"{name}: mutating {MODULES[name]['path']} at {commit[:12]} ...", flush=True)
-            result = run_module(name, commit, work, args.max_children, args.limit_s, args.carry_on,
-                                args.recheck_survivors)
+            if args.rerun_open:
+                if name not in results["modules"]:
+                    p.error(f"--rerun-open: {out} records no run of {name}")
+                result = rerun_open(name, results["modules"][name], commit, work, args.max_children, args.limit_s)
+            else:
+                result = run_module(name, commit, work, args.max_children, args.limit_s, args.carry_on,
+                                    args.recheck_survivors)
             results["modules"][name] = result
             import mutmut
 
