@@ -214,7 +214,9 @@ def rerun_open(name: str, recorded: Dict[str, Any], tests_commit: str, work: Pat
     shutil.rmtree(tree / "mutants")  # mutmut makes its own copy, of the refreshed tests too
     (tree / ".mutation-tests-commit").write_text(tests_commit)
     previous = {s["mutant"]: s for s in recorded["survivors"]}
-    open_names = [m for m, s in previous.items() if s["status"] in ("not checked", "survived", "no tests")]
+    # mutmut wants a mutant's whole key (the module's dotted path, then the name recorded).
+    prefix = spec["path"][:-len(".py")].replace("/", ".") + "."
+    open_names = [prefix + m for m, s in previous.items() if s["status"] in ("not checked", "survived", "no tests")]
     fresh = _run_mutmut(name, spec, tree, commit, (tree / ".mutation-original").read_text(), max_children, limit_s,
                         names=open_names)
     if fresh["total"] != recorded["total"]:
@@ -222,7 +224,9 @@ def rerun_open(name: str, recorded: Dict[str, Any], tests_commit: str, work: Pat
                          "not the same module or mutmut version: run it whole instead.")
     # The fresh run reports every mutant it did not run as not checked: those the recorded run killed are killed.
     again = {s["mutant"]: s for s in fresh["survivors"]}
-    survivors = [again[m] for m in sorted(set(again) & set(previous), key=_natural)]
+    # A mutant still open: its new status, or the recorded one where the fresh run did not get to it.
+    survivors = [previous[m] if again[m]["status"] == "not checked" else again[m]
+                 for m in sorted(set(again) & set(previous), key=_natural)]
     killed = recorded["total"] - len(survivors)
     no_tests = sum(1 for s in survivors if s["status"] == "no tests")
     counts: Dict[str, int] = {"killed": killed}
@@ -310,6 +314,57 @@ def _run_mutmut(name: str, spec: Dict[str, Any], tree: Path, commit: str, origin
     )
 
 
+def check_by_hand(name: str, recorded: Dict[str, Any], pattern: str, tests_commit: str, work: Path,
+                  pytest_args: List[str]) -> Dict[str, Any]:
+    """Recorded survivors whose name matches ``pattern``, each applied to the module's source by hand and tested in
+    a fresh process. For functions that run while the module is imported (a table of cfgs, of rules): mutmut
+    switches a mutant on only after the import, so its "survived" there says nothing. Only one-line changes can be
+    placed (the recorded change is the new line; it replaces the most similar line of its function)."""
+    import difflib
+
+    spec = MODULES[name]
+    tree = work / f"{name}-by-hand"
+    _copy_tree(recorded["commit"], tree)
+    _refresh_tests(tree, tests_commit)
+    shutil.rmtree(tree / "mutants")
+    target = tree / spec["path"]
+    original = target.read_text()
+    lines = original.splitlines(keepends=True)
+    spans = {}
+    for node in ast.parse(original).body:
+        if isinstance(node, ast.FunctionDef):
+            spans[f"x_{node.name}"] = (node.lineno, node.end_lineno)
+        elif isinstance(node, ast.ClassDef):
+            spans.update({f"x\u01c1{node.name}\u01c1{f.name}": (f.lineno, f.end_lineno) for f in node.body
+                          if isinstance(f, ast.FunctionDef)})
+    selection = pytest_args or [t for t in spec["tests"] if not t.startswith("--")]
+    env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    def run_tests() -> int:
+        return subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *selection],
+                              cwd=tree, env=env, capture_output=True, timeout=1800).returncode
+
+    if run_tests() != 0:
+        raise SystemExit(f"{name}: {' '.join(selection)} fails on the unmutated copy; a kill would mean nothing.")
+    verdicts: Dict[str, str] = {}
+    for survivor in recorded["survivors"]:
+        change = survivor["change"]
+        if survivor["status"] != "survived" or not re.search(pattern, survivor["mutant"]) or " / " in change:
+            continue
+        first, last = spans[survivor["mutant"].rsplit("__mutmut_", 1)[0]]
+        new = change[1:].strip() if change.startswith("+") else change.strip()
+        at = max(range(first - 1, last), key=lambda i: difflib.SequenceMatcher(None, lines[i].strip(), new).ratio())
+        indent = lines[at][:len(lines[at]) - len(lines[at].lstrip())]
+        target.write_text("".join(lines[:at] + [f"{indent}{new}\n"] + lines[at + 1:]))
+        try:
+            code = run_tests()
+        finally:
+            target.write_text(original)
+        # pytest: 0 all passed; 1 a test failed; 2-4 the module could not even be imported or collected.
+        verdicts[survivor["mutant"]] = "survived" if code == 0 else "killed"
+        print(f"  {survivor['mutant']}: {verdicts[survivor['mutant']]} by hand", flush=True)
+    return dict(pattern=pattern, tests=selection, tests_commit=tests_commit, verdicts=verdicts)
+
+
 def _natural(key: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
 
@@ -332,6 +387,11 @@ def main(argv=None) -> int:
     p.add_argument("--rerun-open", action="store_true",
                    help="without a kept copy: run again what the recorded run (in --out) left open - not checked or "
                         "survived - at its commit, with the tests from --commit")
+    p.add_argument("--by-hand", default=None, metavar="REGEX",
+                   help="apply the recorded survivors whose name matches REGEX to the source by hand and test them "
+                        "(for code that runs at import, where mutmut cannot switch a mutant on)")
+    p.add_argument("--by-hand-tests", nargs=argparse.REMAINDER, default=[],
+                   help="with --by-hand, last: the pytest arguments to run (default: the module's selection)")
     p.add_argument("--out", default=str(RESULTS), help="results JSON, merged per module")
     args = p.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES]
@@ -348,7 +408,15 @@ def main(argv=None) -> int:
     results.setdefault("modules", {})
     try:
         for name in args.modules:
-            print(f"{name}: mutating {MODULES[name]['path']} at {commit[:12]} ...", flush=True)
+            print(f"{name}: {'checking by hand' if args.by_hand else 'mutating'} {MODULES[name]['path']} at "
+                  f"{commit[:12]} ...", flush=True)
+            if args.by_hand:
+                if name not in results["modules"]:
+                    p.error(f"--by-hand: {out} records no run of {name}")
+                recorded = results["modules"][name]
+                recorded["by_hand"] = check_by_hand(name, recorded, args.by_hand, commit, work, args.by_hand_tests)
+                out.write_text(json.dumps(results, indent=2) + "\n")
+                continue
             if args.rerun_open:
                 if name not in results["modules"]:
                     p.error(f"--rerun-open: {out} records no run of {name}")
