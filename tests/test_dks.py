@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import collab_zoo
 from collab_zoo.errors import IncompatibleConfigError
-from collab_zoo.methods.dks import dks_loss, pair_mask
+from collab_zoo.methods.dks import DKSModel, dks_loss, pair_mask
 
 from conftest import ROOT, subprocess_env
 
@@ -488,15 +488,25 @@ def test_dks_on_dcl_networks_exports_the_dcl_network(name):
     assert not any(n.startswith("aux_heads") for n in exported.state_dict())
 
 
-def test_combinations_that_cannot_be_honoured_fail_at_construction():
-    with pytest.raises(IncompatibleConfigError, match="one head trained in one round"):
-        collab_zoo.create_model("dks", backbone="cldl_nin", num_classes=5)
-    with pytest.raises(IncompatibleConfigError, match="mode='deterministic'"):
-        collab_zoo.create_model("dks", backbone="dcl_lenet", num_classes=5)   # A3S: stochastic branches
-    with pytest.raises(IncompatibleConfigError, match="aux='blocks'"):
-        collab_zoo.create_model("dks", backbone="convnext_atto", num_classes=5, aux="narrow")
-    with pytest.raises(IncompatibleConfigError, match="not a timm model"):
-        collab_zoo.create_model("dks", backbone="no_such_net")
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(backbone="cldl_nin"),
+     "DKS adds heads to a network with one head trained in one round; cldl_nin has heads ['aux_layer3', "
+     "'aux_layer6', 'main'] and 1 round(s), with an objective of its own that DKS would override. Put DKS inside "
+     "instead (e.g. complementary with member='dks_resnet20')."),
+    (dict(backbone="dcl_lenet"),  # A3S: stochastic branches
+     "dcl_lenet leaves some parameters unused in a training step (stochastic DCL branches); DKS heads copy the "
+     "backbone's later blocks, stochastic layers included, and each copy would draw its own branches. Build it with "
+     "mode='deterministic' to put DKS on it."),
+    (dict(backbone="convnext_atto", aux="narrow"),
+     "on ConvNeXt DKS heads are copies of the backbone's own later blocks (aux='blocks'); aux='narrow', head_blocks "
+     "and head_widths need a backbone whose stages can be rebuilt at another depth or width: a zoo StagedNet (CIFAR "
+     "ResNet, WRN, DenseNet, MobileNet) or a timm ResNet."),
+    (dict(backbone="no_such_net"), "backbone 'no_such_net' is not a timm model name (see timm.list_models())."),
+], ids=["several-heads", "stochastic-dcl", "narrow-on-donor", "unknown"])
+def test_combinations_that_cannot_be_honoured_fail_at_construction(kwargs, message):
+    with pytest.raises(IncompatibleConfigError) as refused:
+        collab_zoo.create_model("dks", num_classes=5, **kwargs)
+    assert str(refused.value) == message
 
 
 def test_export_is_independent_of_the_training_model():
@@ -521,6 +531,43 @@ def test_configurable_heads():
     assert model.aux_heads[0].stages[0][0].conv1.out_channels == 16
     with pytest.raises(IncompatibleConfigError, match="copies 2 later stage"):
         collab_zoo.create_model("dks_resnet32", head_blocks=[[1], [2]], head_widths=[[1.0], [1.0]])
+
+
+# ResNet-32: three stages, so heads attach after stage1 or stage2 (0..1); the head after stage1 copies two stages.
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(head_blocks=[[1, 1]], head_widths=[[1.0, 1.0], [1.0]]),
+     "head_blocks and head_widths need one entry per head (2); got 1 and 2."),
+    (dict(head_blocks=[[1, 1], [2]], head_widths=[[1.0, 1.0]]),
+     "head_blocks and head_widths need one entry per head (2); got 2 and 1."),
+    (dict(head_blocks=[[1, 1], [2]], head_widths=[[1.0], [1.0]]),
+     "the head after stage1 copies 2 later stage(s); got blocks [1, 1] and widths [1.0]."),
+    (dict(head_blocks=[[1], [2]], head_widths=[[1.0, 1.0], [1.0]]),
+     "the head after stage1 copies 2 later stage(s); got blocks [1] and widths [1.0, 1.0]."),
+    (dict(attach=["stage9"]), "unknown attach point 'stage9'; stages: ['stage1', 'stage2', 'stage3']."),
+    (dict(attach=[2]), "attach point 2 must be a stage before the last (0..1); a head after the last stage would be "
+                       "the main head."),
+    (dict(attach=[-1]), "attach point -1 must be a stage before the last (0..1); a head after the last stage would "
+                        "be the main head."),
+], ids=["fewer-blocks", "fewer-widths", "short-widths", "short-blocks", "unknown-stage", "last-stage", "negative"])
+def test_a_head_layout_that_does_not_fit_is_refused_in_its_own_words(kwargs, message):
+    with pytest.raises(IncompatibleConfigError) as refused:
+        collab_zoo.create_model("dks_resnet32", num_classes=10, **kwargs)
+    assert str(refused.value) == message
+
+
+def test_a_timm_resnet_given_as_a_module_needs_its_architecture_name():
+    """The heads are rebuilt from the architecture (timm.create_model(arch, layers=..., channels=...))."""
+    with pytest.raises(IncompatibleConfigError) as refused:
+        DKSModel(timm.create_model("resnet18", num_classes=5))
+    assert str(refused.value) == "DKS on a timm ResNet needs its timm architecture name (arch=...)."
+
+
+@pytest.mark.parametrize("name,kwargs", [("dks_resnet20", {}), ("dks_resnet18", {}),
+                                         ("dks", {"backbone": "resnet18"})])
+def test_in_chans_reaches_the_backbones_first_conv(name, kwargs):
+    model = collab_zoo.create_model(name, num_classes=5, in_chans=1, **kwargs).train()
+    assert model.get_submodule(model.pretrained_cfg["first_conv"]).in_channels == 1
+    assert [tuple(h.shape) for h in model(torch.randn(2, 1, 32, 32))] == [(2, 5)] * 3
 
 
 def _authors_file(tmp_path, arch="resnet18"):
@@ -798,8 +845,6 @@ def test_donor_heads_take_the_backbone_arguments_and_fresh_weights():
     """A named timm backbone's donors are built from the name with the same arguments (ConvNeXt layer scale 0.5
     here, timm's default is 1e-6); a backbone handed over as a module is deep-copied and re-initialised, and the
     backbone itself is left whole."""
-    from collab_zoo.methods.dks import DKSModel
-
     named = collab_zoo.create_model("dks", backbone="convnext_atto", num_classes=5,
                                     backbone_kwargs=dict(ls_init_value=0.5))
     gammas = [p for n, p in named.aux_heads[0].donor.named_parameters() if n.endswith("gamma")]
@@ -819,8 +864,6 @@ def test_donor_heads_take_the_backbone_arguments_and_fresh_weights():
 
 
 def test_a_module_without_timms_feature_interface_is_refused_by_name():
-    from collab_zoo.methods.dks import DKSModel
-
     class NoLevels(torch.nn.Module):
         num_classes = 5
 
