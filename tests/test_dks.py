@@ -694,6 +694,14 @@ def test_every_kind_of_head_names_and_resets_its_own_classifier(name, kwargs, cl
     assert [tuple(h.shape) for h in model(torch.randn(2, 3, 32, 32))] == [(2, f) for f in in_features]
 
 
+def test_donor_heads_keep_average_pooling_and_no_dropout_whatever_the_main_head_is_given():
+    """drop_rate and global_pool are the main classifier's options; the auxiliary heads (the paper's: global
+    average pooling, then one FC) are built without them."""
+    model = collab_zoo.create_model("dks", backbone="convnext_atto", num_classes=5, drop_rate=0.5, global_pool="max")
+    assert (model.backbone.head.global_pool.pool_type, model.backbone.head.drop.p) == ("max", 0.5)
+    assert [(h.donor.head.global_pool.pool_type, h.donor.head.drop.p) for h in model.aux_heads] == [("avg", 0.0)] * 2
+
+
 def test_a_donor_head_whose_network_names_no_classifier_is_refused():
     model = collab_zoo.create_model("dks", backbone="convnext_atto", num_classes=5)
     model.aux_heads[0].donor.pretrained_cfg = {}  # ConvNeXt's get_classifier() takes no name: the cfg names it
