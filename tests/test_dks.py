@@ -498,11 +498,19 @@ def test_dks_on_dcl_networks_exports_the_dcl_network(name):
      "backbone's later blocks, stochastic layers included, and each copy would draw its own branches. Build it with "
      "mode='deterministic' to put DKS on it."),
     (dict(backbone="convnext_atto", aux="narrow"),
-     "on ConvNeXt DKS heads are copies of the backbone's own later blocks (aux='blocks'); aux='narrow', head_blocks "
+     "on ConvNeXt DKS heads are copies of the backbone's own later blocks (aux='blocks'); aux='narrow' needs a "
+     "backbone whose stages can be rebuilt at another depth or width: a zoo StagedNet (CIFAR ResNet, WRN, DenseNet, "
+     "MobileNet) or a timm ResNet."),
+    (dict(backbone="convnext_atto", head_widths=[[1.0], [1.0]]),
+     "on ConvNeXt DKS heads are copies of the backbone's own later blocks (aux='blocks'); head_widths needs a "
+     "backbone whose stages can be rebuilt at another depth or width: a zoo StagedNet (CIFAR ResNet, WRN, DenseNet, "
+     "MobileNet) or a timm ResNet."),
+    (dict(backbone="convnext_atto", aux="shallow", head_blocks=[[1], [1]], head_widths=[[1.0], [1.0]]),
+     "on ConvNeXt DKS heads are copies of the backbone's own later blocks (aux='blocks'); aux='shallow', head_blocks "
      "and head_widths need a backbone whose stages can be rebuilt at another depth or width: a zoo StagedNet (CIFAR "
      "ResNet, WRN, DenseNet, MobileNet) or a timm ResNet."),
     (dict(backbone="no_such_net"), "backbone 'no_such_net' is not a timm model name (see timm.list_models())."),
-], ids=["several-heads", "stochastic-dcl", "narrow-on-donor", "unknown"])
+], ids=["several-heads", "stochastic-dcl", "narrow-on-donor", "widths-on-donor", "all-on-donor", "unknown"])
 def test_combinations_that_cannot_be_honoured_fail_at_construction(kwargs, message):
     with pytest.raises(IncompatibleConfigError) as refused:
         collab_zoo.create_model("dks", num_classes=5, **kwargs)
@@ -548,11 +556,40 @@ def test_configurable_heads():
                        "the main head."),
     (dict(attach=[-1]), "attach point -1 must be a stage before the last (0..1); a head after the last stage would "
                         "be the main head."),
-], ids=["fewer-blocks", "fewer-widths", "short-widths", "short-blocks", "unknown-stage", "last-stage", "negative"])
+    (dict(attach=[1, 0]), "attach points must be distinct and in order, got [1, 0]."),
+    (dict(attach=[0, 0]), "attach points must be distinct and in order, got [0, 0]."),
+    (dict(attach=[]), "attach points must be distinct and in order, got []."),
+    (dict(alpha=[1.0, 1.0]), "alpha needs 3 weights (aux heads + main)."),
+    (dict(pairs="sideways"),
+     "pairs must be one of ('bidirectional', 'top_down', 'bottom_up', 'none'), got 'sideways'."),
+    (dict(divergence="l2"), "divergence must be one of ('cross_entropy', 'kl'), got 'l2'."),
+    (dict(aux="ap_2fc", head_widths=[[1.0, 1.0], [1.0]]),
+     "aux='ap_2fc' heads copy no blocks: drop head_blocks/head_widths."),
+    (dict(aux="ap_conv_2fc", head_blocks=[[1, 1], [1]]),
+     "aux='ap_conv_2fc' heads copy no blocks: drop head_blocks/head_widths."),
+], ids=["fewer-blocks", "fewer-widths", "short-widths", "short-blocks", "unknown-stage", "last-stage", "negative",
+        "out-of-order", "repeated", "none", "alpha", "pairs", "divergence", "widths-for-pooled", "blocks-for-pooled"])
 def test_a_head_layout_that_does_not_fit_is_refused_in_its_own_words(kwargs, message):
     with pytest.raises(IncompatibleConfigError) as refused:
         collab_zoo.create_model("dks_resnet32", num_classes=10, **kwargs)
     assert str(refused.value) == message
+
+
+def test_heads_on_a_timm_resnet_are_built_with_the_backbones_block_arguments():
+    """The heads copy the backbone's own block type: a ResNet built with SiLU gets SiLU blocks in its heads."""
+    model = collab_zoo.create_model("dks_resnet18", num_classes=5, act_layer="silu")
+    assert type(model.backbone.layer3[0].act1) is torch.nn.SiLU
+    assert [type(head.stages[0][0].act1) for head in model.aux_heads] == [torch.nn.SiLU] * 2
+
+
+def test_head_names_say_where_each_head_sits():
+    """'aux_' and the attach point's name, dots as underscores, without the wrapper's 'backbone.' prefix (a DCL
+    network keeps its timm-style network under .backbone); the main head last."""
+    assert collab_zoo.create_model("dks_resnet20").head_names == ("aux_stage1", "aux_stage2", "main")
+    assert collab_zoo.create_model("dks", backbone="convnext_atto", num_classes=5).head_names == (
+        "aux_stages_1", "aux_stages_2", "main")
+    assert collab_zoo.create_model("dks", backbone="dcl_lenet_cifar", mode="deterministic").head_names == (
+        "aux_features_pool1", "aux_features_pool2", "main")
 
 
 def test_a_timm_resnet_given_as_a_module_needs_its_architecture_name():

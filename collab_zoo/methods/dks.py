@@ -523,12 +523,16 @@ class DKSModel(BackboneWrapper):
         num_classes = backbone.num_classes
         self.head_blocks, self.head_widths = None, None
         if self._view.generic:
-            if aux != "blocks" or head_blocks is not None or head_widths is not None:
+            # Name only what was asked for: the default aux='blocks' is what such a backbone gets.
+            asked = [f"aux={aux!r}"] * (aux != "blocks") + ["head_blocks"] * (head_blocks is not None) \
+                + ["head_widths"] * (head_widths is not None)
+            if asked:
+                listed = asked[0] if len(asked) == 1 else f"{', '.join(asked[:-1])} and {asked[-1]}"
                 raise IncompatibleConfigError(
                     f"on {type(backbone).__name__} DKS heads are copies of the backbone's own later blocks "
-                    f"(aux='blocks'); aux={aux!r}, head_blocks and head_widths need a backbone whose stages can be "
-                    "rebuilt at another depth or width: a zoo StagedNet (CIFAR ResNet, WRN, DenseNet, MobileNet) or "
-                    "a timm ResNet.")
+                    f"(aux='blocks'); {listed} need{'s' if len(asked) == 1 else ''} a backbone whose "
+                    "stages can be rebuilt at another depth or width: a zoo StagedNet (CIFAR ResNet, WRN, DenseNet, "
+                    "MobileNet) or a timm ResNet.")
             heads = [self._view.build_donor_head(a) for a in self.attach]
         elif aux in ("ap_2fc", "ap_conv_2fc"):
             if head_blocks is not None or head_widths is not None:
