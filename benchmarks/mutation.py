@@ -314,31 +314,63 @@ def _run_mutmut(name: str, spec: Dict[str, Any], tree: Path, commit: str, origin
     )
 
 
-def check_by_hand(name: str, recorded: Dict[str, Any], pattern: str, tests_commit: str, work: Path,
-                  pytest_args: List[str]) -> Dict[str, Any]:
-    """Recorded survivors whose name matches ``pattern``, each applied to the module's source by hand and tested in
-    a fresh process. For functions that run while the module is imported (a table of cfgs, of rules): mutmut
-    switches a mutant on only after the import, so its "survived" there says nothing. Only one-line changes can be
-    placed (the recorded change is the new line; it replaces the most similar line of its function)."""
-    import difflib
+# The lines each named mutant removes, read from a kept copy's mutants/ (run inside that copy).
+_REMOVED_LINES = r"""
+import json, sys
+from pathlib import Path
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+path, prefix = Path(sys.argv[1]), sys.argv[2]
+out = {}
+for name in sys.argv[3:]:
+    diff = get_diff_for_mutant(prefix + name, path=path)
+    out[name] = [line[1:] for line in diff.splitlines() if line.startswith("-") and not line.startswith("---")]
+print(json.dumps(out))
+"""
 
-    spec = MODULES[name]
-    tree = work / f"{name}-by-hand"
-    _copy_tree(recorded["commit"], tree)
-    _refresh_tests(tree, tests_commit)
-    shutil.rmtree(tree / "mutants")
-    target = tree / spec["path"]
-    original = target.read_text()
-    lines = original.splitlines(keepends=True)
+
+def _function_spans(source: str) -> Dict[str, tuple]:
+    """mutmut's name for each function and method (``x_f``, ``x\u01c1Class\u01c1method``) -> its line span."""
     spans = {}
-    for node in ast.parse(original).body:
+    for node in ast.parse(source).body:
         if isinstance(node, ast.FunctionDef):
             spans[f"x_{node.name}"] = (node.lineno, node.end_lineno)
         elif isinstance(node, ast.ClassDef):
             spans.update({f"x\u01c1{node.name}\u01c1{f.name}": (f.lineno, f.end_lineno) for f in node.body
                           if isinstance(f, ast.FunctionDef)})
+    return spans
+
+
+def check_by_hand(name: str, recorded: Dict[str, Any], pattern: str, tests_commit: str, work: Path,
+                  pytest_args: List[str]) -> Dict[str, Any]:
+    """Recorded survivors whose name matches ``pattern``, each written into the module's source by hand and tested
+    in a fresh process, at ``tests_commit`` (source and tests). For functions that run while the module is imported
+    (a table of cfgs): mutmut switches a mutant on only after the import, so its "survived" there says nothing; and
+    for survivors of a recorded run whose tests have since grown. Only one-line changes are placed: the recorded
+    change is the new line, the line it replaced is the most similar line of its function at the recorded commit,
+    and that line must appear exactly once in the same function at ``tests_commit`` (else "not placed"). With a kept
+    copy of the recorded commit in ``work``, the replaced line is mutmut's own diff's instead of the most similar."""
+    import difflib
+
+    spec = MODULES[name]
+    tree = work / f"{name}-by-hand"
+    _copy_tree(tests_commit, tree)
+    then = subprocess.check_output(["git", "-C", str(ROOT), "show", f"{recorded['commit']}:{spec['path']}"],
+                                   text=True)
+    then_lines, then_spans = then.splitlines(), _function_spans(then)
+    kept = work / name
+    removed: Dict[str, List[str]] = {}
+    if (kept / "mutants").is_dir() and (kept / ".mutation-commit").read_text().strip() == recorded["commit"]:
+        # A kept copy of the same commit: mutmut's own diff says which line each mutant replaced.
+        names = [s["mutant"] for s in recorded["survivors"] if re.search(pattern, s["mutant"])]
+        prefix = spec["path"][:-len(".py")].replace("/", ".") + "."
+        removed = json.loads(subprocess.run([sys.executable, "-c", _REMOVED_LINES, spec["path"], prefix, *names],
+                                            cwd=kept, capture_output=True, text=True, check=True).stdout)
+    target = tree / spec["path"]
+    original = target.read_text()
+    lines, spans = original.splitlines(keepends=True), _function_spans(original)
     selection = pytest_args or [t for t in spec["tests"] if not t.startswith("--")]
     env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
     def run_tests() -> int:
         return subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *selection],
                               cwd=tree, env=env, capture_output=True, timeout=1800).returncode
@@ -350,19 +382,30 @@ def check_by_hand(name: str, recorded: Dict[str, Any], pattern: str, tests_commi
         change = survivor["change"]
         if survivor["status"] != "survived" or not re.search(pattern, survivor["mutant"]) or " / " in change:
             continue
-        first, last = spans[survivor["mutant"].rsplit("__mutmut_", 1)[0]]
+        function = survivor["mutant"].rsplit("__mutmut_", 1)[0]
         new = change[1:].strip() if change.startswith("+") else change.strip()
-        at = max(range(first - 1, last), key=lambda i: difflib.SequenceMatcher(None, lines[i].strip(), new).ratio())
-        indent = lines[at][:len(lines[at]) - len(lines[at].lstrip())]
-        target.write_text("".join(lines[:at] + [f"{indent}{new}\n"] + lines[at + 1:]))
-        try:
-            code = run_tests()
-        finally:
-            target.write_text(original)
-        # pytest: 0 all passed; 1 a test failed; 2-4 the module could not even be imported or collected.
-        verdicts[survivor["mutant"]] = "survived" if code == 0 else "killed"
+        if len(removed.get(survivor["mutant"], [])) == 1:
+            replaced = removed[survivor["mutant"]][0].strip()
+        else:
+            first, last = then_spans[function]
+            replaced = max((then_lines[i].strip() for i in range(first - 1, last)),
+                           key=lambda line: difflib.SequenceMatcher(None, line, new).ratio())
+        first, last = spans.get(function, (1, 0))
+        found = [i for i in range(first - 1, last) if lines[i].strip() == replaced]
+        if len(found) != 1:
+            verdicts[survivor["mutant"]] = "not placed"
+        else:
+            at = found[0]
+            indent = lines[at][:len(lines[at]) - len(lines[at].lstrip())]
+            target.write_text("".join(lines[:at] + [f"{indent}{new}\n"] + lines[at + 1:]))
+            try:
+                code = run_tests()
+            finally:
+                target.write_text(original)
+            # pytest: 0 all passed; 1 a test failed; 2-4 the module could not even be imported or collected.
+            verdicts[survivor["mutant"]] = "survived" if code == 0 else "killed"
         print(f"  {survivor['mutant']}: {verdicts[survivor['mutant']]} by hand", flush=True)
-    return dict(pattern=pattern, tests=selection, tests_commit=tests_commit, verdicts=verdicts)
+    return dict(pattern=pattern, tests=selection, commit=tests_commit, verdicts=verdicts)
 
 
 def _natural(key: str):
