@@ -560,6 +560,9 @@ def test_configurable_heads():
     (dict(attach=[0, 0]), "attach points must be distinct and in order, got [0, 0]."),
     (dict(attach=[]), "attach points must be distinct and in order, got []."),
     (dict(alpha=[1.0, 1.0]), "alpha needs 3 weights (aux heads + main)."),
+    (dict(aux="simple"), "aux='simple' (pool + one FC) is gone: it was none of the paper's Table 3 heads. Choose one "
+                         "of ('blocks', 'ap_2fc', 'ap_conv_2fc', 'narrow', 'shallow'): 'blocks' (the designed heads, "
+                         "default), 'ap_2fc', 'ap_conv_2fc', 'narrow', 'shallow'."),
     (dict(pairs="sideways"),
      "pairs must be one of ('bidirectional', 'top_down', 'bottom_up', 'none'), got 'sideways'."),
     (dict(divergence="l2"), "divergence must be one of ('cross_entropy', 'kl'), got 'l2'."),
@@ -568,7 +571,7 @@ def test_configurable_heads():
     (dict(aux="ap_conv_2fc", head_blocks=[[1, 1], [1]]),
      "aux='ap_conv_2fc' heads copy no blocks: drop head_blocks/head_widths."),
 ], ids=["fewer-blocks", "fewer-widths", "short-widths", "short-blocks", "unknown-stage", "last-stage", "negative",
-        "out-of-order", "repeated", "none", "alpha", "pairs", "divergence", "widths-for-pooled", "blocks-for-pooled"])
+        "out-of-order", "repeated", "none", "alpha", "simple", "pairs", "divergence", "widths-for-pooled", "blocks-for-pooled"])
 def test_a_head_layout_that_does_not_fit_is_refused_in_its_own_words(kwargs, message):
     with pytest.raises(IncompatibleConfigError) as refused:
         collab_zoo.create_model("dks_resnet32", num_classes=10, **kwargs)
@@ -680,9 +683,11 @@ def test_converter_refusals_say_what_the_file_is_not(tmp_path, capsys):
     (["--src", "w.pth"], "the following arguments are required: --arch"),
     (["--arch", "resnet18"], "the following arguments are required: --src"),
     (["--arch", "resnet34", "--src", "w.pth"], "argument --arch: invalid choice: 'resnet34'"),
+    (["--arch", "resnet50"], "the following arguments are required: --src"),  # a valid --arch, so --src is next
+    (["--arch", "resnet152"], "the following arguments are required: --src"),
 ])
 def test_converter_names_a_missing_or_unknown_argument(tmp_path, capsys, argv, words):
-    """The authors released ResNet-18, -50 and -152 only; both flags are required."""
+    """The authors released ResNet-18, -50 and -152 only (each accepted); both flags are required."""
     from collab_zoo import convert
 
     with pytest.raises(SystemExit) as stopped:

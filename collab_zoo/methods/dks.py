@@ -649,7 +649,8 @@ class DKSModel(BackboneWrapper):
                 cfg[key] = mine[key]
         for key in ("hf_hub_id", "hf_hub_filename", "url", "file", "state_dict", "source", "tag"):
             cfg.pop(key, None)
-        cfg["num_classes"] = plain.num_classes  # what the copied network has, whatever either cfg says
+        # What the copied network has, whatever either cfg says.
+        cfg["num_classes"] = plain.num_classes
         plain.pretrained_cfg = plain.default_cfg = cfg
         return plain
 
