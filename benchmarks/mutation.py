@@ -457,7 +457,9 @@ def main(argv=None) -> int:
                 if name not in results["modules"]:
                     p.error(f"--by-hand: {out} records no run of {name}")
                 recorded = results["modules"][name]
-                recorded["by_hand"] = check_by_hand(name, recorded, args.by_hand, commit, work, args.by_hand_tests)
+                # One record per check (pattern, tests, verdicts); later checks add to the earlier ones.
+                recorded.setdefault("by_hand", []).append(
+                    check_by_hand(name, recorded, args.by_hand, commit, work, args.by_hand_tests))
                 out.write_text(json.dumps(results, indent=2) + "\n")
                 continue
             if args.rerun_open:
