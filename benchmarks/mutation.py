@@ -4,6 +4,8 @@ mutmut==3.8.1`; it is not a dependency of collab_zoo and not part of the default
     nice -n 10 python benchmarks/mutation.py                      # the training modules, at HEAD
     nice -n 10 python benchmarks/mutation.py registry weights     # chosen modules
     python benchmarks/mutation.py --commit <sha> methods-dks      # a committed state of the tree
+    python benchmarks/mutation.py methods-dks --rerun-open        # what the recorded run left open, newer tests
+    python benchmarks/mutation.py methods-dks --by-hand '_cifar_cfg' --by-hand-tests tests/test_dks.py -k cfg
 
 Each module is mutated in its own copy of a committed tree (``git archive <commit>`` under /tmp), so nothing
 tracked in the checkout changes and work in progress elsewhere in the tree is not measured; mutmut's
