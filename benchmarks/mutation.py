@@ -199,8 +199,8 @@ def run_module(name: str, commit: str, work: Path, max_children: int, limit_s: i
         if carry_on:
             result = _run_mutmut(name, spec, tree, commit, original, max_children, limit_s)
         return result
-    _prepare_copy(spec, commit, tree)
-    return _run_mutmut(name, spec, tree, commit, (tree / ".mutation-original").read_text(), max_children, limit_s)
+    original = _prepare_copy(spec, commit, tree)
+    return _run_mutmut(name, spec, tree, commit, original, max_children, limit_s)
 
 
 def rerun_open(name: str, recorded: Dict[str, Any], tests_commit: str, work: Path, max_children: int,
@@ -211,16 +211,14 @@ def rerun_open(name: str, recorded: Dict[str, Any], tests_commit: str, work: Pat
     spec = MODULES[name]
     tree = work / name
     commit = recorded["commit"]
-    _prepare_copy(spec, commit, tree)
+    original = _prepare_copy(spec, commit, tree)
     _refresh_tests(tree, tests_commit)
     shutil.rmtree(tree / "mutants")  # mutmut makes its own copy, of the refreshed tests too
     (tree / ".mutation-tests-commit").write_text(tests_commit)
     previous = {s["mutant"]: s for s in recorded["survivors"]}
-    # mutmut wants a mutant's whole key (the module's dotted path, then the name recorded).
-    prefix = spec["path"][:-len(".py")].replace("/", ".") + "."
+    prefix = _mutant_key_prefix(spec)
     open_names = [prefix + m for m, s in previous.items() if s["status"] in ("not checked", "survived", "no tests")]
-    fresh = _run_mutmut(name, spec, tree, commit, (tree / ".mutation-original").read_text(), max_children, limit_s,
-                        names=open_names)
+    fresh = _run_mutmut(name, spec, tree, commit, original, max_children, limit_s, names=open_names)
     if fresh["total"] != recorded["total"]:
         raise SystemExit(f"{name}: the fresh copy has {fresh['total']} mutants, the recorded run {recorded['total']}; "
                          "not the same module or mutmut version: run it whole instead.")
@@ -229,27 +227,18 @@ def rerun_open(name: str, recorded: Dict[str, Any], tests_commit: str, work: Pat
     # A mutant still open: its new status, or the recorded one where the fresh run did not get to it.
     survivors = [previous[m] if again[m]["status"] == "not checked" else again[m]
                  for m in sorted(set(again) & set(previous), key=_natural)]
-    killed = recorded["total"] - len(survivors)
-    no_tests = sum(1 for s in survivors if s["status"] == "no tests")
-    counts: Dict[str, int] = {"killed": killed}
-    for s in survivors:
-        counts[s["status"]] = counts.get(s["status"], 0) + 1
-    text = sum(1 for s in survivors if s["kind"] == "message-text" and s["status"] == "survived")
-    tested = max(recorded["total"] - no_tests, 1)
-    return dict(fresh, killed=killed, survived=counts.get("survived", 0), no_tests=no_tests,
-                timeout=counts.get("timeout", 0), other=counts, score=round(killed / tested, 4),
-                survived_message_text=text, score_without_message_text=round(killed / max(tested - text, 1), 4),
+    return dict(fresh, **_tally(recorded["total"], survivors),
                 survivors=survivors, seconds=round(recorded.get("seconds", 0) + fresh["seconds"], 1),
                 rerun_open=dict(tests_commit=tests_commit, rerun=len(open_names), seconds=fresh["seconds"]))
 
 
-def _prepare_copy(spec: Dict[str, Any], commit: str, tree: Path) -> None:
-    """A copy of the tree at ``commit`` with the module made ready for mutmut and its configuration written."""
+def _prepare_copy(spec: Dict[str, Any], commit: str, tree: Path) -> str:
+    """A copy of the tree at ``commit`` with the module made ready for mutmut and its configuration written; returns
+    the module's source as committed."""
     _copy_tree(commit, tree)
     (tree / ".mutation-commit").write_text(commit)
     target = tree / spec["path"]
     original = target.read_text()
-    (tree / ".mutation-original").write_text(original)
     target.write_text(_fence_functions(_undecorate_no_grad(original), spec.get("skip_functions", [])))
     selection = "\n    ".join(spec["tests"])
     (tree / "setup.cfg").write_text(
@@ -260,6 +249,7 @@ def _prepare_copy(spec: Dict[str, Any], commit: str, tree: Path) -> None:
         "pytest_add_cli_args=\n    -p\n    no:cacheprovider\n"
         "also_copy=\n    tests\n    train.py\n    validate.py\n    hub_configs\n"
         + _cfg_list("do_not_mutate_patterns", spec.get("skip_lines", [])))
+    return original
 
 
 def _run_mutmut(name: str, spec: Dict[str, Any], tree: Path, commit: str, original: str, max_children: int,
@@ -287,33 +277,39 @@ def _run_mutmut(name: str, spec: Dict[str, Any], tree: Path, commit: str, origin
         tail = log.read_text()[-2000:]
         raise SystemExit(f"{name}: mutmut produced no results.\n{dump.stderr[-2000:]}\n--- run log ---\n{tail}")
     mutants = json.loads(dump.stdout)
-    counts: Dict[str, int] = {}
-    for m in mutants.values():
-        counts[m["status"]] = counts.get(m["status"], 0) + 1
     survivors = []
     for key, m in sorted(mutants.items(), key=lambda kv: _natural(kv[0])):
-        if m["status"] in ("survived", "timeout", "suspicious", "not checked"):
+        if m["status"] != "killed":
             changed = [line for line in m["diff"].splitlines() if line.startswith("+") and not line.startswith("+++")]
             survivors.append(dict(mutant=key.split(".")[-1], status=m["status"], kind=_classify(m["diff"]),
                                   change=" / ".join(s.strip() for s in changed)[:300]))
-    total = len(mutants)
-    killed = counts.get("killed", 0)
-    no_tests = counts.get("no tests", 0)
-    text = sum(1 for s in survivors if s["kind"] == "message-text" and s["status"] == "survived")
-    tested = max(total - no_tests, 1)
     return dict(
         module=spec["path"], tests=spec["tests"],
         tests_commit=(tree / ".mutation-tests-commit").read_text().strip()
         if (tree / ".mutation-tests-commit").exists() else commit, skipped_lines=spec.get("skip_lines", []),
         skipped_functions=spec.get("skip_functions", []), commit=commit, seconds=round(elapsed, 1),
-        interrupted=interrupted, total=total, killed=killed, survived=counts.get("survived", 0),
-        no_tests=no_tests, timeout=counts.get("timeout", 0), other=counts,
-        score=round(killed / tested, 4),
-        survived_message_text=text,
-        score_without_message_text=round(killed / max(tested - text, 1), 4),
+        interrupted=interrupted, total=len(mutants), **_tally(len(mutants), survivors),
         not_mutated=_decorated(_undecorate_no_grad(original)),
         survivors=survivors,
     )
+
+
+def _tally(total: int, survivors: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Counts and scores of a module whose ``survivors`` list every mutant not killed."""
+    counts: Dict[str, int] = {"killed": total - len(survivors)}
+    for s in survivors:
+        counts[s["status"]] = counts.get(s["status"], 0) + 1
+    killed, no_tests = counts["killed"], counts.get("no tests", 0)
+    text = sum(1 for s in survivors if s["kind"] == "message-text" and s["status"] == "survived")
+    tested = max(total - no_tests, 1)
+    return dict(killed=killed, survived=counts.get("survived", 0), no_tests=no_tests,
+                timeout=counts.get("timeout", 0), other=counts, score=round(killed / tested, 4),
+                survived_message_text=text, score_without_message_text=round(killed / max(tested - text, 1), 4))
+
+
+def _mutant_key_prefix(spec: Dict[str, Any]) -> str:
+    """What mutmut puts before a recorded mutant name: the module's dotted path."""
+    return spec["path"][:-len(".py")].replace("/", ".") + "."
 
 
 # The lines each named mutant removes, read from a kept copy's mutants/ (run inside that copy).
@@ -364,8 +360,8 @@ def check_by_hand(name: str, recorded: Dict[str, Any], pattern: str, tests_commi
     if (kept / "mutants").is_dir() and (kept / ".mutation-commit").read_text().strip() == recorded["commit"]:
         # A kept copy of the same commit: mutmut's own diff says which line each mutant replaced.
         names = [s["mutant"] for s in recorded["survivors"] if re.search(pattern, s["mutant"])]
-        prefix = spec["path"][:-len(".py")].replace("/", ".") + "."
-        removed = json.loads(subprocess.run([sys.executable, "-c", _REMOVED_LINES, spec["path"], prefix, *names],
+        removed = json.loads(subprocess.run([sys.executable, "-c", _REMOVED_LINES, spec["path"],
+                                             _mutant_key_prefix(spec), *names],
                                             cwd=kept, capture_output=True, text=True, check=True).stdout)
     target = tree / spec["path"]
     original = target.read_text()
