@@ -71,7 +71,10 @@ MODULES: Dict[str, Dict[str, Any]] = {
                            "--deselect=tests/test_hub.py::test_hub_unreachable_error_mentions_the_ways_out",
                            "--deselect=tests/test_hub.py::test_plain_timm_loads_a_zoo_repo_once_collab_zoo_is_imported"]),
     "methods-dks": dict(path="collab_zoo/methods/dks.py", tests=["tests/test_dks.py"]),
-    "methods-cldl": dict(path="collab_zoo/methods/cldl.py", tests=["tests/test_cldl.py"]),
+    # TorchScript cannot compile mutmut's trampolines: the scripted-walk test runs in --by-hand checks only.
+    "methods-cldl": dict(path="collab_zoo/methods/cldl.py",
+                         tests=["tests/test_cldl.py",
+                                "--deselect=tests/test_cldl.py::test_every_scripted_walk_gives_the_eager_scores"]),
     "methods-dcl": dict(path="collab_zoo/methods/dcl.py", tests=["tests/test_dcl.py"]),
     "methods-complementary": dict(path="collab_zoo/methods/complementary.py", tests=["tests/test_complementary.py"]),
 }
@@ -378,7 +381,9 @@ def check_by_hand(name: str, recorded: Dict[str, Any], pattern: str, tests_commi
     verdicts: Dict[str, str] = {}
     for survivor in recorded["survivors"]:
         change = survivor["change"]
-        if survivor["status"] != "survived" or not re.search(pattern, survivor["mutant"]) or " / " in change:
+        # "no tests": code the selection reaches only where mutmut cannot switch a mutant on (a scripted walk).
+        if (survivor["status"] not in ("survived", "no tests") or not re.search(pattern, survivor["mutant"])
+                or " / " in change):
             continue
         function = survivor["mutant"].rsplit("__mutmut_", 1)[0]
         new = change[1:].strip() if change.startswith("+") else change.strip()

@@ -1,5 +1,6 @@
 """CLDL: the loss and its gradient against hand arithmetic, Eq. 9 against brute force, head placement,
 NIN/GoogLeNet/VGG models, numerics at certainty, soft targets, weights in and out."""
+import hashlib
 import json
 import math
 
@@ -636,3 +637,209 @@ def test_without_classifiers_the_eval_forward_gives_the_backbones_features():
         assert model(x).shape == model.forward_head(features, pre_logits=True).shape == (2, model.head_hidden_size)
         model.reset_classifier(0, "")
         assert model(x).shape == features.shape
+
+
+# --- known answers for the options and refusals the mutation run found unchecked (issue 22) -----------------------
+
+def test_head_positions_refuse_in_their_own_words_and_list_the_head_counts_that_fit():
+    assert head_positions(1, 1) == (1,)
+    assert head_positions(2, 2, gamma=0.1) == (1, 2)
+    cases = [((9, 0), "CLDL needs at least one head, got num_heads=0."),
+             ((0, 3), "the network needs at least one weight layer, got L=0."),
+             ((9, 3, 0.0), "gamma must be positive (the paper uses 0.8), got 0.0."),
+             # M = 9 fits again: V = ceil(1 ** 0.8) = 1 puts a head on every layer, the first at layer 1.
+             ((9, 6), "6 heads do not fit a network of 9 weight layers: one every V=2 layers from the top puts the "
+                      "first at layer -1. Head counts that fit: [1, 2, 3, 4, 5, 9]; or give the layers yourself "
+                      "with head_layers=(...).")]
+    for args, message in cases:
+        with pytest.raises(IncompatibleConfigError) as refused:
+            head_positions(*args)
+        assert str(refused.value) == message
+
+
+def test_loss_functions_refuse_bad_shapes_in_their_own_words():
+    two_classes = "CLDL needs at least two classes: with one, 1 - p is always 0."
+    with pytest.raises(IncompatibleConfigError) as refused:
+        candidate_losses(torch.zeros(2, 3))
+    assert str(refused.value) == "expected per-head logits [M, B, K], got shape (2, 3)."
+    for bad in (lambda: candidate_losses(torch.zeros(2, 3, 1)), lambda: log_one_minus_softmax(torch.zeros(2, 3, 1))):
+        with pytest.raises(IncompatibleConfigError) as refused:
+            bad()
+        assert str(refused.value) == two_classes
+    # The class axis is the last one: one sample (B = 1) or one head is no refusal; two classes are enough.
+    per_candidate, modulation = candidate_losses(torch.zeros(2, 1, 2))
+    assert per_candidate.shape == modulation.shape == (2, 1, 2)
+    assert torch.allclose(per_candidate, torch.full((2, 1, 2), 0.5 * math.log(2)))   # T = 1/2, C = log 2
+    assert torch.allclose(log_one_minus_softmax(torch.zeros(1, 1, 2)), torch.full((1, 1, 2), math.log(0.5)))
+    heads = [torch.tensor(h) for h in HEADS4[:3]]
+    with pytest.raises(IncompatibleConfigError) as refused:
+        cldl_loss(heads, torch.full((3, 5), 0.2))
+    assert str(refused.value) == "soft targets must be [B, K] = (3, 4), got (3, 5)."
+    with pytest.raises(IncompatibleConfigError) as refused:
+        cldl_loss(heads, torch.tensor([0, 1]))
+    assert str(refused.value) == ("targets must be class indices [B] or probability rows [B, K]; got shape (2,) "
+                                  "for a batch of 3.")
+    with pytest.raises(IncompatibleConfigError) as refused:
+        cldl_loss(heads, torch.tensor(TARGET), sample_weight=torch.ones(2))
+    assert str(refused.value) == "sample_weight must hold one weight per sample, shape [3]; got (2,)."
+
+
+def test_logged_cross_entropy_is_weighted_by_the_sample_weights():
+    heads = [torch.tensor(h) for h in HEADS4[:3]]
+    weights = [0.5, 0.0, 2.0]
+    _, parts = cldl_loss(heads, torch.tensor(TARGET), LAMBDAS[3], sample_weight=torch.tensor(weights))
+    for m, name in enumerate(["head0", "head1", "head2"]):
+        ce = [-math.log(_softmax(HEADS4[m][b])[TARGET[b]]) for b in range(3)]
+        by_hand = sum(w * c for w, c in zip(weights, ce)) / 3      # mean(w_i * l_i), not renormalised by sum(w)
+        assert parts[f"ce_{name}"].item() == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_the_main_rule_predicts_with_the_last_head_whatever_the_others_say():
+    model = collab_zoo.create_model("cldl_nin", num_classes=4, inference="main")
+    heads = (torch.zeros(1, 4), torch.tensor([[5.0, 0.0, 0.0, 0.0]]), torch.tensor([[0.0, 0.0, 1.0, 0.0]]))
+    assert model.predict(heads) is heads[-1]
+    eq9 = collab_zoo.create_model("cldl_nin", num_classes=4)
+    with pytest.raises(IncompatibleConfigError) as refused:
+        eq9.predict(heads[:2])
+    assert str(refused.value) == "CLDL predicts from its 3 heads' logits, got 2."
+
+
+def test_head_placement_options_refuse_in_their_own_words():
+    cases = [
+        (("cldl_nin", dict(head_layers=(3, 2, 9))),
+         "head_layers must be increasing weight-layer indices in 1..9, ending with 9 (the network's own "
+         "classifier); got [3, 2, 9]."),
+        (("cldl_nin", dict(head_layers=(0, 5, 9))),
+         "head_layers must be increasing weight-layer indices in 1..9, ending with 9 (the network's own "
+         "classifier); got [0, 5, 9]."),
+        (("cldl_nin", dict(head_stages=("layer1",))),
+         "NetworkInNetwork places heads on weight layers: use head_layers=(...), not head_stages."),
+        (("cldl", dict(backbone="test_resnet", head_layers=(3, 2, 16))),
+         "head_layers must be increasing weight-layer indices ending with 16 (this backbone's L); got [3, 2, 16]."),
+        (("cldl", dict(backbone="test_resnet", head_layers=(3, 8))),
+         "head_layers must be increasing weight-layer indices ending with 16 (this backbone's L); got [3, 8]."),
+        (("cldl", dict(backbone="test_resnet", head_stages=(1,), head_layers=(3, 16))),
+         "give head_layers or head_stages, not both."),
+        (("cldl", dict(backbone="test_resnet", head_stages=(5,))), "stage index 5 out of range 0..4."),
+        (("cldl", dict(backbone="test_resnet", head_stages=(-1,))), "stage index -1 out of range 0..4."),
+        (("cldl", dict(backbone="test_resnet", head_stages=("layerX",))),
+         "unknown stage 'layerX'; this backbone's stages: ['act1', 'layer1', 'layer2', 'layer3', 'layer4']."),
+    ]
+    for (name, kwargs), message in cases:
+        with pytest.raises(IncompatibleConfigError) as refused:
+            collab_zoo.create_model(name, num_classes=5, **kwargs)
+        assert str(refused.value) == message, kwargs
+    # Valid explicit placements: NIN's layer 1 and the generic backbone's first and last stages (by index or name).
+    assert collab_zoo.create_model("cldl_nin", num_classes=5, head_layers=(1, 9)).head_layers == (1, 9)
+    for stages in ((0, 4), ("act1", "layer4")):
+        model = collab_zoo.create_model("cldl", backbone="test_resnet", num_classes=5, head_stages=stages)
+        assert model.placement.taps == (0, 4) and model.head_names == ("aux_act1", "aux_layer4", "main")
+        assert len(model.aux_heads) == 2 and model.num_heads == 3
+
+
+# The scripted walks (CLDLModel._scripted_heads and the per-network walks under it) run only under TorchScript,
+# which cannot compile mutmut's trampolines: benchmarks/mutation.py deselects this test and checks those mutants
+# with --by-hand instead.
+SCRIPTED = [("cldl_nin", dict(num_classes=10), 32), ("cldl_nin", dict(num_classes=10, head_layers=(1, 8, 9)), 32),
+            ("cldl_nin", dict(num_classes=10, loss="cldl_minus", lambdas=(0.2, 0.5, 1.0)), 32),
+            ("cldl_nin", dict(num_classes=10, inference="main"), 32),
+            # VGG-11: heads on the last convolution (layer 8), fc6 (9) and fc7 (10).
+            ("cldl_vgg11", dict(num_classes=10, head_layers=(8, 9, 10, 11)), 32),
+            ("cldl_googlenet", dict(num_classes=10), 32),
+            ("cldl", dict(backbone="test_resnet", num_classes=5), 64),
+            ("cldl", dict(backbone="test_resnet", num_classes=5, head_stages=(0, 1, 2, 3)), 64)]
+
+
+def test_every_scripted_walk_gives_the_eager_scores():
+    for name, kwargs, size in SCRIPTED:
+        torch.manual_seed(0)
+        with timm.set_scriptable(True):
+            model = collab_zoo.create_model(name, **kwargs).eval()
+        scripted = torch.jit.script(model)
+        x = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            eager = model(x)
+            torch.testing.assert_close(scripted(x), eager, rtol=1e-5, atol=1e-5, msg=f"{name} {kwargs}")
+            if model.inference == "cldl":   # Eq. 9 from the eager heads, not the main head's logits
+                assert not torch.allclose(eager, model.forward_heads(x)[-1])
+
+
+def test_converter_writes_what_each_architecture_needs_and_returns_where(tmp_path, capsys):
+    """Through convert.main, as the command line runs it: the default --arch is cldl_googlenet; the folder's
+    config and card say how the weights were made; every auxiliary classifier is shipped (fresh) so that
+    fine-tuning starts from the same file."""
+    from safetensors.torch import load_file
+
+    from collab_zoo import convert
+
+    reference = _torchvision_googlenet()
+    torch.save({"state_dict": reference.state_dict()}, tmp_path / "wrapped.pth")   # a training script's wrapper
+    assert convert.main(["torchvision-googlenet", "--src", str(tmp_path / "wrapped.pth"),
+                         "--out", str(tmp_path / "cldl")]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(printed[printed.index("{"):])
+    digest = hashlib.sha256((tmp_path / "cldl" / "model.safetensors").read_bytes()).hexdigest()
+    assert summary == {"out": str(tmp_path / "cldl"), "sha256": digest, "model": "cldl_googlenet"}
+    config = json.loads((tmp_path / "cldl" / "config.json").read_text())
+    assert config["architecture"] == "cldl_googlenet"
+    assert config["model_args"] == {"transform_input": True, "inference": "main", "num_classes": 10, "in_chans": 3}
+    card = (tmp_path / "cldl" / "README.md").read_text()
+    assert ("torchvision's ImageNet GoogLeNet (converted from wrapped.pth) as `cldl_googlenet`. Its auxiliary "
+            "classifiers start fresh (torchvision's are untrained) and the model predicts with the main head "
+            "until they are trained with the CLDL loss; then set inference='cldl'.") in card
+    assert "imagenet-1k" in card
+    shipped = load_file(tmp_path / "cldl" / "model.safetensors")
+    assert any(k.startswith("backbone.aux1.") for k in shipped) and any(k.startswith("backbone.aux2.") for k in shipped)
+    for key, value in reference.state_dict().items():
+        if not key.startswith("aux"):
+            assert torch.equal(shipped[f"backbone.{key}"], value), key
+
+    assert convert.main(["torchvision-googlenet", "--src", str(tmp_path / "wrapped.pth"), "--arch", "googlenet",
+                         "--out", str(tmp_path / "plain")]) == 0
+    capsys.readouterr()
+    config = json.loads((tmp_path / "plain" / "config.json").read_text())
+    assert config["architecture"] == "googlenet"
+    assert config["model_args"] == {"transform_input": True, "num_classes": 10}
+    assert ("torchvision's ImageNet GoogLeNet (converted from wrapped.pth) as `googlenet`. Auxiliary classifiers "
+            "off.") in (tmp_path / "plain" / "README.md").read_text()
+    assert not any(k.startswith("aux") for k in load_file(tmp_path / "plain" / "model.safetensors"))
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--out", "o"], "the following arguments are required: --src"),
+    (["--src", "w.pth"], "the following arguments are required: --out"),
+    (["--src", "w.pth", "--arch", "vgg16", "--out", "o"], "argument --arch: invalid choice: 'vgg16'"),
+])
+def test_converter_names_a_missing_or_unknown_argument(capsys, argv, words):
+    from collab_zoo import convert
+
+    with pytest.raises(SystemExit) as stopped:
+        convert.main(["torchvision-googlenet", *argv])
+    assert stopped.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_converter_refusals_say_what_the_file_is_not(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from collab_zoo import convert
+
+    listed = tmp_path / "a_list.pth"
+    torch.save([torch.zeros(1)], listed)
+    save_file({"conv1.conv.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "no_fc.safetensors")
+    reference = _torchvision_googlenet().state_dict()
+    save_file({**reference, "fc.weight": torch.zeros(10, 512)}, tmp_path / "narrow.safetensors")
+    cases = [
+        (listed, f"error: {listed} is not a state_dict (a mapping of names to tensors)."),
+        (tmp_path / "no_fc.safetensors",
+         f"error: {tmp_path / 'no_fc.safetensors'} has no 'fc.weight': it is not a torchvision GoogLeNet state_dict."),
+        (tmp_path / "narrow.safetensors",
+         f"error: {tmp_path / 'narrow.safetensors'} is not a torchvision GoogLeNet state_dict: missing [], "
+         "unexpected [], shape mismatches ['fc.weight']."),
+    ]
+    for src, message in cases:
+        assert convert.main(["torchvision-googlenet", "--src", str(src), "--out", str(tmp_path / "o")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(IncompatibleConfigError) as refused:
+        convert_torchvision_googlenet(listed, tmp_path / "o", arch="cldl_nin")
+    assert str(refused.value) == "arch must be one of ('cldl_googlenet', 'googlenet'), got 'cldl_nin'."
