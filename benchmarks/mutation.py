@@ -197,6 +197,7 @@ def run_module(name: str, commit: str, work: Path, max_children: int, limit_s: i
         result = {}
         if recheck_survivors:
             _refresh_tests(tree, tests_commit)
+            _write_config(spec, tree)   # the selection may have changed with the tests (a new deselect)
             (tree / ".mutation-tests-commit").write_text(tests_commit)
             result = _run_mutmut(name, spec, tree, commit, original, max_children, limit_s, only_survivors=True)
         if carry_on:
@@ -243,6 +244,12 @@ def _prepare_copy(spec: Dict[str, Any], commit: str, tree: Path) -> str:
     target = tree / spec["path"]
     original = target.read_text()
     target.write_text(_fence_functions(_undecorate_no_grad(original), spec.get("skip_functions", [])))
+    _write_config(spec, tree)
+    return original
+
+
+def _write_config(spec: Dict[str, Any], tree: Path) -> None:
+    """mutmut's configuration in the copy's setup.cfg: the module, its test selection, the lines it skips."""
     selection = "\n    ".join(spec["tests"])
     (tree / "setup.cfg").write_text(
         "[mutmut]\n"
@@ -252,7 +259,6 @@ def _prepare_copy(spec: Dict[str, Any], commit: str, tree: Path) -> str:
         "pytest_add_cli_args=\n    -p\n    no:cacheprovider\n"
         "also_copy=\n    tests\n    train.py\n    validate.py\n    hub_configs\n"
         + _cfg_list("do_not_mutate_patterns", spec.get("skip_lines", [])))
-    return original
 
 
 def _run_mutmut(name: str, spec: Dict[str, Any], tree: Path, commit: str, original: str, max_children: int,

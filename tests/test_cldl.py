@@ -843,3 +843,145 @@ def test_converter_refusals_say_what_the_file_is_not(tmp_path, capsys):
     with pytest.raises(IncompatibleConfigError) as refused:
         convert_torchvision_googlenet(listed, tmp_path / "o", arch="cldl_nin")
     assert str(refused.value) == "arch must be one of ('cldl_googlenet', 'googlenet'), got 'cldl_nin'."
+
+
+def _calls(module):
+    """Counts the forward calls of ``module`` (a recomputed segment calls it again in the backward pass). A pre-hook:
+    torch's checkpoint stops recomputing once it has what the backward needs, which can be before the call returns."""
+    counter = {"n": 0}
+    module.register_forward_pre_hook(lambda *_: counter.__setitem__("n", counter["n"] + 1))
+    return counter
+
+
+@pytest.mark.parametrize("name,first", [("cldl_nin", "backbone.features.conv1"),
+                                        ("cldl_vgg11", "backbone.features.0"),
+                                        ("cldl_googlenet", "backbone.conv1")])
+def test_grad_checkpointing_recomputes_the_walk_only_when_asked_and_gives_the_same_gradients(name, first):
+    torch.manual_seed(3)
+    model = collab_zoo.create_model(name, num_classes=5, head_drop=0.0) if name != "cldl_googlenet" else \
+        collab_zoo.create_model(name, num_classes=5)
+    model.train()
+    for m in model.modules():          # dropout off: both passes must see the same network
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    calls = _calls(model.get_submodule(first))
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([1, 4])
+    grads = {}
+    for enabled in (False, True):
+        model.set_grad_checkpointing(enabled)
+        model.zero_grad()
+        calls["n"] = 0
+        heads = model(x)
+        model.collab_loss(heads, y)[0].backward()
+        # Off: one forward call; on: the segment holding the first layer runs again in the backward pass.
+        assert calls["n"] == (2 if enabled else 1), (enabled, calls["n"])
+        grads[enabled] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert grads[True].keys() == grads[False].keys()
+    for key in grads[False]:
+        torch.testing.assert_close(grads[True][key], grads[False][key], rtol=1e-4, atol=1e-6, msg=key)
+    # Without a gradient to compute nothing is recomputed, whatever the switch says.
+    calls["n"] = 0
+    with torch.no_grad():
+        model(x)
+    assert calls["n"] == 1
+
+
+def test_companion_heads_are_built_and_initialised_as_stated():
+    torch.manual_seed(0)
+    nin = collab_zoo.create_model("cldl_nin", num_classes=10)
+    # NIN's companions copy its last mlpconv block (3x3 conv, pad 1, 192, 192) on the tapped layer's channels.
+    for head, channels in zip(nin.aux_heads, (96, 192)):
+        assert head.conv.weight.shape == (192, channels, 3, 3) and head.conv.padding == (1, 1)
+        assert head.cccp1.weight.shape == (192, 192, 1, 1) and head.cccp2.weight.shape == (10, 192, 1, 1)
+        for conv in (head.conv, head.cccp1, head.cccp2):      # He (fan-in) normal, zero bias
+            fan_in = conv.weight[0].numel()
+            assert conv.weight.std().item() == pytest.approx(math.sqrt(2.0 / fan_in), rel=0.15)
+            assert torch.count_nonzero(conv.bias) == 0
+    mnist = collab_zoo.create_model("cldl_nin_mnist", num_classes=10)
+    assert mnist.aux_heads[0].conv.weight.shape[1:] == (mnist.aux_heads[0].conv.in_channels, 5, 5)
+    # FC companions: two FC layers, VGG's own N(0, 0.01) initialisation, zero bias, dropout 0.5 by default.
+    generic = collab_zoo.create_model("cldl", backbone="test_resnet", num_classes=7, head_hidden=2048)
+    for head in generic.aux_heads:
+        for fc in (head.fc1, head.fc2):
+            assert fc.weight.mean().abs().item() < 2e-3 and fc.weight.std().item() == pytest.approx(0.01, rel=0.1)
+            assert torch.count_nonzero(fc.bias) == 0
+        assert head.drop.p == 0.5 and head.fc2.out_features == 7
+    assert all(h.drop.p == 0.3 for h in collab_zoo.create_model("cldl", backbone="test_resnet", num_classes=7,
+                                                                 head_drop=0.3).aux_heads)
+    from collab_zoo.methods.cldl import FCHead
+
+    assert FCHead(8, 4, 3).drop.p == 0.5 and FCHead(8, 4, 1).fc2.out_features == 1
+    # reset_classifier re-initialises every companion's classifier the same way; 0 classes leaves none (timm).
+    nin.reset_classifier(4)
+    assert nin.aux_heads[0].cccp2.weight.shape == (4, 192, 1, 1)
+    assert torch.count_nonzero(nin.aux_heads[0].cccp2.bias) == 0
+    generic.reset_classifier(3)
+    assert generic.aux_heads[0].fc2.out_features == 3
+    assert generic.aux_heads[0].fc2.weight.std().item() == pytest.approx(0.01, rel=0.3)
+    assert torch.count_nonzero(generic.aux_heads[0].fc2.bias) == 0
+    for model, classifier in ((nin, "cccp2"), (generic, "fc2")):
+        model.reset_classifier(0)
+        assert all(isinstance(getattr(h, classifier), torch.nn.Identity) for h in model.aux_heads)
+
+
+def test_vgg_companions_on_fc6_and_fc7_read_4096_features():
+    with torch.device("meta"):
+        model = collab_zoo.create_model("cldl_vgg11", num_classes=10, head_layers=(8, 9, 10, 11), head_hidden=64)
+    assert [h.fc1.in_features for h in model.aux_heads] == [512, 4096, 4096]
+    assert model.head_names == ("aux_layer8", "aux_layer9", "aux_layer10", "main")
+
+
+def test_lambdas_must_be_positive_and_reach_the_loss_and_the_scores():
+    with pytest.raises(IncompatibleConfigError) as refused:
+        collab_zoo.create_model("cldl_nin", lambdas=(0.0, 0.3, 1.0))
+    assert str(refused.value) == ("every lambda must be a positive number (the paper's lambda_m in R+), got "
+                                  "[0.0, 0.3, 1.0].")
+    lambdas = [0.2, 0.5, 1.0]
+    heads = [torch.tensor(h) for h in HEADS4[:3]]
+    scores = cldl_scores(heads, lambdas)
+    for b in range(3):
+        assert scores[b].tolist() == pytest.approx([_hand_s(HEADS4[:3], b, y, lambdas, "cldl") for y in range(4)],
+                                                   rel=1e-5)
+    model = collab_zoo.create_model("cldl_nin", num_classes=4, lambdas=lambdas)
+    total, _ = model.collab_loss(tuple(heads), torch.tensor(TARGET))
+    assert total.item() == pytest.approx(_hand_loss(HEADS4[:3], TARGET, lambdas, "cldl"), rel=1e-5)
+
+
+def test_input_channels_reach_every_backbone_and_the_saved_arguments():
+    assert collab_zoo.create_model("cldl_nin").backbone.features.conv1.in_channels == 3
+    assert collab_zoo.create_model("cldl_nin", in_chans=1).backbone.features.conv1.in_channels == 1
+    googlenet = collab_zoo.create_model("cldl_googlenet", num_classes=10, in_chans=1)
+    assert googlenet.backbone.conv1.conv.in_channels == 1
+    generic = collab_zoo.create_model("cldl", backbone="test_resnet", num_classes=5, in_chans=2,
+                                      backbone_kwargs=dict(drop_rate=0.1), num_heads=2)
+    assert generic.backbone.conv1[0].in_channels == 2 and generic.backbone.drop_rate == 0.1
+    assert generic._model_args == {"backbone": "test_resnet", "in_chans": 2, "num_heads": 2,
+                                   "backbone_kwargs": {"drop_rate": 0.1}, "num_classes": 5}
+    assert collab_zoo.create_model("cldl_nin", num_classes=10, loss="ds")._model_args == {"in_chans": 3, "loss": "ds",
+                                                                                          "num_classes": 10}
+    from collab_zoo.methods.cldl import _prefixed
+
+    assert _prefixed("conv1") == "backbone.conv1" and _prefixed(("a", "b")) == ("backbone.a", "backbone.b")
+    assert _prefixed(["a"]) == ["backbone.a"] and _prefixed(None) is None
+
+
+def test_a_single_head_generic_model_is_its_backbone():
+    torch.manual_seed(0)
+    model = collab_zoo.create_model("cldl", backbone="test_resnet", num_classes=5, num_heads=1).eval()
+    assert len(model.aux_heads) == 0 and model.head_names == ("main",)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        (main,) = model.forward_heads(x)
+        assert torch.equal(main, model.backbone(x))
+
+
+def test_a_bare_googlenet_file_fills_the_trunk_and_its_auxiliary_classifiers(tmp_path):
+    from safetensors.torch import save_file
+
+    reference = _torchvision_googlenet()
+    save_file(reference.state_dict(), tmp_path / "googlenet.safetensors")
+    model = collab_zoo.create_model("cldl_googlenet", num_classes=10, transform_input=True, pretrained=True,
+                                    pretrained_cfg_overlay=dict(file=str(tmp_path / "googlenet.safetensors")))
+    loaded = model.backbone.state_dict()
+    for key, value in reference.state_dict().items():
+        assert torch.equal(loaded[key], value), key
