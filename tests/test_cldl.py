@@ -745,9 +745,11 @@ SCRIPTED = [("cldl_nin", dict(num_classes=10), 32), ("cldl_nin", dict(num_classe
             ("cldl_nin", dict(num_classes=10, inference="main"), 32),
             # VGG-11: heads on the last convolution (layer 8), fc6 (9) and fc7 (10).
             ("cldl_vgg11", dict(num_classes=10, head_layers=(8, 9, 10, 11)), 32),
+            ("cldl_vgg11", dict(num_classes=10, head_layers=(9, 11)), 32),                    # fc6 alone
             ("cldl_googlenet", dict(num_classes=10), 32),
             ("cldl", dict(backbone="test_resnet", num_classes=5), 64),
-            ("cldl", dict(backbone="test_resnet", num_classes=5, head_stages=(0, 1, 2, 3)), 64)]
+            ("cldl", dict(backbone="test_resnet", num_classes=5, head_stages=(0, 1, 2, 3)), 64),
+            ("cldl", dict(backbone="test_resnet", num_classes=5, head_stages=(0, 2)), 64)]   # every other tap
 
 
 def test_every_scripted_walk_gives_the_eager_scores():
@@ -762,6 +764,13 @@ def test_every_scripted_walk_gives_the_eager_scores():
             torch.testing.assert_close(scripted(x), eager, rtol=1e-5, atol=1e-5, msg=f"{name} {kwargs}")
             if model.inference == "cldl":   # Eq. 9 from the eager heads, not the main head's logits
                 assert not torch.allclose(eager, model.forward_heads(x)[-1])
+    # A backbone without a scripted walk scripts, and says at the call what TorchScript runs and what traces it.
+    with timm.set_scriptable(True):
+        other = torch.jit.script(collab_zoo.create_model("cldl", backbone="convnext_atto", num_classes=5).eval())
+    with pytest.raises(Exception) as refused:
+        other(torch.randn(1, 3, 32, 32))
+    assert ("RuntimeError: TorchScript runs CLDL on NIN, VGG, GoogLeNet and ResNet-family backbones; this backbone's "
+            "walk is Python only (FX and torch.export trace it).") in str(refused.value)
 
 
 def test_converter_writes_what_each_architecture_needs_and_returns_where(tmp_path, capsys):
