@@ -566,7 +566,13 @@ def test_backbone_checkpoint_loads_and_main_only_models_ship_without_companions(
     with caplog.at_level("WARNING", logger="collab_zoo.methods.cldl"):
         full = collab_zoo.create_model("cldl_nin", num_classes=10, pretrained=True,
                                        pretrained_cfg_overlay=dict(file=str(folder / "model.safetensors")))
-    assert "start untrained" in caplog.text
+    assert ("The checkpoint has no companion heads: they start untrained, and Eq. 9 inference uses every head. Train "
+            "them (train.py) before evaluating with inference='cldl', or predict with inference='main'.") in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="collab_zoo.methods.cldl"):   # the main rule needs no companion
+        collab_zoo.create_model("cldl_nin", num_classes=10, inference="main", pretrained=True,
+                                pretrained_cfg_overlay=dict(file=str(folder / "model.safetensors")))
+    assert "start untrained" not in caplog.text
     assert any(k.startswith("aux_heads.0") for k in full.pretrained_load_report.initialised)
     assert not any(k.startswith("backbone.") for k in full.pretrained_load_report.initialised)
 
@@ -874,6 +880,9 @@ def test_grad_checkpointing_recomputes_the_walk_only_when_asked_and_gives_the_sa
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
     calls = _calls(model.get_submodule(first))
+    # The walk's last segment (after its last weight layer) is checkpointed too.
+    last_calls = _calls([m for m in model.backbone.features if isinstance(m, torch.nn.Conv2d)][-1]) \
+        if name != "cldl_googlenet" else None
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([1, 4])
     grads = {}
     for enabled in (False, True):
@@ -884,6 +893,9 @@ def test_grad_checkpointing_recomputes_the_walk_only_when_asked_and_gives_the_sa
         model.collab_loss(heads, y)[0].backward()
         # Off: one forward call; on: the segment holding the first layer runs again in the backward pass.
         assert calls["n"] == (2 if enabled else 1), (enabled, calls["n"])
+        if last_calls is not None:
+            assert last_calls["n"] == (2 if enabled else 1), (enabled, last_calls["n"])
+            last_calls["n"] = 0
         grads[enabled] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     assert grads[True].keys() == grads[False].keys()
     for key in grads[False]:
@@ -994,3 +1006,56 @@ def test_a_bare_googlenet_file_fills_the_trunk_and_its_auxiliary_classifiers(tmp
     loaded = model.backbone.state_dict()
     for key, value in reference.state_dict().items():
         assert torch.equal(loaded[key], value), key
+
+
+def test_generic_backbones_take_explicit_layers_gamma_and_name_their_heads_by_stage():
+    def placed(**kwargs):
+        return collab_zoo.create_model("cldl", backbone="test_resnet", num_classes=5, **kwargs).placement
+
+    # test_resnet: L = 16 weight layers; stages act1, layer1-4 end at weight layers 1, 6, 11, 15 (and the fc).
+    assert placed(head_layers=(8, 12, 16)).taps == (2, 3)
+    assert placed(gamma=0.5).layers == (10, 13, 16)          # V = ceil((16 / 3) ** 0.5) = 3
+    assert collab_zoo.create_model("cldl_nin", num_classes=5, gamma=0.5).head_layers == (5, 7, 9)   # V = 2
+    with pytest.raises(IncompatibleConfigError) as refused:
+        placed(head_layers=(3, 16, 17))
+    assert str(refused.value) == ("head_layers must be increasing weight-layer indices ending with 16 (this "
+                                  "backbone's L); got [3, 16, 17].")
+    assert collab_zoo.create_model("cldl", backbone="test_resnet", num_classes=5).aux_heads[0].fc1.out_features == 1024
+    # A wrapped zoo network names its stages under its own "backbone."; the head names leave that out. LeNet's
+    # stages are its pooling layers, each ending right after a convolution.
+    lenet = collab_zoo.create_model("cldl", backbone="dcl_lenet_cifar", num_classes=5)
+    assert lenet._view.stage_layers == [1, 2, 3] and lenet.head_layers == (2, 5, 8)
+    assert lenet.head_names == ("aux_features_pool2", "aux_features_pool3", "main")
+
+
+def test_backbones_cldl_cannot_use_are_refused_in_its_own_words():
+    with pytest.raises(IncompatibleConfigError) as refused:
+        collab_zoo.create_model("cldl", backbone="dks_resnet20", num_classes=5)
+    assert str(refused.value) == (
+        "CLDL adds heads to a network with one head trained in one round; dks_resnet20 has heads ['aux_stage1', "
+        "'aux_stage2', 'main'] and 1 round(s), with an objective of its own that CLDL would override. Put CLDL inside "
+        "instead (e.g. complementary with member='cldl_nin').")
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5))
+    with pytest.raises(IncompatibleConfigError) as refused:
+        CLDLModel(plain)
+    assert str(refused.value) == (
+        "CLDL on Sequential needs timm's feature_info and forward_intermediates to read intermediate stages; this "
+        "model has neither. Pick a timm model that supports features_only.")
+    googlenet = timm.create_model("googlenet", num_classes=5)          # the baseline: no auxiliary classifiers
+    half = collab_zoo.create_model("cldl_googlenet", num_classes=5).backbone
+    half.aux2 = None
+    for backbone in (googlenet, half):
+        with pytest.raises(IncompatibleConfigError) as refused:
+            CLDLModel(backbone)
+        assert str(refused.value) == ("CLDL on GoogLeNet uses its auxiliary classifiers; build it with "
+                                      "aux_logits=True.")
+    with pytest.raises(IncompatibleConfigError) as refused:
+        collab_zoo.create_model("cldl_googlenet", num_classes=5, head_layers=(1, 2, 3))
+    assert str(refused.value).startswith("CLDL-GoogLeNet keeps GoogLeNet's own two auxiliary classifiers (after "
+                                         "inception 4a and 4d) plus the main one: exactly 3 heads")
+    with torch.device("meta"):
+        vgg = timm.create_model("vgg11", num_classes=5)
+    vgg.pre_logits = torch.nn.Identity()
+    with pytest.raises(IncompatibleConfigError) as refused:
+        CLDLModel(vgg)
+    assert str(refused.value) == "this VGG has no fc6/fc7 (its pre_logits was pruned); CLDL needs the full network."
