@@ -484,6 +484,13 @@ def _torchvision_googlenet(num_classes=10):
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.2, 0.2)
             module.running_var.uniform_(0.5, 1.5)
+        # torchvision's own initialisation (std 0.01) lets the signal die out over 22 layers: the logits would
+        # be the biases', the same for any input (a missing transform_input changed them by 1e-8). He-scaled
+        # weights keep the output a function of the input.
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, std=module.in_features ** -0.5)
     return net.eval()
 
 
@@ -495,9 +502,13 @@ def test_converter_starts_cldl_googlenet_from_torchvision_weights(tmp_path):
     assert config["architecture"] == "cldl_googlenet" and result["sha256"] == config["collab_zoo"]["sha256"]
     assert config["model_args"]["transform_input"] is True and config["model_args"]["inference"] == "main"
     model = collab_zoo.create_model(f"local-dir:{tmp_path / 'out'}", pretrained=True).eval()
+    assert model.backbone.transform_input
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(model(x), reference(x), atol=1e-5)
+        reference.transform_input = False    # the check above can see the input transform
+        assert not torch.allclose(model(x), reference(x), atol=1e-2)
+        reference.transform_input = True
     trunk = model.backbone.state_dict()
     for key, value in reference.state_dict().items():
         if not key.startswith("aux"):
