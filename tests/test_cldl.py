@@ -763,6 +763,7 @@ SCRIPTED = [("cldl_nin", dict(num_classes=10), 32), ("cldl_nin", dict(num_classe
             # VGG-11: heads on the last convolution (layer 8), fc6 (9) and fc7 (10).
             ("cldl_vgg11", dict(num_classes=10, head_layers=(8, 9, 10, 11)), 32),
             ("cldl_vgg11", dict(num_classes=10, head_layers=(9, 11)), 32),                    # fc6 alone
+            ("cldl_vgg11", dict(num_classes=10, head_layers=(1, 11)), 32),         # after the first max-pool
             ("cldl_googlenet", dict(num_classes=10), 32),
             ("cldl", dict(backbone="test_resnet", num_classes=5), 64),
             ("cldl", dict(backbone="test_resnet", num_classes=5, head_stages=(0, 1, 2, 3)), 64),
