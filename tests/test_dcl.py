@@ -245,6 +245,36 @@ def test_pairs_mean_equals_float64_arithmetic_over_silent_ordinary_and_huge_resp
     torch.testing.assert_close(through_autograd.detach(), fast, rtol=0, atol=0)
 
 
+def test_ordinary_float32_pairs_take_the_short_formula_and_keep_float64_values_and_gradients():
+    """Pairs whose product fits float32 (every response at most 2**63) are fused as sqrt(v_i v_j + eps); the
+    values and gradients stay within 1e-6 relative of float64 arithmetic, the no-grad mean equals the autograd
+    one exactly, and the switch sits where the float32 product stops fitting: two responses of 2**63 fuse to
+    2**63 by the short formula, two of 2**64 (product 2**128, past float32) to 2**64 by the general one."""
+    torch.manual_seed(42)
+    factors = torch.rand(3, 5, 6) * torch.tensor([0.0, 1e-3, 1.0, 30.0, 1e6])[torch.randint(0, 5, (3, 5, 6))]
+    wide = _np(factors)
+    expected = np.mean([np.sqrt(wide[i] * wide[j] + 1e-2) for i, j in itertools.combinations(range(3), 2)], axis=0)
+    with torch.no_grad():
+        fast = dcl_fuse_pairs(factors)
+    leaf = factors.clone().requires_grad_()
+    through_autograd = dcl_fuse_pairs(leaf)
+    through_autograd.sum().backward()
+    np.testing.assert_allclose(_np(fast), expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(through_autograd.detach(), fast, rtol=0, atol=0)
+    # d/dv_t of mean_{i<j} sqrt(v_i v_j + eps): the sum over t's pairs of v_other / (2 z), divided by 3
+    expected_grad = np.zeros_like(wide)
+    for i, j in itertools.combinations(range(3), 2):
+        z = np.sqrt(wide[i] * wide[j] + 1e-2)
+        expected_grad[i] += wide[j] / (2 * z) / 3
+        expected_grad[j] += wide[i] / (2 * z) / 3
+    np.testing.assert_allclose(_np(leaf.grad), expected_grad, rtol=1e-6, atol=0)
+    for power in (63, 64):
+        pair = torch.full((2, 3), 2.0 ** power)
+        with torch.no_grad():
+            assert dcl_fuse(pair).tolist() == [2.0 ** power] * 3, f"two responses of 2**{power}"
+        assert dcl_fuse(pair.clone().requires_grad_()).tolist() == [2.0 ** power] * 3
+
+
 def test_stochastic_training_trains_exactly_two_branches_per_step():
     torch.manual_seed(4)
     module = DCLModule(6, 5, [3, 3, 3, 3], mode="stochastic").train()

@@ -186,13 +186,39 @@ def _is_float32_pair(factors: Tensor) -> bool:
     return factors.shape[0] == 2 and factors.dtype == torch.float32
 
 
+def _may_branch_on_values() -> bool:
+    """Eager code and TorchScript may choose a formula from the values; a graph torch.compile or torch.export
+    traces cannot (a data-dependent branch breaks it), so it takes the formula that is right for every value."""
+    if torch.jit.is_scripting():
+        return True
+    else:
+        return not (torch.compiler.is_compiling() or torch.compiler.is_exporting())
+
+
+def _pair_products_fit(factors: Tensor) -> bool:
+    """Whether every product of two of these float32 responses fits float32: each at most 2**63, so a product
+    is at most 2**126 (float32 ends below 2**128). Meta tensors (FLOP and shape counts) have no values to read."""
+    if factors.device.type == "meta" or not _may_branch_on_values():
+        return False
+    return bool(factors.amax() <= 2.0 ** 63)
+
+
+def _root_of_members(first: Tensor, second: Tensor, eps: float, products_fit: bool) -> Tensor:
+    """``(v_i v_j + eps) ** (1/2)`` of float32 responses, in float32, within a few float32 rounding steps of the
+    float64 value. Where the products fit float32 (every ordinary response), ``sqrt(v_i v_j + eps)``: one
+    multiply, add and root, a third of the time of the general form, which matters because the stochastic
+    mode's test-time mean runs it for every pair on every evaluation. Otherwise ``hypot(sqrt(v_i) sqrt(v_j),
+    sqrt(eps))``, which never forms the product. The autograd pair, the no-grad pair and the test-time mean all
+    come here, so they give the same values."""
+    if products_fit:
+        return torch.mul(first, second).add_(eps).sqrt_()
+    return _hypot_floor(first.sqrt() * second.sqrt(), eps)
+
+
 def _root_of_pair(factors: Tensor, eps: float) -> Tensor:
-    """``(v_0 v_1 + eps) ** (1/2)`` of two float32 responses, in float32: ``hypot(sqrt(v_0) sqrt(v_1), sqrt(eps))``
-    never forms the product (which can overflow float32) and stays within a few float32 rounding steps of the
-    float64 value. The two-branch fusion and every pair of the stochastic mode's test-time mean run here: on
-    LeNet's FC500 the float64 casts and ``pow`` cost about a tenth of the whole forward."""
-    roots = factors.sqrt()
-    return _hypot_floor(roots[0] * roots[1], eps)
+    """``(v_0 v_1 + eps) ** (1/2)`` of two float32 responses stacked on dim 0 (see ``_root_of_members``); on
+    LeNet's FC500 float64 casts and ``pow`` would cost about a tenth of the whole forward."""
+    return _root_of_members(factors[0], factors[1], eps, _pair_products_fit(factors))
 
 
 def _hypot_floor(root_of_product: Tensor, eps: float) -> Tensor:
@@ -225,12 +251,11 @@ class _RootOfProduct(torch.autograd.Function):
         ctx.linear = _fuses_linearly(factors)
         num = factors.shape[0]
         if ctx.pair:
-            # The output itself is not saved: a caller may change it in place (an inplace ReLU after the layer).
+            # The output itself is not saved: a caller may change it in place (an inplace ReLU after the layer);
+            # backward recomputes it from the factors, by the same formula.
             ctx.eps = eps
-            roots = factors.sqrt()
-            root_of_product = roots[0] * roots[1]
-            ctx.save_for_backward(factors, root_of_product)
-            return _hypot_floor(root_of_product, eps)
+            ctx.save_for_backward(factors)
+            return _root_of_pair(factors, eps)
         if ctx.linear:
             wide = factors.to(torch.float64)
             total = wide.prod(0) + eps
@@ -243,20 +268,21 @@ class _RootOfProduct(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_fused: Tensor):
-        saved, total = ctx.saved_tensors
-        num = saved.shape[0]
         if ctx.pair:
             # T = 2: dz/dv_t = (1/2) (P + eps)**(-1/2) v_other = v_other / (2 z); z >= sqrt(eps) > 0, and a
             # quotient past float32's range becomes inf, which the cap brings back.
-            # (``total`` holds sqrt(v_0) sqrt(v_1) here: z is recomputed from it.)
-            factor_grad = (saved.flip(0) / (2.0 * _hypot_floor(total, ctx.eps))).clamp_(max=_GRAD_CAP)
-        elif ctx.linear:
-            factor_grad = (_exclusive_product(saved) * (total.pow(1.0 / num - 1.0) / num)).clamp_(
-                max=_GRAD_CAP)
+            (saved,) = ctx.saved_tensors
+            factor_grad = (saved.flip(0) / (2.0 * _root_of_pair(saved, ctx.eps))).clamp_(max=_GRAD_CAP)
         else:
-            # log dz/dv_t = log(1/T) + (1/T - 1) log(P + eps) + sum_{s != t} log v_s
-            log_grad = _exclusive_sum(saved) + (1.0 / num - 1.0) * total - math.log(num)
-            factor_grad = torch.exp(log_grad.clamp(max=_LOG_GRAD_CAP))
+            saved, total = ctx.saved_tensors
+            num = saved.shape[0]
+            if ctx.linear:
+                factor_grad = (_exclusive_product(saved) * (total.pow(1.0 / num - 1.0) / num)).clamp_(
+                    max=_GRAD_CAP)
+            else:
+                # log dz/dv_t = log(1/T) + (1/T - 1) log(P + eps) + sum_{s != t} log v_s
+                log_grad = _exclusive_sum(saved) + (1.0 / num - 1.0) * total - math.log(num)
+                factor_grad = torch.exp(log_grad.clamp(max=_LOG_GRAD_CAP))
         return (grad_fused.to(factor_grad.dtype).unsqueeze(0) * factor_grad).to(ctx.factor_dtype), None
 
 
@@ -299,10 +325,11 @@ def _fuse_pairs(factors: Tensor, eps: float) -> Tensor:
     first_index = torch.tensor(first, dtype=torch.long, device=factors.device)
     second_index = torch.tensor(second, dtype=torch.long, device=factors.device)
     if factors.dtype == torch.float32 and not (factors.requires_grad and torch.is_grad_enabled()):
-        # No gradient wanted (an inference pass): each response's root once, then one product per pair; the
-        # same operations, so the same values, as _root_of_pair on the stacked pairs.
-        roots = factors.sqrt()
-        return _hypot_floor(roots.index_select(0, first_index) * roots.index_select(0, second_index), eps).mean(0)
+        # No gradient wanted (an inference pass): the pairs' members picked out once and fused by the function
+        # the autograd path's _root_of_pair calls, deciding from the same values (every response belongs to a
+        # pair), so the same results without stacking the pairs first.
+        return _root_of_members(factors.index_select(0, first_index), factors.index_select(0, second_index), eps,
+                                _pair_products_fit(factors)).mean(0)
     pairs = torch.stack([factors.index_select(0, first_index), factors.index_select(0, second_index)])
     return _root_of_product(pairs, eps).mean(0).to(factors.dtype)
 
