@@ -478,6 +478,10 @@ def main(argv=None) -> int:
             else:
                 result = run_module(name, commit, work, args.max_children, args.limit_s, args.carry_on,
                                     args.recheck_survivors)
+            previous = results["modules"].get(name, {})
+            if previous.get("by_hand") and previous.get("commit") == result.get("commit"):
+                # The same mutants: the checks made by hand still hold, and only they record those verdicts.
+                result["by_hand"] = previous["by_hand"]
             results["modules"][name] = result
             import mutmut
 
