@@ -1,5 +1,6 @@
 """The built-in data sets against their sources (every image and label traced back to the library's own copy),
 their determinism and split hygiene, and the on-disk cache (reuse, damage, mismatch)."""
+import json
 import logging
 import os
 
@@ -8,8 +9,8 @@ import pytest
 import torch
 
 from collab_zoo.data import BUILTIN, DataError, DataSpec, build_data, builtin_num_classes, builtin_split
-from collab_zoo.data.builtin import (CacheFileError, cache_path, cache_root, cached_arrays, make_multidigit,
-                                     read_cached, source_split, write_cached)
+from collab_zoo.data.builtin import (CONSTRUCTION_VERSION, CacheFileError, cache_path, cache_root, cached_arrays,
+                                     make_multidigit, read_cached, source_split, write_cached)
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +106,59 @@ def test_two_digit_numbers_place_their_digits_in_label_order(source):
             similarity = [float(_centred(halves[slot]) @ _centred(segmented[p])) for p in picks]
             in_order += int(np.argmax(similarity) == slot)
     assert in_order / 400 > 0.65
+
+
+def _pasted(digit, height, width, top, left):
+    canvas = torch.zeros(height, width)
+    canvas[top:top + digit.shape[0], left:left + digit.shape[1]] = digit
+    return canvas
+
+
+@pytest.mark.parametrize("flip", [0.0, 1.0])
+def test_a_plain_layout_copies_each_digit_unchanged_into_its_slot(flip):
+    """Spacing 1, no scale, rotation, jitter or noise: the canvas is 2 digits high with a digit's margin at each
+    end, and digit s is copied pixel for pixel (mirrored with flip=1) with its frame's left edge at (s + 1/2) p,
+    half a digit from the top; the neighbours' frames touch and nothing else is drawn."""
+    from collab_zoo.data.builtin import MultiDigitLayout, _place_digits
+
+    p, d = 16, 3
+    digits = torch.rand(2, d, p, p)
+    canvas = _place_digits(digits, MultiDigitLayout(1.0, 0.0, 0, flip, 0.0, 0.0), torch.Generator().manual_seed(0))
+    assert canvas.shape == (2, 2 * p, (d + 1) * p)
+    for n in range(2):
+        expected = torch.zeros(2 * p, (d + 1) * p)
+        for slot in range(d):
+            digit = digits[n, slot].flip(-1) if flip else digits[n, slot]
+            expected += _pasted(digit, 2 * p, (d + 1) * p, p // 2, p // 2 + slot * p)
+        torch.testing.assert_close(canvas[n], expected, rtol=0, atol=1e-5)
+
+
+def test_spacing_below_one_overlaps_neighbours_where_the_brighter_digit_shows():
+    """Spacing 1/2 puts the second digit's frame half a digit after the first's: the canvas is 2.5 digits wide
+    and, where the frames overlap, holds the brighter of the two pixels."""
+    from collab_zoo.data.builtin import MultiDigitLayout, _place_digits
+
+    p = 16
+    digits = torch.rand(1, 2, p, p)
+    canvas = _place_digits(digits, MultiDigitLayout(0.5, 0.0, 0, 0.0, 0.0, 0.0), torch.Generator().manual_seed(0))
+    width = int(2.5 * p)
+    assert canvas.shape == (1, 2 * p, width)
+    expected = torch.maximum(_pasted(digits[0, 0], 2 * p, width, p // 2, p // 2),
+                             _pasted(digits[0, 1], 2 * p, width, p // 2, p))
+    torch.testing.assert_close(canvas[0], expected, rtol=0, atol=1e-5)
+
+
+def test_scale_jitter_keeps_each_digit_within_its_stated_size_range():
+    """A full square digit drawn at scale in [1 - j, 1 + j] covers between (1 - j) p and (1 + j) p pixels across
+    (one pixel of bilinear edge either way); with j = 0.3 some digits come out visibly smaller and some larger."""
+    from collab_zoo.data.builtin import MultiDigitLayout, _place_digits
+
+    p, jitter = 16, 0.3
+    digits = torch.ones(40, 1, p, p)
+    canvas = _place_digits(digits, MultiDigitLayout(1.0, jitter, 0, 0.0, 0.0, 0.0), torch.Generator().manual_seed(3))
+    widths = (canvas > 0.5).any(dim=1).sum(dim=1).float()
+    assert widths.min() >= (1 - jitter) * p - 1 and widths.max() <= (1 + jitter) * p + 1
+    assert widths.min() < 0.85 * p and widths.max() > 1.15 * p
 
 
 @pytest.mark.parametrize("name", ["multidigit-II", "mnist-II"])
@@ -229,3 +283,193 @@ def test_an_unwritable_cache_folder_only_costs_the_rebuild(tmp_path):
     arrays = cached_arrays(dict(name="probe"), _counting_build(calls), blocker)
     arrays = cached_arrays(dict(name="probe"), _counting_build(calls), blocker)
     assert len(calls) == 2 and arrays["images"].shape == (6, 10, 10)
+
+
+# --- the construction's pieces, by known answers --------------------------------------------------------------
+
+def test_source_splits_hand_out_float32_images_int64_labels_and_name_a_wrong_split_or_source():
+    from collab_zoo.data.builtin import digits_split, mnist5k_split
+
+    for split_fn in (digits_split, mnist5k_split):
+        data = split_fn("test")
+        assert data.images.dtype == torch.float32 and data.labels.dtype == torch.int64
+        assert 0.0 <= float(data.images.min()) and float(data.images.max()) <= 1.0
+        with pytest.raises(ValueError) as refused:
+            split_fn("val")
+        assert str(refused.value) == "split must be 'train' or 'test', got 'val'."
+    with pytest.raises(ValueError) as refused:
+        source_split("emnist", "train")
+    assert str(refused.value) == "unknown digit source 'emnist'; known: ['digits', 'mnist']."
+
+
+def test_level_names_and_make_multidigit_refusals_and_default_size():
+    from collab_zoo.data.builtin import level_name
+
+    assert level_name(2, 3) == "MNIST-II-03" and level_name(3, 10) == "MNIST-III-10"
+    with pytest.raises(ValueError) as refused:
+        make_multidigit(4, 1, "train", 2, seed=0)
+    assert str(refused.value) == "num_digits must be 2 or 3, got 4."
+    with pytest.raises(ValueError) as refused:
+        make_multidigit(3, 11, "train", 2, seed=0)
+    assert str(refused.value) == "multidigit-III has levels 1..10, got 11."
+    images, labels = make_multidigit(2, 1, "train", 3, seed=0)
+    assert images.shape == (3, 1, 28, 28) and labels.shape == (3,)
+
+
+def test_a_level_without_noise_is_smooth_and_noise_stays_within_the_grey_range():
+    """Level 1 adds no noise, the top level adds std 0.05: its pixel-to-pixel roughness is clearly larger, and the
+    noisy images are clamped to [0, 1] with only a few pixels at full white (noise is small, not heavy-tailed)."""
+    def roughness(images):
+        x = images[:, 0]
+        return float((x[:, :, 1:-1] - (x[:, :, :-2] + x[:, :, 2:]) / 2).abs().mean())
+
+    clean, _ = make_multidigit(2, 1, "train", 200, seed=1)
+    noisy, _ = make_multidigit(2, 5, "train", 200, seed=1)
+    assert roughness(clean) < 0.8 * roughness(noisy)
+    assert float(noisy.min()) >= 0.0 and float(noisy.max()) <= 1.0
+    assert float((noisy == 1.0).float().mean()) < 0.02
+
+
+def test_train_and_test_numbers_are_drawn_from_different_streams_and_every_label_and_digit_can_appear():
+    train_images, train_labels, train_chosen = make_multidigit(2, 1, "train", 2100, seed=5, size=12,
+                                                               return_sources=True)
+    _, test_labels = make_multidigit(2, 1, "test", 2100, seed=5, size=12)
+    assert train_images.shape == (2100, 1, 12, 12), "images past the first chunk of 2,048 are made once"
+    assert not torch.equal(train_labels, test_labels), "the same seed gives each split its own numbers"
+    assert set(train_labels.tolist()) == set(range(100)), "every number 00-99 is drawn, 00 included"
+    data = source_split("digits", "train")
+    firsts = {int(torch.nonzero(data.labels == c).flatten()[0]) for c in range(10)}
+    assert firsts <= set(train_chosen.flatten().tolist()), "each class's first source image is drawn too"
+
+
+def test_crop_to_number_stretches_the_ink_box_bilinearly_and_skips_blank_canvases():
+    """The box of pixels above 0.05 (a pixel of exactly 0.05 is outside it), resized with half-pixel centres:
+    a 2x2 box doubled is W box W^T with W's rows (1, 0), (3/4, 1/4), (1/4, 3/4), (0, 1); a one-row or one-column
+    box is still cropped; a blank canvas gives a blank image and the next canvas is still cropped."""
+    from collab_zoo.data.builtin import _crop_to_number
+
+    box = torch.tensor([[0.2, 0.6], [1.0, 0.4]])
+    canvas = torch.zeros(4, 10, 12)
+    canvas[1, 3:5, 6:8] = box
+    canvas[1, 3, 2] = 0.05                      # at the threshold: not ink
+    canvas[1, 8, 6] = 0.05
+    canvas[2, 5, 3:9] = 0.5                     # one row of ink
+    canvas[3, 2:9, 4] = 0.7                     # one column of ink
+    out = _crop_to_number(canvas, 4)
+    weights = torch.tensor([[1.0, 0.0], [0.75, 0.25], [0.25, 0.75], [0.0, 1.0]])
+    assert torch.equal(out[0], torch.zeros(4, 4))
+    torch.testing.assert_close(out[1], weights @ box @ weights.T, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out[2], torch.full((4, 4), 0.5), rtol=0, atol=1e-6)
+    torch.testing.assert_close(out[3], torch.full((4, 4), 0.7), rtol=0, atol=1e-6)
+
+
+def test_segment_centres_the_ink_box_in_a_square_frame_and_skips_blank_digits():
+    """The box of pixels above 0.1 goes in the middle of a square frame of its longer side ((side - short) // 2
+    blank lines before it); at that side the frame is the output, unchanged."""
+    from collab_zoo.data.builtin import _segment
+
+    digits = torch.zeros(3, 12, 12)
+    wide = torch.rand(2, 6) * 0.8 + 0.2
+    tall = torch.rand(6, 2) * 0.8 + 0.2
+    digits[1, 4:6, 3:9] = wide
+    digits[1, 2, 3] = 0.1                       # at the threshold: not ink
+    digits[2, 3:9, 7:9] = tall
+    out = _segment(digits, 6)
+    assert torch.equal(out[0], torch.zeros(6, 6))
+    expected_wide = torch.zeros(6, 6)
+    expected_wide[2:4] = wide
+    expected_tall = torch.zeros(6, 6)
+    expected_tall[:, 2:4] = tall
+    torch.testing.assert_close(out[1], expected_wide, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out[2], expected_tall, rtol=0, atol=1e-6)
+    line = torch.zeros(1, 8, 8)
+    line[0, 3, 1:7] = 0.9                       # a one-row digit is segmented too
+    assert float(_segment(line, 6).amax()) == pytest.approx(0.9)
+
+
+def test_upsample_uint8_and_channel_stats_known_answers():
+    from collab_zoo.data.builtin import channel_stats, to_uint8, upsample
+
+    # bilinear with half-pixel centres: [a, b] doubled is [a, (3a + b) / 4, (a + 3b) / 4, b]
+    up = upsample(torch.tensor([[[0.0, 1.0], [0.0, 1.0]]]), 4)
+    assert up.shape == (1, 1, 4, 4)
+    torch.testing.assert_close(up[0, 0, 0], torch.tensor([0.0, 0.25, 0.75, 1.0]))
+    grey = to_uint8(torch.tensor([-0.5, 0.0, 0.5, 1.0, 1.5]).reshape(1, 1, 1, 5))
+    assert grey.dtype == np.uint8 and grey.tolist() == [[[0, 0, 128, 255, 255]]]
+    images = torch.zeros(2, 2, 1, 2)
+    images[:, 0] = torch.tensor([[[0.0, 0.2]], [[0.4, 0.6]]])   # mean 0.3, std (unbiased) 0.258199
+    images[:, 1] = 0.5                                          # constant: std floored at 1e-6, shown as 0.0
+    mean, std = channel_stats(images)
+    assert mean == (0.3, 0.5) and std == (0.2582, 0.0)
+
+
+def test_builtin_images_hand_out_grey_or_rgb_pictures_with_their_labels():
+    from collab_zoo.data.builtin import BuiltinImages
+
+    pixels = np.array([[[0, 128], [255, 7]]], dtype=np.uint8)
+    source = BuiltinImages(pixels, torch.tensor([3]), ["zero", "one", "two", "three"])
+    assert source.mode == "L" and source.class_names == ["zero", "one", "two", "three"]
+    assert len(source) == 1 and source.targets == [3] and source.describe(0) == "built-in image 0"
+    image, label = source[0]
+    assert image.mode == "L" and np.asarray(image).tolist() == pixels[0].tolist() and label == 3
+    source.mode = "RGB"
+    image, _ = source[0]
+    assert image.mode == "RGB" and np.asarray(image).tolist() == np.repeat(pixels[0][..., None], 3, -1).tolist()
+
+
+# --- the cache, by known answers -------------------------------------------------------------------------------
+
+def test_cache_keys_ignore_field_order_and_name_the_file_after_the_set(tmp_path):
+    first = cache_path(dict(name="probe", split="train", size=10), tmp_path)
+    assert first == cache_path(dict(size=10, split="train", name="probe"), tmp_path)
+    assert first.parent == tmp_path / "data" and first.suffix == ".npz"
+    stem_name, digest = first.stem.split("-")
+    assert stem_name == "probe" and len(digest) == 20 and int(digest, 16) >= 0
+    assert cache_path(dict(split="train"), tmp_path).stem.startswith("data-")
+
+
+def test_the_cache_defaults_to_the_home_folder_and_creates_missing_folders(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("COLLAB_ZOO_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root() == tmp_path / "home" / ".cache" / "collab_zoo"
+    nested = tmp_path / "not" / "yet" / "there"
+    cached_arrays(dict(name="probe"), _counting_build([]), nested)
+    assert cache_path(dict(name="probe"), nested).exists(), "missing parent folders are created"
+    blocker = tmp_path / "file-not-folder"
+    blocker.write_text("x")
+    with caplog.at_level(logging.WARNING):
+        cached_arrays(dict(name="probe"), _counting_build([]), blocker)
+    assert f"Could not cache built data in {blocker / 'data'} (" in caplog.text
+
+
+def test_a_cache_file_without_key_or_hash_or_with_pickled_arrays_is_refused_in_words(tmp_path, caplog):
+    key = dict(name="probe", split="test", size=10)
+    path = cache_path(key, tmp_path)
+    path.parent.mkdir(parents=True)
+    np.savez(path, images=np.zeros(3, np.uint8))
+    with pytest.raises(CacheFileError) as refused:
+        read_cached(path, key)
+    assert str(refused.value).startswith(f"{path} was built for no key, not ")
+    text = json.dumps({**key, "construction": CONSTRUCTION_VERSION}, sort_keys=True)
+    np.savez(path, images=np.zeros(3, np.uint8), __key__=np.frombuffer(text.encode(), np.uint8))
+    with pytest.raises(CacheFileError) as refused:
+        read_cached(path, key)
+    assert str(refused.value) == f"{path} fails its SHA-256: its contents changed after it was written."
+    np.savez(path, images=np.array([{"a": 1}], dtype=object), __key__=np.frombuffer(text.encode(), np.uint8))
+    with pytest.raises(CacheFileError) as refused:
+        read_cached(path, key)
+    assert str(refused.value).startswith(f"{path} does not load (ValueError: "), "nothing is unpickled"
+    path.write_bytes(b"not a zip at all")
+    with caplog.at_level(logging.WARNING):
+        cached_arrays(key, _counting_build([]), tmp_path)
+    assert f"Rebuilding cached data: {path} does not load (" in caplog.text
+
+
+def test_a_write_that_fails_leaves_neither_the_file_nor_its_temporary(tmp_path):
+    """np.savez cannot take an array named 'file' (its own argument's name): the write fails, the error is the
+    writer's own, and the folder holds nothing afterwards."""
+    path = cache_path(dict(name="probe"), tmp_path)
+    with pytest.raises(TypeError, match="multiple values for argument 'file'"):
+        write_cached(path, dict(name="probe"), {"file": np.zeros(2)})
+    assert not path.exists() and list(path.parent.iterdir()) == []

@@ -237,6 +237,10 @@ def _digit_pool(source: str, split: str) -> Tensor:
     return _segment(data.images, _MNIST_DIGIT_PX)
 
 
+def _pixel_centres(count: int) -> Tensor:
+    return (torch.arange(count, dtype=torch.float32) + 0.5) * (2.0 / count) - 1.0
+
+
 def _place_digits(digits: Tensor, layout: MultiDigitLayout, rng: torch.Generator) -> Tensor:
     """[n, d, P, P] digit images -> [n, H, W] canvases with every number's digits placed per the layout."""
     n, d, p, _ = digits.shape
@@ -249,15 +253,18 @@ def _place_digits(digits: Tensor, layout: MultiDigitLayout, rng: torch.Generator
     width_units = layout.spacing * (d - 1) + 2.0
     height, width = 2 * p, int(math.ceil(width_units * p))
     canvas = torch.zeros(n, height, width)
-    ys, xs = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
+    # Pixel centres in [-1, 1] as grid_sample reads them (align_corners=False): a digit at scale 1, unrotated and
+    # unjittered, lands on whole pixels and is copied unchanged.
+    ys, xs = torch.meshgrid(_pixel_centres(height), _pixel_centres(width), indexing="ij")
     for slot in range(d):
         k = torch.arange(n) * d + slot
         # Digit centre in canvas units of digit widths, then in the canvas's [-1, 1] coordinates.
         cx = (1.0 + slot * layout.spacing + jitter[k, 0]) / width_units * 2 - 1
         cy = jitter[k, 1] * p / height * 2
-        # Map canvas coordinates into the digit's own [-1, 1] frame (inverse of scale/rotate/flip/translate).
-        u = (xs[None] - cx[:, None, None]) * (width / p / 2)
-        v = (ys[None] - cy[:, None, None]) * (height / p / 2)
+        # Map canvas coordinates into the digit's own [-1, 1] frame (inverse of scale/rotate/flip/translate): a
+        # digit is p pixels wide, which is 2 p / width of the canvas's [-1, 1] and all of its own.
+        u = (xs[None] - cx[:, None, None]) * (width / p)
+        v = (ys[None] - cy[:, None, None]) * (height / p)
         cos, sin = torch.cos(angle[k])[:, None, None], torch.sin(angle[k])[:, None, None]
         gx = (cos * u + sin * v) / scale[k][:, None, None] * mirror[k][:, None, None]
         gy = (-sin * u + cos * v) / scale[k][:, None, None]
@@ -320,7 +327,8 @@ def make_multidigit(num_digits: int, level: int, split: str, count: int, seed: i
 # --- the on-disk cache -------------------------------------------------------------------------------------------
 
 # Part of every key: raise it when a construction changes, so files built the old way are never read as new.
-CONSTRUCTION_VERSION = 1
+# 2: digits are placed at their own size (version 1 drew each at twice it, so neighbours overlapped at spacing 1).
+CONSTRUCTION_VERSION = 2
 _KEY_FIELD, _HASH_FIELD = "__key__", "__sha256__"
 
 
