@@ -2,6 +2,7 @@
 their determinism and split hygiene, and the on-disk cache (reuse, damage, mismatch)."""
 import json
 import logging
+import math
 import os
 
 import numpy as np
@@ -157,8 +158,72 @@ def test_scale_jitter_keeps_each_digit_within_its_stated_size_range():
     digits = torch.ones(40, 1, p, p)
     canvas = _place_digits(digits, MultiDigitLayout(1.0, jitter, 0, 0.0, 0.0, 0.0), torch.Generator().manual_seed(3))
     widths = (canvas > 0.5).any(dim=1).sum(dim=1).float()
+    heights = (canvas > 0.5).any(dim=2).sum(dim=1).float()
     assert widths.min() >= (1 - jitter) * p - 1 and widths.max() <= (1 + jitter) * p + 1
+    assert float((widths - heights).abs().max()) <= 1, "a square digit stays square: one scale for both axes"
     assert widths.min() < 0.85 * p and widths.max() > 1.15 * p
+
+
+def _ink_moments(image):
+    """Ink mass, centroid (row, col) and principal-axis angle in degrees of one [H, W] image."""
+    rows, cols = torch.meshgrid(torch.arange(image.shape[0], dtype=torch.float64),
+                                torch.arange(image.shape[1], dtype=torch.float64), indexing="ij")
+    w = image.double()
+    mass = w.sum()
+    r0, c0 = (w * rows).sum() / mass, (w * cols).sum() / mass
+    mu20, mu02 = (w * (cols - c0) ** 2).sum() / mass, (w * (rows - r0) ** 2).sum() / mass
+    mu11 = (w * (cols - c0) * (rows - r0)).sum() / mass
+    return float(mass), float(r0), float(c0), math.degrees(0.5 * math.atan2(float(2 * mu11), float(mu20 - mu02)))
+
+
+def test_rotation_turns_each_digit_rigidly_by_at_most_the_stated_angle():
+    """A horizontal bar drawn with rotation 40: each copy keeps its ink (a rotation neither stretches nor shears)
+    and its axis turns by at most 40 degrees, both ways, some by more than 25."""
+    from collab_zoo.data.builtin import MultiDigitLayout, _place_digits
+
+    p = 16
+    bar = torch.zeros(60, 1, p, p)
+    bar[:, :, 7:9, 2:14] = 1.0
+    flat, *_ = _ink_moments(_place_digits(bar[:1], MultiDigitLayout(1.0, 0.0, 0, 0.0, 0.0, 0.0),
+                                          torch.Generator().manual_seed(0))[0])
+    canvas = _place_digits(bar, MultiDigitLayout(1.0, 0.0, 40, 0.0, 0.0, 0.0), torch.Generator().manual_seed(2))
+    moments = [_ink_moments(c) for c in canvas]
+    angles = [m[3] for m in moments]
+    assert all(abs(m[0] / flat - 1) < 0.05 for m in moments), "rotated bars keep their ink"
+    assert max(abs(a) for a in angles) <= 41 and max(angles) > 25 and min(angles) < -25
+
+
+def test_offset_jitter_moves_each_digit_independently_by_at_most_the_stated_distance():
+    """Offset jitter 1/4 moves each digit's centre by up to a quarter digit (4 px of 16) along each axis, the two
+    axes drawn independently; without jitter the centre is the slot's."""
+    from collab_zoo.data.builtin import MultiDigitLayout, _place_digits
+
+    p, d = 16, 2
+    block = torch.zeros(50, d, p, p)
+    block[:, :, 5:11, 5:11] = 1.0               # a square centred in its frame, 5 px from each edge
+    still = _place_digits(block, MultiDigitLayout(1.0, 0.0, 0, 0.0, 0.0, 0.0), torch.Generator().manual_seed(0))
+    moved = _place_digits(block, MultiDigitLayout(1.0, 0.0, 0, 0.0, 0.25, 0.0), torch.Generator().manual_seed(4))
+    shifts = []
+    for n in range(50):
+        for slot in range(d):
+            columns = slice(slot * p + p // 2, slot * p + p // 2 + p)   # the slot's frame: the square stays inside
+            _, r_still, c_still, _ = _ink_moments(still[n][:, columns])
+            _, r_moved, c_moved, _ = _ink_moments(moved[n][:, columns])
+            shifts.append((r_moved - r_still, c_moved - c_still))
+    shifts = torch.tensor(shifts)
+    assert float(shifts.abs().max()) <= 0.25 * p + 0.5
+    assert float(shifts[:, 0].abs().max()) > 0.2 * p and float(shifts[:, 1].abs().max()) > 0.2 * p
+    assert abs(float(torch.corrcoef(shifts.T)[0, 1])) < 0.5, "rows and columns move independently"
+
+
+def test_every_random_draw_of_a_set_comes_from_its_own_seed():
+    """Level 5 of multidigit-II draws every ingredient (scale, rotation, flips, jitter, noise): the images are the
+    same whatever torch's global generator was left at."""
+    torch.manual_seed(1)
+    first, _ = make_multidigit(2, 5, "train", 64, seed=9, size=16)
+    torch.manual_seed(2)
+    again, _ = make_multidigit(2, 5, "train", 64, seed=9, size=16)
+    assert torch.equal(first, again)
 
 
 @pytest.mark.parametrize("name", ["multidigit-II", "mnist-II"])
@@ -363,6 +428,19 @@ def test_crop_to_number_stretches_the_ink_box_bilinearly_and_skips_blank_canvase
     torch.testing.assert_close(out[3], torch.full((4, 4), 0.7), rtol=0, atol=1e-6)
 
 
+def _bilinear_weights(size_in, size_out):
+    """Rows of weights resizing ``size_in`` samples to ``size_out`` bilinearly with half-pixel centres: output i
+    reads the input at (i + 1/2) size_in / size_out - 1/2, clamped to the first and last sample."""
+    weights = torch.zeros(size_out, size_in)
+    for i in range(size_out):
+        at = min(max((i + 0.5) * size_in / size_out - 0.5, 0.0), size_in - 1.0)
+        low = int(math.floor(at))
+        high = min(low + 1, size_in - 1)
+        weights[i, low] += 1 - (at - low)
+        weights[i, high] += at - low
+    return weights
+
+
 def test_segment_centres_the_ink_box_in_a_square_frame_and_skips_blank_digits():
     """The box of pixels above 0.1 goes in the middle of a square frame of its longer side ((side - short) // 2
     blank lines before it); at that side the frame is the output, unchanged."""
@@ -372,7 +450,8 @@ def test_segment_centres_the_ink_box_in_a_square_frame_and_skips_blank_digits():
     wide = torch.rand(2, 6) * 0.8 + 0.2
     tall = torch.rand(6, 2) * 0.8 + 0.2
     digits[1, 4:6, 3:9] = wide
-    digits[1, 2, 3] = 0.1                       # at the threshold: not ink
+    digits[1, 2, 3] = 0.1                       # at the threshold: not ink (a row outside the box)
+    digits[1, 4, 11] = 0.1                      # nor here (a column outside it)
     digits[2, 3:9, 7:9] = tall
     out = _segment(digits, 6)
     assert torch.equal(out[0], torch.zeros(6, 6))
@@ -382,6 +461,8 @@ def test_segment_centres_the_ink_box_in_a_square_frame_and_skips_blank_digits():
     expected_tall[:, 2:4] = tall
     torch.testing.assert_close(out[1], expected_wide, rtol=0, atol=1e-6)
     torch.testing.assert_close(out[2], expected_tall, rtol=0, atol=1e-6)
+    weights = _bilinear_weights(6, 9)           # resized from the 6x6 frame, half-pixel centres
+    torch.testing.assert_close(_segment(digits[1:2], 9)[0], weights @ expected_wide @ weights.T, rtol=0, atol=1e-6)
     line = torch.zeros(1, 8, 8)
     line[0, 3, 1:7] = 0.9                       # a one-row digit is segmented too
     assert float(_segment(line, 6).amax()) == pytest.approx(0.9)
@@ -397,10 +478,10 @@ def test_upsample_uint8_and_channel_stats_known_answers():
     grey = to_uint8(torch.tensor([-0.5, 0.0, 0.5, 1.0, 1.5]).reshape(1, 1, 1, 5))
     assert grey.dtype == np.uint8 and grey.tolist() == [[[0, 0, 128, 255, 255]]]
     images = torch.zeros(2, 2, 1, 2)
-    images[:, 0] = torch.tensor([[[0.0, 0.2]], [[0.4, 0.6]]])   # mean 0.3, std (unbiased) 0.258199
-    images[:, 1] = 0.5                                          # constant: std floored at 1e-6, shown as 0.0
+    images[:, 0] = torch.tensor([[[0.0, 0.1]], [[0.4, 0.7123]]])  # mean 0.303075, std (unbiased) 0.321431
+    images[:, 1] = 0.7                                            # constant: std floored at 1e-6, shown as 0.0
     mean, std = channel_stats(images)
-    assert mean == (0.3, 0.5) and std == (0.2582, 0.0)
+    assert mean == (0.3031, 0.7) and std == (0.3214, 0.0)
 
 
 def test_builtin_images_hand_out_grey_or_rgb_pictures_with_their_labels():
@@ -440,7 +521,7 @@ def test_the_cache_defaults_to_the_home_folder_and_creates_missing_folders(tmp_p
     blocker.write_text("x")
     with caplog.at_level(logging.WARNING):
         cached_arrays(dict(name="probe"), _counting_build([]), blocker)
-    assert f"Could not cache built data in {blocker / 'data'} (" in caplog.text
+    assert f"Could not cache built data in {blocker / 'data'} ([Errno " in caplog.text, "the OSError's own words"
 
 
 def test_a_cache_file_without_key_or_hash_or_with_pickled_arrays_is_refused_in_words(tmp_path, caplog):
