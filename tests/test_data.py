@@ -554,3 +554,14 @@ def test_a_write_that_fails_leaves_neither_the_file_nor_its_temporary(tmp_path):
     with pytest.raises(TypeError, match="multiple values for argument 'file'"):
         write_cached(path, dict(name="probe"), {"file": np.zeros(2)})
     assert not path.exists() and list(path.parent.iterdir()) == []
+
+
+def test_the_temporary_file_is_written_beside_its_target(tmp_path, monkeypatch):
+    """The temporary goes in the cache folder itself, so the final rename never crosses file systems: with the
+    system's temporary folder gone, writing still works."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-folder"))
+    path = cache_path(dict(name="probe"), tmp_path / "cache")
+    write_cached(path, dict(name="probe"), dict(images=np.zeros(3, np.uint8)))
+    assert read_cached(path, dict(name="probe"))["images"].tolist() == [0, 0, 0]
