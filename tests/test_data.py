@@ -541,6 +541,12 @@ def test_a_cache_file_without_key_or_hash_or_with_pickled_arrays_is_refused_in_w
     with pytest.raises(CacheFileError) as refused:
         read_cached(path, key)
     assert str(refused.value).startswith(f"{path} does not load (ValueError: "), "nothing is unpickled"
+    for field in ("__key__", "__sha256__"):     # bytes that are not UTF-8 where the key or the hash goes
+        fields = dict(__key__=np.frombuffer(text.encode(), np.uint8), __sha256__=np.frombuffer(b"0" * 64, np.uint8))
+        fields[field] = np.frombuffer(b"\xff\xfe\x80", np.uint8)
+        np.savez(path, images=np.zeros(3, np.uint8), **fields)
+        with pytest.raises(CacheFileError):
+            read_cached(path, key)
     path.write_bytes(b"not a zip at all")
     with caplog.at_level(logging.WARNING):
         cached_arrays(key, _counting_build([]), tmp_path)
