@@ -197,8 +197,10 @@ def _may_branch_on_values() -> bool:
 
 def _pair_products_fit(factors: Tensor) -> bool:
     """Whether every product of two of these float32 responses fits float32: each at most 2**63, so a product
-    is at most 2**126 (float32 ends below 2**128). Meta tensors (FLOP and shape counts) have no values to read."""
-    if factors.device.type == "meta" or not _may_branch_on_values():
+    is at most 2**126 (float32 ends below 2**128). Asked only of CPU tensors: on an accelerator, reading a value
+    makes the host wait for the device (once per layer and step), which costs more than the general formula;
+    meta tensors (FLOP and shape counts) have no values."""
+    if factors.device.type != "cpu" or not _may_branch_on_values():
         return False
     return bool(factors.amax() <= 2.0 ** 63)
 
