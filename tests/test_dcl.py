@@ -1050,3 +1050,17 @@ def test_the_command_line_prints_the_table_between_its_two_sentences(capsys):
     assert lines[-1] == ("weights -% = share of the baseline's weights (tensors of 2+ dims) DCL removes; FLOPs "
                          "count 2 per multiply-add; 'DCL train' is a training-mode forward (2 branches in "
                          "stochastic mode).")
+
+
+def test_an_exported_fusion_is_right_for_every_value_not_only_the_traced_ones():
+    """torch.export cannot branch on values, so the exported pair fusion takes the general formula: responses of
+    1e30, whose float32 product would overflow, still fuse to 1e30; ordinary ones match eager to float32
+    rounding."""
+    class Fuse(torch.nn.Module):
+        def forward(self, responses):
+            return dcl_fuse(responses)
+
+    ordinary = torch.rand(2, 3) * 5
+    program = torch.export.export(Fuse(), (ordinary,)).module()
+    assert program(torch.full((2, 3), 1e30)).tolist() == pytest.approx([1e30] * 3, rel=1e-6)
+    torch.testing.assert_close(program(ordinary), dcl_fuse(ordinary), rtol=1e-6, atol=0)
