@@ -76,7 +76,19 @@ MODULES: Dict[str, Dict[str, Any]] = {
                          tests=["tests/test_cldl.py",
                                 "--deselect=tests/test_cldl.py::test_every_scripted_walk_gives_the_eager_scores"]),
     "methods-dcl": dict(path="collab_zoo/methods/dcl.py", tests=["tests/test_dcl.py"]),
-    "methods-complementary": dict(path="collab_zoo/methods/complementary.py", tests=["tests/test_complementary.py"]),
+    # Composed members (their own losses, the batched forward) are stated in test_composition.py, timm's
+    # interface in the conformance and contract checks of the registered MLP ensemble (its strict FX-features
+    # xfail left out: an xfail cannot kill a mutant).
+    "methods-complementary": dict(
+        path="collab_zoo/methods/complementary.py",
+        tests=["tests/test_complementary.py", "tests/test_composition.py",
+               "--deselect=tests/test_composition.py::test_every_method_member_pair_trains_or_refuses_at_construction"]
+        + [f"tests/test_conformance.py::test_{name}[complementary_mlp_x4]"
+           for name in ("forward", "backward", "default_cfg", "features_only", "forward_intermediates", "fx_forward",
+                        "fx_backward", "training_hooks")]
+        + ["tests/test_contract.py::test_a_plain_loss_on_the_train_output_says_what_to_do[complementary_mlp_x4]",
+           "tests/test_contract.py::test_the_train_output_is_still_a_tuple_of_heads[complementary_mlp_x4]",
+           "tests/test_task.py::test_task_loss_is_collab_loss_and_the_loop_trains_and_evaluates[complementary]"]),
 }
 DEFAULT = ["evaluate", "args", "checkpoint"]
 

@@ -3,6 +3,7 @@ leaves open, the Eq. 9 ensemble, rounds and their resumption, the authors' round
 import io
 import json
 import math
+import re
 import zipfile
 from pathlib import Path
 
@@ -779,3 +780,315 @@ def test_each_round_trains_with_its_own_importance_row():
     # A caller's own sample weights multiply the image terms: here doubling every image doubles the loss.
     doubled, _ = model.training_round(1).loss(z, y, sample_weight=torch.full((5,), 2.0))
     assert doubled.item() == pytest.approx(2 * loss.item(), rel=1e-6)
+
+
+# --- the checks and the round record, stated by hand (mutation survivors, issue 22) -------------------------------
+
+def _four_class_ensemble(**kwargs):
+    torch.manual_seed(0)
+    return collab_zoo.create_model("complementary", member="mlp_mnist", tau=3, num_classes=4, in_chans=1,
+                                   img_size=(1, 4), hidden=8, **kwargs)
+
+
+def _scores_right_on(targets, wrong, classes=4):
+    """Held-out scores that put 50 on the true class, or on the next class for the images listed in ``wrong``."""
+    rows = []
+    for i, y in enumerate(targets):
+        row = [0.0] * classes
+        row[(y + 1) % classes if i in wrong else y] = 50.0
+        rows.append(row)
+    return torch.tensor(rows)
+
+
+def test_the_round_log_is_every_figure_by_hand(caplog):
+    import logging
+    model = _four_class_ensemble(error="hard")
+    targets = [0, 0, 1, 1, 2, 2, 3, 3]
+    mu, threshold = 0.7, 0.5 / 0.7
+    # Round 1: both images of class 0 missed -> errors [1, 0, 0, 0], eps = 1/4.
+    with caplog.at_level(logging.INFO):
+        log1 = model.complete_round(0, (_scores_right_on(targets, {0, 1}),), torch.tensor(targets))
+    assert not [r for r in caplog.records if "again" in r.getMessage()]
+    g1 = mu * 0.25 / (1 - mu * 0.25)
+    raw = [0.25 * g1 ** (1 - mu * e) for e in (1.0, 0.0, 0.0, 0.0)]
+    following = [r / sum(raw) for r in raw]
+    assert log1["round"] == 1 and log1["gamma"] == pytest.approx(g1, rel=1e-12)
+    assert log1["member_weight"] == pytest.approx(math.log(1 / g1), rel=1e-12)
+    assert log1["weighted_error"] == pytest.approx(0.25, rel=1e-12)
+    assert log1["member_heldout_top1"] == pytest.approx(6 / 8) and log1["mean_class_error"] == pytest.approx(0.25)
+    assert log1["hard_classes"] == 1 and log1["always_hard_classes"] == 1 and log1["unmeasured_classes"] == 0
+    assert log1["always_hard_fraction_bound"] == pytest.approx(2 * math.sqrt(g1) / (1 + g1), rel=1e-6)  # float32 gammas
+    assert log1["importance_max_over_min"] == pytest.approx(max(following) / min(following), rel=1e-9)
+    assert log1["error_floored"] == 0 and log1["gamma_clamped"] == 0
+    assert model.importance[1].tolist() == pytest.approx(following, rel=1e-6)
+    # Round 2, by all three members' heads: class 0 missed again, class 1 once -> errors [1, 1/2, 0, 0] weighted by
+    # round 2's importance; class 0 is hard in both rounds, class 1 only now.
+    scores = _scores_right_on(targets, {0, 1, 2})
+    log2 = model.complete_round(1, (torch.zeros(8, 4), scores, torch.zeros(8, 4)), torch.tensor(targets))
+    eps2 = following[0] * 1.0 + following[1] * 0.5
+    g2 = mu * eps2 / (1 - mu * eps2)
+    assert log2["round"] == 2 and log2["weighted_error"] == pytest.approx(eps2, rel=1e-6)
+    assert log2["hard_classes"] == 1 and log2["always_hard_classes"] == 1
+    assert log2["mean_class_error"] == pytest.approx(1.5 / 4)
+    assert log2["always_hard_fraction_bound"] == pytest.approx(
+        (2 * math.sqrt(g1) / (1 + g1)) * (2 * math.sqrt(g2) / (1 + g2)), rel=1e-6)
+    assert threshold == pytest.approx(0.5 / model.mu)
+
+
+def test_a_class_is_hard_only_above_one_over_two_mu_and_always_hard_only_where_measured():
+    model = _four_class_ensemble(error="hard", mu=0.5)                       # threshold 1: no class is hard
+    targets = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    log = model.complete_round(0, (_scores_right_on(targets.tolist(), {0, 1}),), targets)
+    assert log["hard_classes"] == 0 and log["always_hard_classes"] == 0
+    # Class 3 has no held-out image in round 1: its filled error does not make it "always hard".
+    model = _four_class_ensemble(error="hard", mu=0.2)                     # threshold 2.5: none hard either
+    log = model.complete_round(0, (_scores_right_on([0, 0, 1, 2], {0, 1}),), torch.tensor([0, 0, 1, 2]))
+    assert log["unmeasured_classes"] == 1 and model.class_measured[0].tolist() == [True, True, True, False]
+
+
+def test_completing_a_round_needs_both_logits_and_targets_and_two_measured_classes():
+    model = _mlp_ensemble()
+    with pytest.raises(IncompatibleConfigError, match="held-out split and their class indices"):
+        model.complete_round(0, (torch.randn(4, 10),))
+    with pytest.raises(IncompatibleConfigError, match="held-out split and their class indices"):
+        model.complete_round(0, heldout_targets=torch.arange(4))
+    with pytest.raises(IncompatibleConfigError, match="held-out logits have 5 classes; the ensemble has 10"):
+        model.complete_round(0, (torch.randn(4, 5),), torch.arange(4))
+    # Exactly two classes is enough.
+    log = model.complete_round(0, (torch.randn(6, 10),), torch.tensor([0, 1, 0, 1, 0, 1]))
+    assert log["unmeasured_classes"] == 8 and int(model.rounds_completed) == 1
+
+
+def test_min_error_floors_a_perfect_member_at_the_ensembles_own_floor():
+    model = _mlp_ensemble(error="hard", min_error=0.01)
+    targets = torch.arange(20) % 10
+    log = model.complete_round(0, (F.one_hot(targets, 10).float() * 50,), targets)
+    assert log["error_floored"] == 1
+    assert log["gamma"] == pytest.approx(0.7 * 0.01 / (1 - 0.7 * 0.01), rel=1e-12)
+
+
+def test_a_clamped_weak_member_and_a_redone_round_are_logged_in_words(caplog):
+    import logging
+    model = _mlp_ensemble(error="hard")
+    targets = torch.arange(20) % 10
+    wrong = F.one_hot((targets + 1) % 10, 10).float() * 50.0
+    with caplog.at_level(logging.INFO):
+        model.complete_round(0, (wrong,), targets)
+    assert ("Round 1: mu * eps_t = 0.7000 >= 1/2 (gamma_t would be >= 1); gamma_t clamped to 0.999, so member 1 "
+            "is all but left out of the ensemble. Train it further or lower mu below 0.5000.") in caplog.messages
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        model.training_round(1)
+        assert not caplog.messages
+        model.training_round(0)
+        model.complete_round(0, (wrong,), targets)
+    assert ("Round 1 is already complete; completing it again replaces it and discards the rounds after it."
+            in caplog.messages)
+    assert "Round 1 is completed again: its record is replaced, later rounds are discarded." in caplog.messages
+
+
+def test_a_round_says_what_it_trains_and_which_round_it_is():
+    model = _mlp_ensemble(objective="margin")
+    first = model.training_round(0)
+    assert first.index == 0 and first.head_names == ("member1",)
+    assert first.description == ("complementary round 1/4: member 1 with the margin objective, classes weighted by "
+                                 "importance row 0")
+    model.complete_round(0, (torch.randn(20, 10),), torch.arange(20) % 10)
+    second = model.training_round(1)
+    assert second.index == 1 and second.module is model.members[1] and second.head_names == ("member2",)
+    assert second.description.startswith("complementary round 2/4: member 2 with")
+    with pytest.raises(IndexError, match=r"this ensemble has 4 rounds \(0\.\.3\); asked for round 4"):
+        model.training_round(4)
+    with pytest.raises(IncompatibleConfigError,
+                       match=r"round 3 \(member 4\) needs the importance that completing round 1 gives"):
+        model.training_round(3)
+
+
+def test_complete_round_reads_the_right_members_scores_from_every_head():
+    model = _mlp_ensemble(error="hard")
+    targets = torch.arange(20) % 10
+    right, wrong = F.one_hot(targets, 10).float() * 50, F.one_hot((targets + 1) % 10, 10).float() * 50
+    model.complete_round(0, (right,), targets)
+    # Member 2's scores are the second of the ensemble's four heads.
+    log = model.complete_round(1, (wrong, right, wrong, wrong), targets)
+    assert log["member_heldout_top1"] == 1.0
+    with pytest.raises(IncompatibleConfigError, match="complete_round takes member 3's held-out scores .* its 1 "
+                                                      "heads, or all 4 heads of the ensemble; got 2 tensors"):
+        model.complete_round(2, (right, right), targets)
+
+
+def test_the_graph_member_weights_equal_the_eager_ones_in_every_state():
+    model = _mlp_ensemble()
+    expected = {(0, 0): [1.0, 0, 0, 0], (0, 2): [0, 0, 1.0, 0]}
+    g = [0.2, 0.5, 0.3, 0.9]
+    alpha = [math.log(1 / v) for v in g]
+    expected[(1, 1)] = [1.0, 0, 0, 0]
+    expected[(2, 2)] = [alpha[0] / sum(alpha[:2]), alpha[1] / sum(alpha[:2]), 0, 0]
+    expected[(4, 3)] = [a / sum(alpha) for a in alpha]
+    with torch.no_grad():
+        for (completed, current), weights in expected.items():
+            model.gammas.copy_(torch.tensor([v if i < completed else 1.0 for i, v in enumerate(g)]))
+            model.rounds_completed.fill_(completed)
+            model.current_round.fill_(current)
+            in_graph = model._member_weights_in_graph()
+            assert in_graph.dtype == torch.float64
+            assert in_graph.tolist() == pytest.approx(weights, rel=1e-6), (completed, current)
+            assert model.member_weights().tolist() == pytest.approx(weights, rel=1e-6)
+
+
+def test_the_per_class_error_checks_its_input():
+    logits = torch.tensor(LOGITS)
+    with pytest.raises(IncompatibleConfigError, match="error must be one of"):
+        cm.heldout_class_stats(logits, torch.tensor(TARGETS), "top1")
+    with pytest.raises(IncompatibleConfigError, match="the held-out split is empty"):
+        cm.heldout_class_stats(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(IncompatibleConfigError, match="5 integer class indices"):
+        cm.heldout_class_stats(logits, torch.tensor(TARGETS, dtype=torch.float32))
+    with pytest.raises(IncompatibleConfigError, match="Evaluate the held-out split without mixing"):
+        cm.heldout_class_stats(logits, torch.softmax(logits, -1))
+    for bad, shown in (([0, 1, 1, 2, -1], r"-1\.\.2"), ([0, 1, 1, 2, 3], r"0\.\.3"), ([-2] * 5, r"-2\.\.-2")):
+        with pytest.raises(IncompatibleConfigError, match=rf"must lie in \[0, 3\), got {shown}"):
+            cm.heldout_class_stats(logits, torch.tensor(bad))
+    # int32 class indices and a single image are fine.
+    stats = cm.heldout_class_stats(logits, torch.tensor(TARGETS, dtype=torch.int32), "hard")
+    assert stats.error.tolist() == [0.5, 0.5, 0.0]
+    one = cm.heldout_class_stats(logits[:1], torch.tensor([0]), "hard")
+    assert one.count.tolist() == [1, 0, 0] and one.error.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_soft_error_of_a_class_with_one_other_image_by_hand():
+    # Two images, classes 0 and 1: each class has exactly one image of another class.
+    logits = [[1.0, 0.0, 0.0], [0.0, 2.0, 1.0]]
+    probs = [_softmax_row(r) for r in logits]
+    expected = [0.5 * ((1 - probs[0][0]) + probs[1][0]), 0.5 * ((1 - probs[1][1]) + probs[0][1]), 0.0]
+    stats = cm.heldout_class_stats(torch.tensor(logits), torch.tensor([0, 1]))
+    assert stats.error.tolist() == pytest.approx(expected, abs=1e-12)
+
+
+def test_weighted_error_accepts_rounding_and_refuses_errors_outside_zero_one():
+    half = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    assert cm.weighted_error(torch.tensor([1 + 5e-10, 0.0], dtype=torch.float64), half) == 0.5
+    assert cm.weighted_error(torch.tensor([-5e-10, 1.0], dtype=torch.float64), half) == 0.5
+    assert cm.weighted_error(torch.tensor([-1e-9, 1.0], dtype=torch.float64), half) == 0.5
+    assert cm.weighted_error(torch.tensor([1 + 1e-9, 0.0], dtype=torch.float64), half) == 0.5
+    for bad in ([1.5, 0.0], [-0.5, 0.0], [float("nan"), 0.0], [1 + 3e-9, 0.0], [-3e-9, 0.0]):
+        with pytest.raises(IncompatibleConfigError, match=r"per-class errors must lie in \[0, 1\]"):
+            cm.weighted_error(torch.tensor(bad, dtype=torch.float64), half)
+
+
+def test_margin_objective_by_hand_with_sample_weights_two_classes_and_its_parts():
+    logits = [[1.0, -1.0], [0.5, 0.25], [-0.5, 2.0]]
+    targets = [0, 0, 1]
+    phi = [3.0, 1.0]
+    s = [2.0, 0.0, 1.0]
+    counts = torch.tensor([2, 1])                                  # f = [2/3, 1/3], given as integer counts
+    f = [2 / 3, 1 / 3]
+    varphi = [v / sum(phi) for v in phi]
+    own_terms, other_terms = [], []
+    for row, y in zip(logits, targets):
+        log_p = [math.log(p) for p in _softmax_row(row)]
+        own_terms.append(varphi[y] / f[y] * log_p[y])
+        other_terms.append(sum(varphi[l] / (1 - f[l]) * log_p[l] for l in range(2) if l != y))
+    mean = lambda terms: sum(w * t for w, t in zip(s, terms)) / len(terms)
+    loss, parts = cm.margin_objective(torch.tensor(logits), torch.tensor(targets), torch.tensor(phi, dtype=torch.float64),
+                                      counts, torch.tensor(s))
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(-(mean(own_terms) - mean(other_terms)), rel=1e-5)
+    assert parts["own_log_conf"].item() == pytest.approx(mean(own_terms), rel=1e-5)
+    assert parts["other_log_conf"].item() == pytest.approx(mean(other_terms), rel=1e-5)
+    assert parts["total"].item() == pytest.approx(loss.item())
+    plain = cm.class_weighted_loss("margin", torch.tensor(logits), torch.tensor(targets), torch.tensor(phi),
+                                   counts, torch.tensor(s))[0]
+    assert plain.item() == pytest.approx(loss.item(), rel=1e-6)
+    with pytest.raises(IncompatibleConfigError, match="needs at least two classes"):
+        cm.margin_objective(torch.zeros(2, 1), torch.zeros(2, dtype=torch.long), torch.ones(1))
+    with pytest.raises(IncompatibleConfigError, match="positive for every class and below 1"):
+        cm.margin_objective(torch.zeros(2, 2), torch.tensor([0, 1]), torch.ones(2), torch.tensor([1.0, 1e-30]))
+    with pytest.raises(IncompatibleConfigError, match="objective must be one of"):
+        cm.class_weighted_loss("ce", torch.zeros(2, 2), torch.tensor([0, 1]), torch.ones(2))
+
+
+def test_weighted_ce_by_hand_with_sample_weights_soft_targets_and_float64_inputs():
+    logits = [[1.0, 0.0, -1.0], [0.0, 0.5, 0.0]]
+    q = [[0.25, 0.75, 0.0], [0.0, 0.0, 1.0]]
+    w = [1.0, 2.0, 4.0]
+    s = [3.0, 0.5]
+    terms = [-sum(qi[l] * w[l] * math.log(_softmax_row(row)[l]) for l in range(3)) for row, qi in zip(logits, q)]
+    norm = sum(qi[l] * w[l] for qi in q for l in range(3))
+    loss, parts = cm.weighted_cross_entropy(torch.tensor(logits), torch.tensor(q, dtype=torch.float64),
+                                            torch.tensor(w, dtype=torch.float64), torch.tensor(s, dtype=torch.float64))
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(sum(si * t for si, t in zip(s, terms)) / norm, rel=1e-6)
+    assert parts["weighted_ce"].item() == pytest.approx(loss.item())
+    routed = cm.class_weighted_loss("weighted_ce", torch.tensor(logits), torch.tensor(q), torch.tensor(w),
+                                    None, torch.tensor(s))[0]
+    assert routed.item() == pytest.approx(loss.item(), rel=1e-6)
+    with pytest.raises(IncompatibleConfigError, match="soft targets have 4 columns for 3 classes"):
+        cm.weighted_cross_entropy(torch.tensor(logits), torch.full((2, 4), 0.25), torch.tensor(w))
+    for bad in (torch.ones(2, 1), torch.ones(3)):
+        with pytest.raises(IncompatibleConfigError,
+                           match=rf"one weight per sample, shape \[2\]; got {re.escape(str(tuple(bad.shape)))}"):
+            cm.weighted_cross_entropy(torch.tensor(logits), torch.tensor([0, 1]), torch.tensor(w), bad)
+
+
+def test_importance_sample_weights_by_hand():
+    importance = torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64)
+    weights = cm.importance_sample_weights(torch.tensor([0, 1, 1, 2]), importance)
+    raw = [0.5, 0.25, 0.25, 0.25]
+    assert weights.dtype == torch.float32
+    assert weights.tolist() == pytest.approx([r / (sum(raw) / 4) for r in raw], rel=1e-6)
+    soft = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+    raw = [0.375, 0.25]
+    assert cm.importance_sample_weights(soft, importance).tolist() == pytest.approx(
+        [r / (sum(raw) / 2) for r in raw], rel=1e-6)
+
+
+def test_the_round_loss_and_collab_loss_pass_sample_weights_on():
+    model = _mlp_ensemble()
+    torch.manual_seed(2)
+    logits, target = torch.randn(3, 10), torch.tensor([1, 4, 4])
+    s = torch.tensor([2.0, 0.5, 1.0])
+    importance = model.importance[0].tolist()
+    terms = [-importance[y] * math.log(_softmax_row(row)[y]) for row, y in zip(logits.tolist(), target.tolist())]
+    expected = sum(si * t for si, t in zip(s.tolist(), terms)) / sum(importance[y] for y in target.tolist())
+    loss, parts = model.training_round(0).loss(logits, target, s)
+    assert loss.item() == pytest.approx(expected, rel=1e-6) and parts["total"].item() == pytest.approx(expected, rel=1e-6)
+    heads = (logits, torch.randn(3, 10), torch.randn(3, 10), torch.randn(3, 10))
+    assert model.collab_loss(heads, target, s)[0].item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(IncompatibleConfigError, match=r"collab_loss expects the 4 heads of a train-mode forward "
+                                                      r"\(member1, member2, member3, member4\), got 3"):
+        model.collab_loss(heads[:3], target)
+    with pytest.raises(IncompatibleConfigError, match=r"expected the 4 heads of forward_heads "
+                                                      r"\(member1, member2, member3, member4\), got 2"):
+        model.member_scores(heads[:2])
+    with pytest.raises(IncompatibleConfigError, match="one gamma per member"):
+        cm.ensemble_log_probs([logits], [0.5, 0.5])
+
+
+def test_class_counts_prefer_the_datasets_targets_and_take_arrays():
+    class Five(torch.utils.data.Dataset):
+        targets = [0, 0, 1, 1, 2]
+
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, i):
+            return torch.zeros(1), self.targets[i]
+
+    # The loader would drop the last image; the dataset's targets still count it.
+    loader = torch.utils.data.DataLoader(Five(), batch_size=2, drop_last=True)
+    assert cm.class_counts_of(loader, 3).tolist() == [2, 2, 1]
+    assert cm.class_counts_of(np.array([0, 1, 1]), 3).tolist() == [1, 2, 0]
+    with pytest.raises(IncompatibleConfigError, match="class counts come from class indices, .* got object"):
+        cm.class_counts_of(object(), 3)
+
+
+def test_training_class_frequency_is_counts_over_their_sum():
+    model = _mlp_ensemble(objective="margin")
+    with pytest.raises(IncompatibleConfigError, match="Eq. 2-3 with the training set's class frequencies R_l / R"):
+        model.training_class_frequency()
+    model.set_class_counts(torch.arange(10))                   # one image of each class
+    frequency = model.training_class_frequency()
+    assert frequency.dtype == torch.float64 and frequency.tolist() == pytest.approx([0.1] * 10)
+    model.set_class_counts(torch.tensor([0, 0, 0, 1]))
+    assert model.training_class_frequency().tolist() == pytest.approx([0.75, 0.25] + [0.0] * 8)
