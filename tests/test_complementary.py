@@ -1092,3 +1092,210 @@ def test_training_class_frequency_is_counts_over_their_sum():
     assert frequency.dtype == torch.float64 and frequency.tolist() == pytest.approx([0.1] * 10)
     model.set_class_counts(torch.tensor([0, 0, 0, 1]))
     assert model.training_class_frequency().tolist() == pytest.approx([0.75, 0.25] + [0.0] * 8)
+
+
+
+# --- figures: what write_figures draws, read back from the figures themselves -----------------------------------
+
+# Held-out images per class as (right, wrong): a right image scores 50 on its own class, a wrong one 50 on the
+# next class. Round 1: class 7 has no held-out image; accuracies 0.75, 0, 1, 0.25, 0, 0.5, 0.25, -, 1, 0.5.
+_ROUND1 = [(3, 1), (0, 2), (2, 0), (1, 3), (0, 2), (1, 1), (1, 3), (0, 0), (2, 0), (1, 1)]
+# Hardest first, ties in class order, the unmeasured class 7 last.
+_ROUND1_ORDER = [1, 4, 3, 6, 5, 9, 0, 2, 8, 7]
+# Round 2: class 3 has no held-out image; class 0 all wrong, class 7 half right, the rest right.
+_ROUND2 = [(0, 2), (1, 0), (1, 0), (0, 0), (1, 0), (1, 0), (1, 0), (1, 1), (1, 0), (1, 0)]
+_ROUND3 = [(1, 0)] * 10  # every class right
+_ROUND4 = [(1, 0) if c % 2 == 0 else (0, 1) for c in range(10)]  # even classes right, odd wrong
+_RANKED_BY = "classes ranked by member 1's held-out accuracy (hardest first)"
+
+
+def _heldout(spec):
+    num_classes = len(spec)
+    logits, targets = [], []
+    for c, (right, wrong) in enumerate(spec):
+        for k in range(right + wrong):
+            row = [0.0] * num_classes
+            row[c if k < right else (c + 1) % num_classes] = 50.0
+            logits.append(row)
+            targets.append(c)
+    return torch.tensor(logits), torch.tensor(targets)
+
+
+def _complete(model, t, spec):
+    logits, targets = _heldout(spec)
+    model.complete_round(t, (logits,), targets)
+
+
+def _record_savefig(monkeypatch):
+    """Wraps Figure.savefig: records (figure, path, keyword arguments), then saves as usual."""
+    from matplotlib.figure import Figure
+
+    saved = []
+    original = Figure.savefig
+
+    def recording(self, fname, *args, **kwargs):
+        saved.append((self, Path(fname), dict(kwargs)))
+        return original(self, fname, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recording)
+    return saved
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def _check_frame(fig, ax, path, kwargs, labels):
+    """What both figures share: size, Agg canvas, dpi 100, 1-wide lines, a small legend of the line labels."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.font_manager import FontProperties
+
+    assert tuple(fig.get_size_inches()) == (8.0, 4.5)
+    assert isinstance(fig.canvas, FigureCanvasAgg)
+    assert kwargs.get("dpi") == 100
+    assert _png_size(path) == (800, 450)  # 8 x 4.5 inches at 100 dpi, whatever the rc defaults say
+    assert [line.get_label() for line in ax.get_lines()] == labels
+    assert [line.get_linewidth() for line in ax.get_lines()] == [1.0] * len(labels)
+    legend = ax.get_legend()
+    assert legend is not None
+    assert [text.get_text() for text in legend.get_texts()] == labels
+    small = FontProperties(size="small").get_size_in_points()
+    assert small < FontProperties(size="medium").get_size_in_points()
+    assert [text.get_fontsize() for text in legend.get_texts()] == pytest.approx([small] * len(labels))
+
+
+def test_difficulty_order_ranks_by_member_1_accuracy_hardest_first():
+    model = _mlp_ensemble()
+    order, label = model._difficulty_order()
+    assert order.tolist() == list(range(10)) and label == "class index"
+    _complete(model, 0, _ROUND1)
+    assert model.class_measured[0].tolist() == [c != 7 for c in range(10)]
+    order, label = model._difficulty_order()
+    assert order.tolist() == _ROUND1_ORDER and label == _RANKED_BY
+    # Later rounds change nothing: the ranking is member 1's.
+    _complete(model, 1, _ROUND2)
+    order, label = model._difficulty_order()
+    assert order.tolist() == _ROUND1_ORDER and label == _RANKED_BY
+
+
+def test_difficulty_order_keeps_ties_in_class_order_and_unmeasured_last():
+    model = _mlp_ensemble(num_classes=40)
+    with torch.no_grad():
+        model.class_accuracy[0] = torch.tensor([1.0] * 20 + [0.0] * 20)
+        model.class_measured[0] = torch.tensor([c not in (5, 25) for c in range(40)])
+        model.rounds_completed.fill_(1)
+    order, label = model._difficulty_order()
+    expected = [c for c in range(20, 40) if c != 25] + [c for c in range(20) if c != 5] + [5, 25]
+    assert order.tolist() == expected and label == _RANKED_BY
+
+
+def test_write_figures_before_any_round_draws_the_uniform_importance(tmp_path, monkeypatch):
+    import matplotlib
+
+    saved = _record_savefig(monkeypatch)
+    model = _mlp_ensemble()
+    with matplotlib.rc_context({"figure.figsize": (3.0, 3.0), "figure.dpi": 50, "savefig.dpi": 72,
+                                "lines.linewidth": 3.0, "legend.fontsize": "large"}):
+        paths = model.write_figures(tmp_path / "nested" / "figures")
+    assert paths == [tmp_path / "nested" / "figures" / "complementary_importance.png"]
+    assert len(saved) == 1
+    fig, path, kwargs = saved[0]
+    assert path == paths[0] and path.is_file()
+    ax = fig.axes[0]
+    _check_frame(fig, ax, path, kwargs, ["round 1 (uniform)"])
+    (line,) = ax.get_lines()
+    assert list(line.get_xdata()) == list(range(10))
+    assert list(line.get_ydata()) == pytest.approx([1.0] * 10)  # 1/10 each, times 10 classes
+    assert line.get_marker() == "o"
+    assert ax.get_xlabel() == "class index"
+    assert ax.get_ylabel() == "importance x N (mean 1)"
+    assert ax.get_title() == "Class importance each round trains with"
+
+
+def test_write_figures_importance_and_accuracy_after_two_rounds(tmp_path, monkeypatch):
+    saved = _record_savefig(monkeypatch)
+    model = _mlp_ensemble()
+    _complete(model, 0, _ROUND1)
+    _complete(model, 1, _ROUND2)
+    paths = model.write_figures(tmp_path / "a" / "b")
+    assert [p.name for p in paths] == ["complementary_importance.png", "complementary_class_accuracy.png"]
+    assert [p for _, p, _ in saved] == paths
+    ax = saved[0][0].axes[0]
+    assert [line.get_label() for line in ax.get_lines()] == ["round 1 (uniform)", "round 2", "round 3"]
+    ax = saved[1][0].axes[0]
+    assert [line.get_label() for line in ax.get_lines()] == ["member 1", "member 2"]
+
+
+def test_write_figures_after_every_round_draws_ranked_importance_and_masked_accuracy(tmp_path, monkeypatch):
+    import matplotlib
+
+    model = _mlp_ensemble()
+    for t, spec in enumerate((_ROUND1, _ROUND2, _ROUND3, _ROUND4)):
+        _complete(model, t, spec)
+    saved = _record_savefig(monkeypatch)
+    with matplotlib.rc_context({"figure.figsize": (3.0, 3.0), "figure.dpi": 50, "savefig.dpi": 72,
+                                "lines.linewidth": 3.0, "legend.fontsize": "large"}):
+        paths = model.write_figures(tmp_path / "x" / "y")
+    assert paths == [tmp_path / "x" / "y" / "complementary_importance.png",
+                     tmp_path / "x" / "y" / "complementary_class_accuracy.png"]
+    assert [p for _, p, _ in saved] == paths and all(p.is_file() for p in paths)
+    order = _ROUND1_ORDER
+
+    # Importance: the uniform row, the rows rounds 2-4 trained with, and the row after round 4; x N = 10.
+    fig, path, kwargs = saved[0]
+    ax = fig.axes[0]
+    _check_frame(fig, ax, path, kwargs, ["round 1 (uniform)", "round 2", "round 3", "round 4", "after round 4"])
+    lines = ax.get_lines()
+    for row, line in enumerate(lines):
+        expected = [float(model.importance[row, c]) * 10 for c in order]
+        assert list(line.get_xdata()) == list(range(10))
+        assert list(line.get_ydata()) == pytest.approx(expected, rel=1e-12)
+        assert line.get_marker() == "o"
+    assert list(lines[0].get_ydata()) == pytest.approx([1.0] * 10)
+    # The rounds moved weight between classes, so the ranking shows in the drawn rows.
+    assert len({round(v, 9) for v in lines[1].get_ydata()}) > 2
+    assert ax.get_xlabel() == _RANKED_BY
+    assert ax.get_ylabel() == "importance x N (mean 1)"
+    assert ax.get_title() == "Class importance each round trains with"
+
+    # Held-out accuracy, ranked as above; NaN where the round had no image of the class.
+    nan = float("nan")
+    expected = [
+        [0.0, 0.0, 0.25, 0.25, 0.5, 0.5, 0.75, 1.0, 1.0, nan],   # member 1: class 7 unmeasured
+        [1.0, 1.0, nan, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.5],      # member 2: class 3 unmeasured
+        [1.0] * 10,                                             # member 3: all right
+        [0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0],      # member 4: even classes right
+    ]
+    fig, path, kwargs = saved[1]
+    ax = fig.axes[0]
+    _check_frame(fig, ax, path, kwargs, ["member 1", "member 2", "member 3", "member 4"])
+    for line, want in zip(ax.get_lines(), expected):
+        assert list(line.get_xdata()) == list(range(10))
+        np.testing.assert_array_equal(np.asarray(line.get_ydata(), dtype=float), np.array(want))
+        assert line.get_marker() == "o"
+    assert ax.get_xlabel() == _RANKED_BY
+    assert ax.get_ylabel() == "held-out top-1 accuracy"
+    assert ax.get_ylim() == pytest.approx((-0.02, 1.02))
+    assert ax.get_title() == "Each class's held-out accuracy, per round"
+
+
+@pytest.mark.parametrize("num_classes, marker", [(30, "o"), (31, "None")])
+def test_write_figures_marks_points_up_to_30_classes(tmp_path, monkeypatch, num_classes, marker):
+    saved = _record_savefig(monkeypatch)
+    model = _mlp_ensemble(num_classes=num_classes)
+    model.write_figures(tmp_path)
+    (line,) = saved[0][0].axes[0].get_lines()
+    assert line.get_marker() == marker
+    assert list(line.get_xdata()) == list(range(num_classes))
+
+
+def test_write_figures_with_one_class_and_with_none(tmp_path):
+    one = _mlp_ensemble(num_classes=1)
+    assert one.write_figures(tmp_path / "one") == [tmp_path / "one" / "complementary_importance.png"]
+    model = _mlp_ensemble()
+    model.reset_classifier(0)
+    assert model.num_classes == 0
+    assert model.write_figures(tmp_path / "none" / "deeper") == []
+    assert not (tmp_path / "none").exists()
