@@ -1299,3 +1299,472 @@ def test_write_figures_with_one_class_and_with_none(tmp_path):
     assert model.num_classes == 0
     assert model.write_figures(tmp_path / "none" / "deeper") == []
     assert not (tmp_path / "none").exists()
+
+
+
+# --- building: first_member_weights, pretrained_cfg names ------------------------------------------------------------
+
+def test_first_member_true_or_a_tag_of_its_architecture_asks_timm_for_pretrained_weights(monkeypatch, tmp_path):
+    """True means the member's timm default weights, a string '<arch>.<tag>' that is not a path a timm tag: both
+    go to timm.create_model(pretrained=True) with the member's class count, channels and arguments (spied here, so
+    no download); a local file whose name happens to look like a tag is read as a file."""
+    from safetensors.torch import save_file
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(5)
+    source = timm.create_model("mlp_mnist")
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, "mlp_mnist.safetensors")
+    torch.manual_seed(6)
+    file_member = timm.create_model("mlp_mnist")
+    calls = []
+    stand_in = torch.nn.Identity()
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        return stand_in
+
+    monkeypatch.setattr(timm, "create_model", spy)
+    member = torch.nn.Linear(2, 2)
+    for weights in (True, "mlp_mnist.some_tag", "mlp_mnist.tag.v2"):
+        assert cm._load_first_member(member, "mlp_mnist", weights, 7, 2, {"hidden": 8}) is stand_in
+    asked = dict(pretrained=True, num_classes=7, in_chans=2, hidden=8)
+    assert calls == [(("mlp_mnist",), asked), (("mlp_mnist.some_tag",), asked), (("mlp_mnist.tag.v2",), asked)]
+
+    # A file in the working directory named like a tag of the architecture: it exists, so it is a file.
+    calls.clear()
+    member = file_member
+    loaded = cm._load_first_member(member, "mlp_mnist", "mlp_mnist.safetensors", 10, 1, {})
+    assert calls == [] and loaded is member
+    for name, value in source.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+
+
+def test_first_member_weights_from_a_folder_or_a_state_dict_and_the_refusals(monkeypatch, tmp_path):
+    from safetensors.torch import save_file
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(1)
+    source = timm.create_model("mlp_mnist")
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(folder / "model.safetensors"))
+    # A folder (as a Path) holding model.safetensors, and a state_dict: the member takes exactly those weights.
+    for weights in (folder, str(folder), source.state_dict()):
+        torch.manual_seed(2)
+        member = timm.create_model("mlp_mnist")
+        assert cm._load_first_member(member, "mlp_mnist", weights, 10, 1, {}) is member
+        for name, value in source.state_dict().items():
+            assert torch.equal(member.state_dict()[name], value), (type(weights).__name__, name)
+
+    # A state_dict for another class count: the hidden layer is taken, the classifier starts fresh (the member's own).
+    torch.manual_seed(3)
+    four = timm.create_model("mlp_mnist", num_classes=4)
+    torch.manual_seed(4)
+    member = timm.create_model("mlp_mnist")
+    own_fc = member.fc.weight.detach().clone()
+    cm._load_first_member(member, "mlp_mnist", four.state_dict(), 10, 1, {})
+    assert torch.equal(member.hidden_layers[0].weight, four.hidden_layers[0].weight)
+    assert torch.equal(member.fc.weight, own_fc)
+
+    # A plain module without a pretrained_cfg takes a state_dict too.
+    linear = torch.nn.Linear(3, 2)
+    cm._load_first_member(linear, "linear", {"weight": torch.ones(2, 3), "bias": torch.zeros(2)}, 2, 3, {})
+    assert linear.weight.tolist() == [[1.0] * 3] * 2 and linear.bias.tolist() == [0.0, 0.0]
+
+    # Weights of another shape: the error says where they came from and which architecture they do not fit.
+    narrow = timm.create_model("mlp_mnist", hidden=50).state_dict()
+    with pytest.raises(StateDictMismatchError,
+                       match=r"^Weights from first_member_weights \(state_dict\) do not fit MLP \(mlp_mnist\)"):
+        cm._load_first_member(timm.create_model("mlp_mnist"), "mlp_mnist", narrow, 10, 1, {})
+    with pytest.raises(IncompatibleConfigError,
+                       match=r"^first_member_weights must be True, a timm tag, a path or a state_dict; got int\.$"):
+        cm._load_first_member(timm.create_model("mlp_mnist"), "mlp_mnist", 3, 10, 1, {})
+    # A tag of another architecture is neither a file nor a tag of this one.
+    with pytest.raises(IncompatibleConfigError,
+                       match=r"^first_member_weights='resnet18\.a1_in1k' is neither a file nor a timm tag of "
+                             r"'mlp_mnist' \(e\.g\. 'mlp_mnist\.<tag>'\)"):
+        cm._load_first_member(timm.create_model("mlp_mnist"), "mlp_mnist", "resnet18.a1_in1k", 10, 1, {})
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(IncompatibleConfigError, match="neither a file nor a timm tag"):
+        cm._load_first_member(timm.create_model("mlp_mnist"), "mlp_mnist", empty, 10, 1, {})
+
+
+def test_first_member_weights_for_rgb_are_adapted_to_the_members_channels_by_its_first_conv():
+    """The member's pretrained_cfg names its first convolution (stem.0): 3-channel weights given to a 1-channel
+    member are summed over the input channels (timm's rule), not refused."""
+    torch.manual_seed(0)
+    source = timm.create_model("cifar_resnet20")
+    member = timm.create_model("cifar_resnet20", in_chans=1)
+    cm._load_first_member(member, "cifar_resnet20", source.state_dict(), 10, 1, {})
+    w = source.stem[0].weight.detach()
+    assert member.stem[0].weight.shape == (16, 1, 3, 3)
+    assert torch.allclose(member.stem[0].weight, w[:, 0:1] + w[:, 1:2] + w[:, 2:3], atol=1e-6)
+    assert torch.equal(member.fc.weight, source.fc.weight)
+
+
+def test_registered_variants_name_every_members_first_conv_and_classifier():
+    expected = {
+        "complementary_resnet50_x4": ("conv1", "fc", (7, 7), (3, 224, 224)),
+        "complementary_densenet121_x4": ("features.conv0", "classifier", (7, 7), (3, 224, 224)),
+        "complementary_alexnet_x4": ("features.0", "classifier.6", (6, 6), (3, 224, 224)),
+        "complementary_resnet56_x4": ("stem.0", "fc", (8, 8), (3, 32, 32)),
+        "complementary_densenet_bc_k12_x4": ("stem", "fc", (8, 8), (3, 32, 32)),
+        "complementary_mlp_x4": ("hidden_layers.0", "fc", None, (1, 28, 28)),
+    }
+    for name, (conv, classifier, pool, size) in expected.items():
+        cfg = timm.models.get_pretrained_cfg(name).to_dict()
+        assert cfg["first_conv"] == tuple(f"members.{i}.{conv}" for i in (0, 1, 2, 3)), name
+        assert cfg["classifier"] == tuple(f"members.{i}.{classifier}" for i in (0, 1, 2, 3)), name
+        assert cfg.get("pool_size") == pool and tuple(cfg["input_size"]) == size, name
+    mlp = timm.models.get_pretrained_cfg("complementary_mlp_x4").to_dict()
+    assert mlp["first_conv"] == ("members.0.hidden_layers.0", "members.1.hidden_layers.0",
+                                 "members.2.hidden_layers.0", "members.3.hidden_layers.0")
+    assert mlp["classifier"] == ("members.0.fc", "members.1.fc", "members.2.fc", "members.3.fc")
+    # The names are modules of the built ensembles.
+    for name in ("complementary_mlp_x4", "complementary_alexnet_x4"):
+        with torch.device("meta"):
+            model = timm.create_model(name)
+        modules = dict(model.named_modules())
+        for module in model.pretrained_cfg["first_conv"] + model.pretrained_cfg["classifier"]:
+            assert module in modules, (name, module)
+
+
+def test_prefixed_names_go_member_by_member_and_the_generic_ensemble_uses_them():
+    assert cm._prefixed(None, 3) is None
+    assert cm._prefixed("fc", 2) == ("members.0.fc", "members.1.fc")
+    assert cm._prefixed(("head", "head_dist"), 2) == (
+        "members.0.head", "members.0.head_dist", "members.1.head", "members.1.head_dist")
+    assert cm._prefixed(["a"], 3) == ("members.0.a", "members.1.a", "members.2.a")
+    with torch.device("meta"):
+        model = collab_zoo.create_model("complementary", member="deit_tiny_distilled_patch16_224", tau=2)
+    assert model.pretrained_cfg["classifier"] == (
+        "members.0.head", "members.0.head_dist", "members.1.head", "members.1.head_dist")
+    assert model.pretrained_cfg["first_conv"] == ("members.0.patch_embed.proj", "members.1.patch_embed.proj")
+
+
+# --- timm's interface -----------------------------------------------------------------------------------------------
+
+def test_channel_dim_is_the_last_for_nhwc_members_and_token_sequences_else_one():
+    nchw, nhwc = torch.nn.Identity(), torch.nn.Identity()
+    nhwc.output_fmt = "NHWC"
+    dim = cm.ComplementaryEnsemble._channel_dim
+    assert dim(nchw, torch.zeros(2, 5)) == 1          # pooled [B, C]
+    assert dim(nchw, torch.zeros(2, 5, 3, 3)) == 1    # NCHW map
+    assert dim(nchw, torch.zeros(2, 7, 5)) == -1      # tokens [B, L, C]
+    assert dim(nhwc, torch.zeros(2, 3, 3, 5)) == -1   # NHWC map
+    assert dim(nhwc, torch.zeros(2, 5)) == -1
+
+
+def test_forward_head_gives_the_eq9_mixture_of_every_completed_member():
+    model = _mlp_ensemble().eval()
+    x = torch.randn(3, 1, 28, 28)
+    gammas = [0.2, 0.5, 0.3, 0.9]
+    with torch.no_grad():
+        model.gammas.copy_(torch.tensor(gammas))
+        model.rounds_completed.fill_(4)
+        features = model.forward_features(x)
+        out = model.forward_head(features)
+        pre = model.forward_head(features, pre_logits=True)
+        logits = [model.members[t](x).double() for t in range(4)]
+        hidden = [model.members[t].forward_features(x) for t in range(4)]
+    # Eq. 9 by hand: weights log(1/gamma_t) / sum, a mixture of the members' softmax probabilities, its log.
+    alpha = [math.log(1 / g) for g in gammas]
+    for b in range(3):
+        mixed = [sum(a / sum(alpha) * math.exp(l[b, c]) / sum(math.exp(v) for v in l[b].tolist())
+                     for a, l in zip(alpha, logits)) for c in range(10)]
+        assert out[b].tolist() == pytest.approx([math.log(m) for m in mixed], abs=1e-5)
+    # pre_logits: the members' 300 hidden units side by side, member by member.
+    assert pre.shape == (3, 1200)
+    for t in range(4):
+        assert torch.allclose(pre[:, 300 * t:300 * (t + 1)], hidden[t])
+
+
+def test_forward_head_of_a_one_class_ensemble_is_log_one():
+    model = _mlp_ensemble(num_classes=1).eval()
+    with torch.no_grad():
+        out = model.forward_head(model.forward_features(torch.randn(2, 1, 28, 28)))
+    assert out.shape == (2, 1) and out.abs().max().item() < 1e-6
+
+
+def test_reset_classifier_to_no_classes_resets_every_member_and_the_record(caplog):
+    import logging
+
+    model = _mlp_ensemble()
+    model.complete_round(0, (torch.randn(30, 10),), torch.arange(30) % 10)
+    with caplog.at_level(logging.INFO, logger="collab_zoo.methods.complementary"):
+        model.reset_classifier(0)
+    assert "reset_classifier: the boosting record of 1 completed round(s) is cleared." in caplog.messages
+    assert model.num_classes == 0 and [m.num_classes for m in model.members] == [0, 0, 0, 0]
+    assert all(isinstance(m.fc, torch.nn.Identity) for m in model.members)
+    assert model.importance.shape == (5, 0) and int(model.rounds_completed) == 0
+    model.eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        hidden = torch.cat([m.forward_features(x) for m in model.members], dim=1)
+        assert torch.allclose(model.forward_head(features), hidden) and features.shape == (2, 1200)
+
+
+def test_nhwc_members_are_joined_on_the_last_dim_and_reset_classifier_passes_the_pool_on():
+    """Swin members give NHWC maps: features side by side on the last dim; after reset_classifier(0, '') the head
+    neither pools nor classifies, so forward_head gives the unpooled maps back."""
+    torch.manual_seed(0)
+    model = collab_zoo.create_model("complementary", member="swin_tiny_patch4_window7_224", tau=2, num_classes=3,
+                                    img_size=32, window_size=4, embed_dim=8, depths=(2,), num_heads=(1,)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        own = [m.forward_features(x) for m in model.members]
+        assert own[0].shape == (2, 8, 8, 8)
+        assert torch.equal(features, torch.cat(own, dim=3))
+        assert model.forward_head(features).shape == (2, 3)
+        pooled = model.forward_head(features, pre_logits=True)
+        assert torch.allclose(pooled, torch.cat([m.forward_head(f, pre_logits=True) for m, f in zip(model.members, own)],
+                                                dim=1))
+        model.reset_classifier(0, "")
+        assert model.num_classes == 0 and [m.num_classes for m in model.members] == [0, 0]
+        assert torch.equal(model.forward_head(features), features)
+
+
+# --- weights: a checkpoint for another class count ------------------------------------------------------------------
+
+def test_remap_pretrained_keys_keeps_the_checkpoint_and_starts_the_record_fresh_for_another_class_count(caplog):
+    import logging
+
+    model = _mlp_ensemble()
+    state = model.state_dict()
+    older = {k: v for k, v in state.items() if k != "class_counts"}
+    remapped = model.remap_pretrained_keys(older)
+    assert set(remapped) == set(state) and remapped["class_counts"].tolist() == [0] * 10
+    for name, value in older.items():
+        assert remapped[name] is value, name
+
+    seven = _mlp_ensemble(num_classes=7)
+    with caplog.at_level(logging.INFO, logger="collab_zoo.methods.complementary"):
+        fresh = seven.remap_pretrained_keys(dict(state))
+    assert "The checkpoint's boosting record is for 10 classes; it starts fresh for 7." in caplog.messages
+    assert fresh["importance"].shape == (5, 7) and fresh["importance"].flatten().tolist() == pytest.approx([1 / 7] * 35)
+    assert fresh["gammas"].tolist() == [1.0] * 4 and fresh["class_counts"].tolist() == [0] * 7
+    assert fresh["members.1.hidden_layers.0.weight"] is state["members.1.hidden_layers.0.weight"]
+
+
+# --- the authors' round files ---------------------------------------------------------------------------------------
+
+def test_released_numpy_globals_allow_every_numeric_dtype_under_both_module_paths_without_numpy_core():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy 2 warns on its deprecated numpy.core; the reader takes numpy._core
+        allowed = cm._released_numpy_globals()
+    assert np.ndarray in allowed and np.dtype in allowed
+    for code in "?bBhHiIlLqQefdgFD":
+        assert type(np.dtype(code)) in allowed, code
+    named = {name for entry in allowed if isinstance(entry, tuple) for name in entry[1:]}
+    assert named == {"numpy.core.multiarray.scalar", "numpy.core.multiarray._reconstruct",
+                     "numpy._core.multiarray.scalar", "numpy._core.multiarray._reconstruct"}
+
+
+def test_a_round_file_is_read_into_exact_float64_numbers(tmp_path):
+    path = tmp_path / "round.pth"
+    weight, bias = torch.randn(4, 3), torch.randn(4)
+    torch.save({"beta": 0.3, "model": {"module.fc.weight": weight, "fc.bias": bias},
+                "distribution": [0.1, 0.2, 0.3, 0.4], "ap": [0.9, 0.5, 0.25, 0.7],
+                "counts": np.arange(4, dtype=np.uint32), "half": np.float16(0.5), "pair": np.zeros(2, np.complex64)},
+               path)
+    record = cm.read_complementary_round(path)
+    assert record["path"] == path and record["gamma"] == 0.3
+    assert record["distribution"].dtype == torch.float64 and record["distribution"].tolist() == [0.1, 0.2, 0.3, 0.4]
+    assert record["accuracy"].dtype == torch.float64 and record["accuracy"].tolist() == [0.9, 0.5, 0.25, 0.7]
+    assert set(record["state_dict"]) == {"fc.weight", "fc.bias"}
+    assert torch.equal(record["state_dict"]["fc.weight"], weight) and torch.equal(record["state_dict"]["fc.bias"], bias)
+    torch.save({"beta": np.float32(0.25), "model": {}, "distribution": np.ones(3, np.float32)}, path)
+    record = cm.read_complementary_round(path)
+    assert record["gamma"] == 0.25 and record["accuracy"] is None and record["distribution"].tolist() == [1.0] * 3
+
+
+def test_numbers_and_vectors_of_the_wrong_shape_or_kind_are_errors():
+    where = Path("round.pth")
+    assert cm._as_number(0.3, "beta", where) == 0.3
+    assert cm._as_number(torch.tensor([[0.5]]), "beta", where) == 0.5
+    assert cm._as_number(np.float32(0.25), "beta", where) == 0.25
+    for bad in ("abc", None, [0.2, 0.3], [], float("nan"), float("inf")):
+        with pytest.raises(IncompatibleConfigError, match=r": 'beta' should be one finite number, got "):
+            cm._as_number(bad, "beta", where)
+    vector = cm._as_vector([0.1, 0.2], "ap", where)
+    assert vector.dtype == torch.float64 and vector.tolist() == [0.1, 0.2]
+    assert cm._as_vector(np.array([[1, 2], [3, 4]]), "ap", where).tolist() == [1.0, 2.0, 3.0, 4.0]
+    for bad in ("abc", [[1, 2], [3]], {"a": 1}):
+        with pytest.raises(IncompatibleConfigError, match=r": 'ap' should be a vector of per-class numbers\.$"):
+            cm._as_vector(bad, "ap", where)
+
+
+def test_malformed_round_files_are_refused_with_what_is_wrong(tmp_path):
+    path = tmp_path / "round.pth"
+    good = {"beta": 0.3, "model": {"fc.bias": torch.zeros(4)}, "distribution": torch.ones(4), "ap": torch.ones(4)}
+    cases = [
+        ([3, 1], r"is not a complementary-networks round file: it needs \['beta', 'model', 'distribution'\], "
+                 r"it has list\.$"),
+        ({"zeta": 1, "model": {}}, r"is not a complementary-networks round file: it needs \['beta', 'model', "
+                                   r"'distribution'\], it has \['model', 'zeta'\]\.$"),
+        (dict(good, beta="abc"), r": 'beta' should be one finite number, got 'abc'\.$"),
+        (dict(good, beta=[0.2, 0.3]), r": 'beta' should be one finite number, got \[0\.2, 0\.3\]\.$"),
+        (dict(good, beta=float("nan")), r": 'beta' should be one finite number, got nan\.$"),
+        (dict(good, beta=0.0), r": beta \(gamma_t\) = 0\.0 is outside \(0, 1\)"),
+        (dict(good, beta=1.0), r": beta \(gamma_t\) = 1\.0 is outside \(0, 1\)"),
+        (dict(good, distribution="abc"), r": 'distribution' should be a vector of per-class numbers\.$"),
+        (dict(good, distribution=torch.tensor([1.0, 0.0, 1.0, 1.0])),
+         r": 'distribution' must hold positive finite class weights\.$"),
+        (dict(good, distribution=torch.tensor([1.0, -1.0, 1.0, 1.0])),
+         r": 'distribution' must hold positive finite class weights\.$"),
+        (dict(good, distribution=torch.tensor([1.0, math.inf, 1.0, 1.0])),
+         r": 'distribution' must hold positive finite class weights\.$"),
+        (dict(good, ap="abc"), r": 'ap' should be a vector of per-class numbers\.$"),
+        (dict(good, ap=torch.ones(3)), r": 'ap' has 3 classes, 'distribution' 4\.$"),
+    ]
+    for obj, message in cases:
+        torch.save(obj, path)
+        with pytest.raises(IncompatibleConfigError, match=message):
+            cm.read_complementary_round(path)
+
+
+def _round(name, distribution, accuracy=None, gamma=0.3):
+    return {"path": Path(name), "distribution": torch.tensor(distribution, dtype=torch.float64),
+            "accuracy": None if accuracy is None else torch.tensor(accuracy, dtype=torch.float64), "gamma": gamma}
+
+
+def _authors_update(distribution, accuracy, beta):
+    """The released code's update by hand: w * beta ** ap (an unmeasured class counts as right), mean 1."""
+    raw = [w * beta ** (1.0 if math.isnan(a) else a) for w, a in zip(distribution, accuracy)]
+    return [r * len(raw) / sum(raw) for r in raw]
+
+
+def test_round_order_checks_uniform_first_weights_and_each_update_by_hand():
+    # Round 1's weights are uniform up to 1e-4 of their mean, whatever the mean.
+    cm._check_round_order([_round("r1", [2.0, 2.0, 2.0001, 2.0])])
+    cm._check_round_order([_round("r1", [0.01] * 4)])
+    for spread in ([0.01, 0.01, 0.010002, 0.01], [1.0, 1.0, 1.001, 1.0]):
+        with pytest.raises(IncompatibleConfigError, match=r"was trained with non-uniform class weights, so it is "
+                           r"not round 1\. Give the round files in order: --src ROUND1 ROUND2 ROUND3 ROUND4\.$"):
+            cm._check_round_order([_round("r1", spread)])
+
+    # A chain by the update rule passes, an unmeasured (NaN) class counting as right.
+    first_ap = [0.5, math.nan, 0.8, 0.9]
+    second = _authors_update([1.0] * 4, first_ap, 0.3)
+    second_ap = [0.6, 0.7, 0.2, 0.95]
+    third = _authors_update(second, second_ap, 0.25)
+    chain = [_round("r1", [1.0] * 4, first_ap, 0.3), _round("r2", second, second_ap, 0.25), _round("r3", third)]
+    cm._check_round_order(chain)
+    out_of_order = (r"'s class weights are not the update of .* by its beta and per-class accuracy: the files are "
+                    r"out of order or from different runs\. Give them in round order\.$")
+    # One class's weight off by 1 %: not this chain.
+    off = list(third)
+    off[2] *= 1.01
+    with pytest.raises(IncompatibleConfigError, match=out_of_order):
+        cm._check_round_order(chain[:2] + [_round("r3", off)])
+    # A round without its accuracy cannot be checked against the next, but the rounds after it still are.
+    unchecked = [_round("r1", [1.0] * 4), _round("r2", [3.0, 1.0, 1.0, 1.0], second_ap, 0.25), _round("r3", off)]
+    with pytest.raises(IncompatibleConfigError, match=out_of_order):
+        cm._check_round_order(unchecked)
+    cm._check_round_order(unchecked[:2] + [_round("r3", _authors_update([3.0, 1.0, 1.0, 1.0], second_ap, 0.25))])
+
+
+def test_rounds_with_different_class_counts_are_refused(tmp_path):
+    paths = []
+    for t, classes in enumerate((3, 4, 4, 4)):
+        path = tmp_path / f"round{t + 1}.pth"
+        torch.save({"beta": 0.3, "model": {"fc.bias": torch.zeros(classes)}, "distribution": torch.ones(classes)},
+                   path)
+        paths.append(path)
+    with pytest.raises(IncompatibleConfigError, match=r" has 4 classes, round 1 3\.$"):
+        cm.convert_complementary("resnet50", paths, tmp_path / "out")
+
+
+def test_converter_records_every_rounds_weights_and_the_importance_after_the_last_by_hand(monkeypatch, tmp_path):
+    """Four round files (a NaN accuracy for a class without held-out images, a round without 'ap'), converted with
+    a small member standing in for resnet50 (the factory is spied on: same arguments, an MLP ensemble): the Hub
+    file's round buffers are the files' numbers."""
+    import collab_zoo.factory
+    from safetensors.torch import load_file
+
+    real_create = collab_zoo.factory.create_model
+    asked = []
+
+    def stand_in(name, **kwargs):
+        asked.append((name, kwargs))
+        return real_create("complementary_mlp_x4", **kwargs)
+
+    monkeypatch.setattr(collab_zoo.factory, "create_model", stand_in)
+    betas = [0.3, 0.25, 0.2, 0.35]
+    aps = [[0.9, 0.5, math.nan, 0.7], None, [0.6, 0.8, 0.4, 0.9], [0.5, math.nan, 0.75, 1.0]]
+    distributions = [[1.0] * 4, _authors_update([1.0] * 4, aps[0], betas[0]), [0.5, 1.5, 1.0, 1.0]]
+    distributions.append(_authors_update(distributions[2], aps[2], betas[2]))
+    torch.manual_seed(0)
+    states, paths = [], []
+    for t in range(4):
+        state = timm.create_model("mlp_mnist", num_classes=4, hidden=300).state_dict()
+        record = {"beta": np.float64(betas[t]), "model": {f"module.{k}": v for k, v in state.items()},
+                  "distribution": torch.tensor(distributions[t], dtype=torch.float32)}
+        if aps[t] is not None:
+            record["ap"] = np.array(aps[t])
+        path = tmp_path / f"round{t + 1}.pth"
+        torch.save(record, path)
+        states.append(state)
+        paths.append(path)
+    out = tmp_path / "out"
+    cm.convert_complementary("resnet50", paths, out)
+    assert asked == [("complementary_resnet50_x4.in1k",
+                      dict(num_classes=4, error="hard", exponent="code", objective="weighted_ce"))]
+    saved = load_file(str(out / "model.safetensors"))
+    for t in range(4):
+        for name, value in states[t].items():
+            assert torch.equal(saved[f"members.{t}.{name}"], value), (t, name)
+    assert saved["gammas"].tolist() == pytest.approx(betas)
+    assert int(saved["rounds_completed"]) == 4 and int(saved["current_round"]) == 3
+    importance = saved["importance"].double()
+    for t in range(4):
+        total = sum(distributions[t])
+        assert importance[t].tolist() == pytest.approx([d / total for d in distributions[t]], rel=1e-6)
+    # After the last round: its weights updated by its beta and accuracy (NaN = right), normalised.
+    after = _authors_update(distributions[3], aps[3], betas[3])
+    assert importance[4].tolist() == pytest.approx([a / 4 for a in after], rel=1e-6)
+    # The per-class record: accuracy (0 where unmeasured), error 1 - accuracy (0 where unmeasured), measured.
+    assert saved["class_accuracy"][0].tolist() == pytest.approx([0.9, 0.5, 0.0, 0.7])
+    assert saved["class_error"][0].tolist() == pytest.approx([0.1, 0.5, 0.0, 0.3])
+    assert saved["class_measured"][0].tolist() == [True, True, False, True]
+    assert saved["class_accuracy"][1].tolist() == [0.0] * 4 and saved["class_measured"][1].tolist() == [False] * 4
+    assert saved["class_accuracy"][3].tolist() == pytest.approx([0.5, 0.0, 0.75, 1.0])
+    assert saved["class_error"][3].tolist() == pytest.approx([0.5, 0.0, 0.25, 0.0])
+    assert saved["class_measured"][3].tolist() == [True, False, True, True]
+    # Weighted error: the normalised weights times the measured classes' errors; without 'ap', from gamma = m/(1-m),
+    # m = 0.7 eps.
+    weighted = saved["weighted_errors"].double().tolist()
+    assert weighted[0] == pytest.approx(0.25 * 0.1 + 0.25 * 0.5 + 0.25 * 0.3, rel=1e-6)
+    assert weighted[1] == pytest.approx(0.25 / 1.25 / 0.7, rel=1e-6)
+    d2 = distributions[2]
+    assert weighted[2] == pytest.approx(sum(w / sum(d2) * (1 - a) for w, a in zip(d2, aps[2])), rel=1e-6)
+    d3 = distributions[3]
+    assert weighted[3] == pytest.approx((d3[0] * 0.5 + d3[2] * 0.25) / sum(d3), rel=1e-6)
+
+
+def test_converter_without_the_last_rounds_accuracy_keeps_its_weights_as_the_final_importance(monkeypatch, tmp_path):
+    import collab_zoo.factory
+    from safetensors.torch import load_file
+
+    real_create = collab_zoo.factory.create_model
+    monkeypatch.setattr(collab_zoo.factory, "create_model",
+                        lambda name, **kwargs: real_create("complementary_mlp_x4", **kwargs))
+    torch.manual_seed(0)
+    state = timm.create_model("mlp_mnist", num_classes=3).state_dict()
+    last = [2.0, 0.5, 0.5]
+    paths = []
+    for t, distribution in enumerate(([1.0] * 3, [1.0, 1.0, 1.0], [0.5, 2.0, 0.5], last)):
+        path = tmp_path / f"round{t + 1}.pth"
+        torch.save({"beta": 0.4, "model": state, "distribution": torch.tensor(distribution)}, path)
+        paths.append(path)
+    cm.convert_complementary("resnet50", paths, tmp_path / "out")
+    saved = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert saved["importance"][4].tolist() == pytest.approx([2 / 3, 1 / 6, 1 / 6])
+    assert saved["importance"][3].tolist() == pytest.approx([2 / 3, 1 / 6, 1 / 6])
+    assert saved["weighted_errors"].tolist() == pytest.approx([0.4 / 1.4 / 0.7] * 4)
+    assert saved["class_measured"].tolist() == [[False] * 3] * 4
