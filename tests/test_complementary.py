@@ -1768,3 +1768,19 @@ def test_converter_without_the_last_rounds_accuracy_keeps_its_weights_as_the_fin
     assert saved["importance"][3].tolist() == pytest.approx([2 / 3, 1 / 6, 1 / 6])
     assert saved["weighted_errors"].tolist() == pytest.approx([0.4 / 1.4 / 0.7] * 4)
     assert saved["class_measured"].tolist() == [[False] * 3] * 4
+
+
+def test_the_converters_command_line_needs_the_arch_and_the_round_files(tmp_path, capsys):
+    round_file = str(tmp_path / "round1.pth")
+    for argv, missing in ((["complementary", "--src", round_file], "--arch"),
+                          (["complementary", "--arch", "resnet50"], "--src"),
+                          (["complementary", "--arch", "resnet18", "--src", round_file], "invalid choice: 'resnet18'")):
+        with pytest.raises(SystemExit) as exit_info:
+            convert.main(argv + ["--out", str(tmp_path / "out")])
+        assert exit_info.value.code == 2
+        assert missing in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        convert.main(["complementary", "--help"])
+    shown = capsys.readouterr().out
+    assert "--src ROUND [ROUND ...]" in shown
+    assert "one weak-learner file per round, in round order (ROUND1 ROUND2 ROUND3 ROUND4)" in " ".join(shown.split())
