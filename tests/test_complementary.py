@@ -1784,3 +1784,67 @@ def test_the_converters_command_line_needs_the_arch_and_the_round_files(tmp_path
     shown = capsys.readouterr().out
     assert "--src ROUND [ROUND ...]" in shown
     assert "one weak-learner file per round, in round order (ROUND1 ROUND2 ROUND3 ROUND4)" in " ".join(shown.split())
+
+
+# --- the checks' boundaries (survivors of the mutation run's last pass) ----------------------------------------------
+
+def test_boosting_gamma_at_the_edges_of_its_checks():
+    for eps in (1.5, 2.0, -0.1, float("nan")):
+        with pytest.raises(IncompatibleConfigError, match=r"eps_t must lie in \[0, 1\]"):
+            cm.boosting_gamma(eps, mu=0.7)
+    for min_error in (0.0, 0.8):                               # 1/(2 mu) = 0.714...
+        with pytest.raises(IncompatibleConfigError, match=r"min_error must lie in \(0, 1/\(2 mu\)\)"):
+            cm.boosting_gamma(0.3, mu=0.7, min_error=min_error)
+    with pytest.raises(IncompatibleConfigError, match=r"min_error must lie in"):
+        cm.boosting_gamma(0.3, mu=0.5, min_error=1.0)          # exactly 1/(2 mu)
+    assert cm.boosting_gamma(0.3, mu=0.7, min_error=0.5).error == 0.5      # 0.5 < 1/(2 mu): a valid floor
+    assert not cm.boosting_gamma(1e-6, mu=0.7).floored                     # at the floor, not below it
+    exact = cm.boosting_gamma(1.0, mu=0.5)                                 # mu eps_t = 1/2 exactly: gamma_t = 1
+    assert exact.clamped and exact.value == cm.WEAK_MEMBER_GAMMA
+    plain = cm.boosting_gamma(0.4, mu=0.7)
+    assert plain.error == 0.4 and plain.value == pytest.approx(0.28 / 0.72) and not plain.floored
+
+
+def test_gammas_and_importance_at_the_edges_of_their_checks():
+    phi = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    for gamma in (0.0, 1.0, 1.5):
+        with pytest.raises(IncompatibleConfigError, match=r"gamma_t must lie in \(0, 1\)"):
+            cm.update_importance(phi, torch.zeros(2), gamma)
+    with pytest.raises(IncompatibleConfigError, match=r"every gamma_t must lie in \(0, 1\)"):
+        cm.member_weights_from_gammas([0.0, 0.5])
+    for bad in ([float("nan"), 1.0], [float("inf"), 1.0], [-1.0, 2.0]):
+        with pytest.raises(IncompatibleConfigError, match="class importance must be finite and non-negative"):
+            cm.normalise_importance(torch.tensor(bad))
+    with pytest.raises(IncompatibleConfigError, match="class importance is zero for every class"):
+        cm.normalise_importance(torch.zeros(3))
+    assert cm.normalise_importance(torch.tensor([0.0, 1.0, 3.0])).tolist() == [0.0, 0.25, 0.75]
+    with pytest.raises(IncompatibleConfigError, match=r"min_error must lie in"):
+        _mlp_ensemble(min_error=0.0)
+
+
+def test_class_counts_of_an_empty_loader_without_targets_is_an_error_in_words():
+    class Empty(torch.utils.data.Dataset):
+        def __len__(self):
+            return 0
+
+        def __getitem__(self, i):
+            raise IndexError(i)
+
+    with pytest.raises(IncompatibleConfigError, match="class indices"):
+        cm.class_counts_of(torch.utils.data.DataLoader(Empty(), batch_size=2), 3)
+
+
+def test_always_hard_counts_a_class_hard_in_every_round_even_when_another_class_was_not_measured():
+    model = _four_class_ensemble(error="hard")
+    targets = [0, 0, 1, 1, 2, 2, 3, 3]
+    model.complete_round(0, (_scores_right_on(targets, {0, 1}),), torch.tensor(targets))
+    # Round 2 has no image of class 3; class 0 is missed again.
+    log = model.complete_round(1, (torch.zeros(6, 4), _scores_right_on(targets[:6], {0, 1}), torch.zeros(6, 4)),
+                               torch.tensor(targets[:6]))
+    assert log["unmeasured_classes"] == 1 and log["always_hard_classes"] == 1
+
+
+def test_get_classifier_is_the_last_members_head():
+    model = _mlp_ensemble()
+    assert model.get_classifier() is model.members[3].fc
+    assert model.get_classifier(name_only=True) == "members.3.fc"
