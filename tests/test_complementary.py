@@ -18,7 +18,7 @@ import collab_zoo
 from collab_zoo import convert
 from collab_zoo.contract import TrainingRound
 from collab_zoo.errors import IncompatibleConfigError, StateDictMismatchError
-from collab_zoo.hub import save_for_hub
+from collab_zoo.hub import hub_config_json, save_for_hub
 from collab_zoo.methods import complementary as cm
 
 # Five held-out images of three classes; the hand computations below use only math and loops.
@@ -1770,6 +1770,44 @@ def test_converter_without_the_last_rounds_accuracy_keeps_its_weights_as_the_fin
     assert saved["class_measured"].tolist() == [[False] * 3] * 4
 
 
+def test_the_converted_folder_carries_the_papers_numbers_and_is_pushed_and_pinned(monkeypatch, tmp_path, hub):
+    """The Hub folder's card names the source round files and the paper's T=4 error rates; with a repo it is
+    pushed, and the hub config given is pinned to the pushed commit and the weights' sha256 (the small member
+    stands in for resnet50 as in the tests above)."""
+    import uuid
+
+    import collab_zoo.factory
+    from huggingface_hub import HfApi
+
+    real_create = collab_zoo.factory.create_model
+    monkeypatch.setattr(collab_zoo.factory, "create_model",
+                        lambda name, **kwargs: real_create("complementary_mlp_x4", **kwargs))
+    torch.manual_seed(0)
+    state = timm.create_model("mlp_mnist", num_classes=3).state_dict()
+    paths = []
+    for t in range(4):
+        path = tmp_path / f"weak{t + 1}.pth"
+        torch.save({"beta": 0.4, "model": state, "distribution": torch.ones(3)}, path)
+        paths.append(path)
+    pin = tmp_path / "complementary_resnet50_x4.in1k.json"
+    pin.write_text(json.dumps({"architecture": "complementary_resnet50_x4", "status": "to convert"}))
+    repo = f"test/complementary-{uuid.uuid4().hex[:8]}"
+    result = cm.convert_complementary("resnet50", paths, tmp_path / "out", push=repo, hub_config=pin)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert ("4 complementary resnet50 networks trained by the paper's authors in class-level boosting rounds "
+            "(converted from weak1.pth, weak2.pth, weak3.pth, weak4.pth)") in card
+    assert "22.12" in card and "6.79" in card
+    assert "Embedding Complementary Deep Networks for Image Classification" in card
+    assert result["model"] == "complementary_resnet50_x4.in1k" and result["repo"] == repo
+    pinned = json.loads(pin.read_text())
+    assert (pinned["hf_hub_id"], pinned["revision"], pinned["sha256"]) == (repo, result["revision"], result["sha256"])
+    assert "status" not in pinned
+    files = HfApi().list_repo_files(repo, revision=result["revision"])
+    assert {"model.safetensors", "config.json", "README.md"} <= set(files)
+    with pytest.raises(IncompatibleConfigError, match="--write-hub-config needs --push-to-hub"):
+        cm.convert_complementary("resnet50", paths, tmp_path / "again", hub_config=pin)
+
+
 def test_the_converters_command_line_needs_the_arch_and_the_round_files(tmp_path, capsys):
     round_file = str(tmp_path / "round1.pth")
     for argv, missing in ((["complementary", "--src", round_file], "--arch"),
@@ -1848,3 +1886,273 @@ def test_get_classifier_is_the_last_members_head():
     model = _mlp_ensemble()
     assert model.get_classifier() is model.members[3].fc
     assert model.get_classifier(name_only=True) == "members.3.fc"
+
+
+# --- the members' eval forwards ------------------------------------------------------------------------------------
+
+def _forward_calls(model):
+    """How many times each member's own forward ran (a vmapped forward runs the first member's module once)."""
+    calls = [0] * model.tau
+    for i, member in enumerate(model.members):
+        member.register_forward_hook(lambda module, args, out, i=i: calls.__setitem__(i, calls[i] + 1))
+    return calls
+
+
+def test_scores_of_members_without_indices_gives_every_members_own_logits_in_order():
+    model = _mlp_ensemble().eval()
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        scores = model.scores_of_members(x)
+        own = [m(x) for m in model.members]
+        assert len(scores) == 4 and all(torch.equal(s, o) for s, o in zip(scores, own))
+        assert [torch.equal(s, o) for s, o in zip(model.scores_of_members(x, [2, 0]), (own[2], own[0]))] == [True] * 2
+
+
+def test_batched_runs_the_members_as_one_vmapped_forward_and_separate_one_by_one():
+    x = torch.randn(3, 1, 28, 28)
+    results = {}
+    for mode in ("batched", "separate", "auto"):
+        model = _mlp_ensemble(ensemble_forward=mode).eval()
+        calls = _forward_calls(model)
+        with torch.no_grad():
+            results[mode] = model.scores_of_members(x)
+        # vmap calls the first member's module once with the stacked parameters of all four; the CPU's "auto" is
+        # the separate forwards (one member, or a batch of one member, is never batched).
+        assert calls == ([1, 0, 0, 0] if mode == "batched" else [1, 1, 1, 1]), mode
+        calls[:] = [0] * 4
+        with torch.no_grad():
+            model.scores_of_members(x, [1])
+        assert calls == [0, 1, 0, 0], mode
+    for mode in ("batched", "auto"):
+        for a, b in zip(results[mode], results["separate"]):
+            torch.testing.assert_close(a, b)
+
+
+def test_batched_refuses_members_that_cannot_be_vmapped_in_words():
+    torch.manual_seed(0)
+    members = [timm.create_model("mlp_mnist", hidden=h) for h in (8, 16)]
+    model = cm.ComplementaryEnsemble(members, ensemble_forward="batched").eval()
+    x = torch.randn(2, 1, 28, 28)
+    with pytest.raises(IncompatibleConfigError,
+                       match=r"ensemble_forward='batched': these members cannot run as one vmapped forward "
+                             r"\(stack expects each tensor to be equal size.*\)\. Use ensemble_forward='separate'"):
+        model.scores_of_members(x)
+    model.train()
+    with pytest.raises(IncompatibleConfigError, match="members in training mode update their statistics"):
+        model.scores_of_members(x)
+    separate = cm.ComplementaryEnsemble(members, ensemble_forward="separate").eval()
+    with torch.no_grad():
+        assert [s.shape for s in separate.scores_of_members(x)] == [(2, 10), (2, 10)]
+
+
+def test_the_cached_member_weights_follow_a_round_buffer_replaced_by_a_new_tensor():
+    """The cache of F's members is keyed by the buffers' identity as well as their versions: a buffer assigned
+    anew (version 0 again) is seen."""
+    model = _mlp_ensemble().eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        first = model(x)                                                   # round 1 alone: member 1's scores
+        assert torch.allclose(first, F.log_softmax(model.members[0](x), -1), atol=1e-6)
+        model.gammas = torch.tensor([0.5, 0.2, 1.0, 1.0])
+        model.rounds_completed = torch.tensor(2)
+        mixed = model(x)
+    alpha = [math.log(2.0), math.log(5.0)]
+    probs = [F.softmax(model.members[t](x).double(), -1) for t in range(2)]
+    expected = torch.log((alpha[0] * probs[0] + alpha[1] * probs[1]) / sum(alpha))
+    assert torch.allclose(mixed.double(), expected, atol=1e-5)
+
+
+def test_a_one_class_ensemble_scores_log_one_and_a_zero_class_one_gives_its_features():
+    x = torch.randn(2, 1, 28, 28)
+    one = _mlp_ensemble(num_classes=1).eval()
+    with torch.no_grad():
+        out = one(x)
+    assert out.shape == (2, 1) and out.abs().max().item() < 1e-6
+    none = _mlp_ensemble(num_classes=0).eval()
+    with torch.no_grad():
+        features = none(x)
+        hidden = torch.cat([m.forward_features(x) for m in none.members], dim=1)
+    assert features.shape == (2, 1200) and torch.allclose(features, hidden)
+
+
+def test_round_counters_and_class_counts_are_integers_that_half_precision_cannot_round():
+    model = _mlp_ensemble()
+    for name in ("rounds_completed", "current_round", "class_counts"):
+        assert getattr(model, name).dtype == torch.long, name
+    model.class_counts.copy_(torch.tensor([2049] * 5 + [1] * 5))
+    model.half()
+    assert model.class_counts.dtype == torch.long and model.class_counts.tolist() == [2049] * 5 + [1] * 5
+    assert model.rounds_completed.dtype == torch.long and model.current_round.dtype == torch.long
+    assert model.gammas.dtype == torch.float16
+
+
+# --- timm's feature interfaces with image members --------------------------------------------------------------------
+
+def _vit_ensemble(**kwargs):
+    """Two 3-block ViTs on 32x32 images (16 patch tokens and a class token; 16 channels each)."""
+    torch.manual_seed(0)
+    return collab_zoo.create_model("complementary", member="vit_tiny_patch16_224", tau=2, num_classes=3, img_size=32,
+                                   patch_size=8, embed_dim=16, depth=3, num_heads=2, **kwargs).eval()
+
+
+def test_forward_intermediates_passes_every_argument_on_and_joins_channels():
+    model = _vit_ensemble()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for kwargs in (dict(), dict(indices=[0]), dict(indices=[0, 2], norm=True),
+                       dict(indices=1, stop_early=True, norm=True), dict(indices=[1], output_fmt="NLC")):
+            final, levels = model.forward_intermediates(x, **kwargs)
+            own = [m.forward_intermediates(x, **kwargs) for m in model.members]
+            tokens = kwargs.get("output_fmt") == "NLC"
+            # The final features are tokens [B, 17, C] whatever the levels' format: channels last.
+            assert torch.equal(final, torch.cat([o[0] for o in own], dim=-1)), kwargs
+            assert len(levels) == len(own[0][1]), kwargs
+            for level, (a, b) in zip(levels, zip(own[0][1], own[1][1])):
+                assert torch.equal(level, torch.cat([a, b], dim=-1 if tokens else 1)), kwargs
+                assert level.shape == ((2, 16, 32) if tokens else (2, 32, 4, 4)), kwargs
+            only = model.forward_intermediates(x, intermediates_only=True, **kwargs)
+            assert len(only) == len(levels) and all(torch.equal(a, b) for a, b in zip(only, levels)), kwargs
+        # The arguments matter for these members, so each comparison above checks that it was passed on.
+        plain = model.forward_intermediates(x, indices=[0])
+        assert not torch.equal(plain[1][0], model.forward_intermediates(x, indices=[0], norm=True)[1][0])
+        assert not torch.equal(plain[0], model.forward_intermediates(x, indices=[0], stop_early=True)[0])
+        assert torch.equal(plain[0], model.forward_intermediates(x)[0])
+        assert len(model.forward_intermediates(x)[1]) == 3 and len(model.forward_intermediates(x, indices=2)[1]) == 2
+
+
+def test_forward_intermediates_of_nhwc_members_joins_their_maps_on_the_last_dim():
+    torch.manual_seed(0)
+    model = collab_zoo.create_model("complementary", member="mambaout_femto", tau=2, num_classes=3,
+                                    depths=(1, 1, 1, 1), dims=(8, 8, 8, 8)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for fmt, dim in (("NHWC", -1), ("NCHW", 1)):
+            final, levels = model.forward_intermediates(x, output_fmt=fmt)
+            own = [m.forward_intermediates(x, output_fmt=fmt) for m in model.members]
+            assert torch.equal(final, torch.cat([o[0] for o in own], dim=-1)) and final.shape == (2, 1, 1, 16)
+            for level, a, b in zip(levels, own[0][1], own[1][1]):
+                assert torch.equal(level, torch.cat([a, b], dim=dim)), fmt
+            assert levels[1].shape == ((2, 4, 4, 16) if fmt == "NHWC" else (2, 16, 4, 4))
+        # features_only with timm's FX extractor: the members' NHWC maps side by side on the last dim too.
+        torch.manual_seed(0)
+        fx = collab_zoo.create_model("complementary", member="mambaout_femto", tau=2, num_classes=3,
+                                     depths=(1, 1, 1, 1), dims=(8, 8, 8, 8), features_only=True,
+                                     feature_cls="fx").eval()
+        maps = fx(x)
+        assert [m.shape for m in maps] == [(2, 8, 8, 16), (2, 4, 4, 16), (2, 2, 2, 16), (2, 1, 1, 16)]
+        for level, a, b in zip(maps, own[0][1], own[1][1]):     # own: the NCHW levels of the same weights
+            assert torch.allclose(level, torch.cat([a, b], dim=1).permute(0, 2, 3, 1), atol=1e-6)
+
+
+def test_prune_intermediate_layers_passes_its_arguments_to_every_member():
+    model = _vit_ensemble()
+    assert model.prune_intermediate_layers() == [2]
+    for member in model.members:
+        assert len(member.blocks) == 3 and member.num_classes == 0
+        assert isinstance(member.norm, torch.nn.LayerNorm)
+    model = _vit_ensemble()
+    assert model.prune_intermediate_layers([0], prune_norm=True, prune_head=False) == [0]
+    for member in model.members:
+        assert len(member.blocks) == 1 and member.num_classes == 3
+        assert isinstance(member.norm, torch.nn.Identity)
+    model = _vit_ensemble()
+    assert model.prune_intermediate_layers(2, prune_head=False) == [1, 2]
+    assert all(m.num_classes == 3 and isinstance(m.norm, torch.nn.LayerNorm) for m in model.members)
+
+
+def test_fx_features_are_the_members_levels_side_by_side_whichever_way_fx_is_asked_for():
+    x = torch.randn(2, 3, 64, 64)
+    torch.manual_seed(0)
+    plain = collab_zoo.create_model("complementary", member="resnet18", tau=2, num_classes=5).eval()
+    with torch.no_grad():
+        expected = [torch.cat(level, dim=1) for level in zip(
+            *[m.forward_intermediates(x, indices=[1, 3], intermediates_only=True) for m in plain.members])]
+    for asked in (dict(feature_cls="fx"), dict(feature_cls="FX"), dict(feature_cfg=dict(feature_cls="fx"))):
+        torch.manual_seed(0)
+        model = collab_zoo.create_model("complementary", member="resnet18", tau=2, num_classes=5, features_only=True,
+                                        out_indices=(1, 3), **asked).eval()
+        assert isinstance(model, cm.EnsembleFeatureGraph), asked
+        assert len(model.members) == 2 and all(type(m).__name__ == "FeatureGraphNet" for m in model.members)
+        assert model.feature_info.channels() == [128, 512] and model.feature_info.reduction() == [4, 16]
+        assert model.feature_info.out_indices == (1, 3)
+        with torch.no_grad():
+            maps = model(x)
+        assert len(maps) == 2 and all(torch.equal(a, b) for a, b in zip(maps, expected)), asked
+    # The registered variants too; without 'fx', timm's own feature wrapper.
+    fx = collab_zoo.create_model("complementary_resnet56_x4", features_only=True, feature_cls="fx")
+    assert isinstance(fx, cm.EnsembleFeatureGraph) and fx.feature_info.channels()[-1] == 4 * 64
+    default = collab_zoo.create_model("complementary", member="resnet18", tau=2, features_only=True)
+    assert not isinstance(default, cm.EnsembleFeatureGraph)
+
+
+# --- the builder: what config.json records, and the members' arguments ---------------------------------------------
+
+def test_config_json_records_the_generic_ensembles_defaults_and_every_argument_given(tmp_path):
+    """What config.json's model_args must hold to build the same ensemble again: every argument the caller gave
+    (timm's create_model records those) and the defaults the builder filled in (member, tau, in_chans)."""
+    torch.manual_seed(0)
+    model = collab_zoo.create_model("complementary", member="resnet18", num_classes=5)
+    assert hub_config_json(model)["model_args"] == dict(member="resnet18", tau=4, in_chans=3, num_classes=5)
+    torch.manual_seed(0)
+    model = collab_zoo.create_model("complementary", member="resnet18", tau=3, num_classes=5, in_chans=1, mu=0.6,
+                                    error="hard", member_kwargs=dict(drop_rate=0.25), global_pool="max")
+    assert hub_config_json(model)["model_args"] == dict(
+        member="resnet18", tau=3, in_chans=1, num_classes=5, mu=0.6, error="hard",
+        member_kwargs=dict(drop_rate=0.25), global_pool="max")
+    for member in model.members:
+        assert member.conv1.weight.shape[1] == 1 and member.drop_rate == 0.25 and member.num_classes == 5
+        assert member.global_pool.pool_type == "max"
+    save_for_hub(model, tmp_path / "hub")
+    again = collab_zoo.create_model(f"local-dir:{tmp_path / 'hub'}", pretrained=True)
+    assert again.tau == 3 and again.mu == 0.6 and again.error == "hard"
+    assert again.members[2].conv1.weight.shape[1] == 1 and again.members[0].drop_rate == 0.25
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), again.eval()(x))
+
+
+def test_a_variant_builds_its_own_member_with_the_arguments_given_and_records_its_channels():
+    variant = collab_zoo.create_model("complementary_resnet56_x4", num_classes=7)
+    assert hub_config_json(variant)["model_args"] == dict(in_chans=3, num_classes=7)
+    assert all(m.num_classes == 7 and m.stem[0].weight.shape[1] == 3 for m in variant.members)
+    changed = collab_zoo.create_model("complementary_resnet56_x4", num_classes=7, shortcut="pad", in_chans=1,
+                                      objective="margin")
+    assert hub_config_json(changed)["model_args"] == dict(in_chans=1, num_classes=7, shortcut="pad",
+                                                          objective="margin")
+    assert changed.objective == "margin"
+    assert all(m.stem[0].weight.shape[1] == 1 for m in changed.members)
+    # The variant's own shortcut (1x1 projections at the two downsampling stages, 'conv') unless told otherwise.
+    def projections(member):
+        return sum(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) for m in member.modules())
+    assert projections(variant.members[0]) == 2 and projections(changed.members[0]) == 0
+    # A variant's member may be named as long as it is its own.
+    assert collab_zoo.create_model("complementary_mlp_x4", member="mlp_mnist").tau == 4
+    with pytest.raises(IncompatibleConfigError, match="complementary_mlp_x4's members are 'mlp_mnist'"):
+        collab_zoo.create_model("complementary_mlp_x4", member="resnet18")
+
+
+def test_first_member_weights_reach_the_builders_first_member_only(monkeypatch, tmp_path):
+    torch.manual_seed(3)
+    source = timm.create_model("resnet18", num_classes=5, in_chans=1)
+    state = {k: v.clone() for k, v in source.state_dict().items()}
+    model = collab_zoo.create_model("complementary", member="resnet18", tau=2, num_classes=5, in_chans=1,
+                                    first_member_weights=state)
+    for name, value in state.items():
+        assert torch.equal(model.members[0].state_dict()[name], value), name
+    assert not torch.equal(model.members[1].conv1.weight, state["conv1.weight"])
+    assert "first_member_weights" not in hub_config_json(model)["model_args"]
+    # True asks timm for the member's own pretrained weights with the builder's class count, channels and
+    # member arguments (timm.create_model is spied on here: no download).
+    real = timm.create_model
+    asked = []
+
+    def spy(name, **kwargs):
+        if kwargs.get("pretrained"):
+            asked.append((name, kwargs))
+            kwargs = dict(kwargs, pretrained=False)
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", spy)
+    collab_zoo.create_model("complementary", member="resnet18", tau=2, num_classes=5, in_chans=1,
+                            first_member_weights=True, drop_rate=0.1)
+    assert asked == [("resnet18", dict(pretrained=True, num_classes=5, in_chans=1, drop_rate=0.1))]

@@ -1056,14 +1056,17 @@ class ComplementaryEnsemble(CollabModel):
             raise IncompatibleConfigError(
                 f"{type(self.members[0]).__name__} members have no forward_intermediates, so the ensemble has no "
                 "feature pyramid; use forward_features, or a member network that timm can take features from.")
-        dim = -1 if output_fmt == "NHWC" else 1
+        # The levels come in the asked format (channels at 1 for NCHW, last for NHWC and NLC tokens); the final
+        # features in the member's own (a ViT's tokens, a MambaOut's NHWC map), joined as forward_features joins.
+        dim = 1 if output_fmt == "NCHW" else -1
         results = [m.forward_intermediates(x, indices=indices, norm=norm, stop_early=stop_early,
                                            output_fmt=output_fmt, intermediates_only=intermediates_only)
                    for m in self.members]
         if intermediates_only:
             return [torch.cat(level, dim=dim) for level in zip(*results)]
         finals, levels = zip(*results)
-        return torch.cat(finals, dim=dim), [torch.cat(level, dim=dim) for level in zip(*levels)]
+        final_dim = self._channel_dim(self.members[0], finals[0])
+        return torch.cat(finals, dim=final_dim), [torch.cat(level, dim=dim) for level in zip(*levels)]
 
     # -- timm's training hooks ----------------------------------------------------------------------------
     @torch.jit.ignore
@@ -1253,12 +1256,10 @@ class _ComplementaryBuilder:
             members[0] = _load_first_member(members[0], self.member, first_member_weights, num_classes, in_chans,
                                             member_args)
         model = ComplementaryEnsemble(members, **ensemble_args)
-        # What config.json needs to build the same ensemble again (timm's hf-hub:/local-dir: loaders).
-        model._model_args = dict(ensemble_args, in_chans=in_chans)
-        extra = {k: v for k, v in member_args.items()
-                 if self.generic or k not in self.member_defaults or self.member_defaults[k] != v}
-        if extra:
-            model._model_args["member_kwargs"] = extra
+        # What config.json needs to build the same ensemble again (timm's hf-hub:/local-dir: loaders). timm's
+        # create_model adds every keyword argument it was given to _model_args; the builder adds the defaults it
+        # filled in, which the caller did not pass.
+        model._model_args = dict(in_chans=in_chans)
         if self.generic:
             model._model_args.update(member=self.member, tau=self.tau)
         return model
@@ -1284,10 +1285,12 @@ class EnsembleFeatureGraph(nn.Module):
         out_indices = tuple(out_indices)
         self.members = nn.ModuleList([FeatureGraphNet(m, out_indices=out_indices) for m in model.members])
         self.feature_info = FeatureInfo(model.feature_info, out_indices)
+        # The FX extractor returns a member's maps in its own layout (a MambaOut's NHWC, a ViT's tokens).
+        self.channels_last = getattr(model.members[0], "output_fmt", "NCHW") == "NHWC"
 
     def forward(self, x: Tensor) -> List[Tensor]:
         levels = [member(x) for member in self.members]
-        return [torch.cat(maps, dim=1) for maps in zip(*levels)]
+        return [torch.cat(maps, dim=-1 if self.channels_last or maps[0].dim() == 3 else 1) for maps in zip(*levels)]
 
 
 def _ensemble_features(kwargs: Dict[str, Any]) -> Dict[str, Any]:
