@@ -145,6 +145,87 @@ def test_the_batched_forward_gives_the_separate_forwards_scores():
     assert auto.ensemble_forward == "auto" and not auto._batched(torch.zeros(1, device="cpu"), 2)
 
 
+def test_a_sample_weight_multiplies_the_class_importance_weight_of_a_members_own_loss():
+    """collab_loss(outputs, target, sample_weight): each image's weight is its class importance over the batch
+    mean, times its sample weight; a DCL member's loss is one cross-entropy, so the total is by hand."""
+    model = _ensemble("dcl_lenet_cifar")
+    with torch.no_grad():
+        model.importance[0] = torch.tensor(IMPORTANCE)
+    x, y = _batch("dcl_lenet_cifar")
+    sample_weight = torch.tensor([0.5, 2.0, 1.0, 0.0, 3.0, 1.5])
+    model.train()
+    outputs = model(x)
+    total, parts = model.collab_loss(outputs, y, sample_weight=sample_weight)
+    raw = [IMPORTANCE[t] for t in TARGETS]
+    ce = F.cross_entropy(outputs[0].detach(), y, reduction="none").tolist()
+    expected = sum(r / (sum(raw) / len(raw)) * s * c for r, s, c in zip(raw, sample_weight.tolist(), ce)) / len(ce)
+    assert total.item() == pytest.approx(expected, rel=1e-5)
+    assert parts["total"].item() == pytest.approx(expected, rel=1e-5)
+    # The round's loss takes the same weights (what CollabTask trains with).
+    step = model.training_round(0)
+    assert step.loss(outputs[:1], y, sample_weight)[0].item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(IncompatibleConfigError, match="sample_weight"):
+        model.collab_loss(outputs, y, sample_weight=torch.ones(4))
+
+
+class _OwnLossNet(torch.nn.Module):
+    """A member network of some method with its own loss and no classifier_names (only get_classifier)."""
+
+    num_classes = NUM_CLASSES
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(4, NUM_CLASSES)
+
+    def forward(self, x):
+        return self.head(x.flatten(1)[:, :4])
+
+    def get_classifier(self, name_only=False):
+        return "head" if name_only else self.head
+
+    def collab_loss(self, outputs, target, sample_weight=None):
+        return F.cross_entropy(outputs[-1], target), {}
+
+
+def test_classifier_names_are_each_members_own_heads():
+    model = _ensemble("dks_resnet20")
+    assert model.classifier_names() == tuple(
+        f"members.{i}.{name}" for i in range(2) for name in ("aux_heads.0.fc", "aux_heads.1.fc", "backbone.fc"))
+    plain = _ensemble("cifar_resnet20")
+    assert plain.classifier_names() == ("members.0.fc", "members.1.fc")
+    custom = cm.ComplementaryEnsemble([_OwnLossNet(), _OwnLossNet()])
+    assert custom.member_has_own_loss == (True, True)
+    assert custom.classifier_names() == ("members.0.head", "members.1.head")
+
+
+def test_the_training_members_deterministic_mode_and_unused_branches_are_the_ensembles():
+    """A stochastic 3-branch DCL member draws 2 branches per step: the third is unused in that step, and the
+    ensemble's deterministic mode is the training member's (all branches fused)."""
+    model = _ensemble("dcl_lenet_cifar", branches=3, mode="stochastic")
+    x, _ = _batch("dcl_lenet_cifar")
+    for active in (0, 1):
+        with torch.no_grad():
+            model.current_round.fill_(active)
+        member = model.members[active]
+        dcl = [m for m in member.modules() if hasattr(m, "branches") and hasattr(m, "last_active")]
+        assert len(dcl) == 1 and dcl[0].mode == "stochastic"
+        model.train()
+        torch.manual_seed(active)
+        model(x)
+        idle = [i for i in range(3) if i not in dcl[0].last_active]
+        assert len(idle) == 1
+        unused = model.parameters_left_unused()
+        other = {f"members.{1 - active}.{n}" for n, _ in model.members[1 - active].named_parameters()}
+        own_idle = {n for n in unused if n.startswith(f"members.{active}.")}
+        assert other <= unused and own_idle and all(f".branches.{idle[0]}." in n for n in own_idle)
+        with model.deterministic_mode():
+            assert dcl[0].mode == "deterministic"
+            assert all(m.mode == "stochastic" for m in model.members[1 - active].modules() if hasattr(m, "last_active"))
+            model(x)
+            assert sorted(dcl[0].last_active) == [0, 1, 2]
+        assert dcl[0].mode == "stochastic"
+
+
 def test_combinations_boosting_cannot_honour_fail_at_construction():
     with pytest.raises(IncompatibleConfigError, match="margin"):
         _ensemble("dcl_lenet_cifar", objective="margin")
