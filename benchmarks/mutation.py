@@ -405,6 +405,13 @@ def check_by_hand(name: str, recorded: Dict[str, Any], pattern: str, tests_commi
             continue
         function = survivor["mutant"].rsplit("__mutmut_", 1)[0]
         new = change[1:].strip() if change.startswith("+") else change.strip()
+        if survivor["mutant"] in removed and len(removed[survivor["mutant"]]) != 1:
+            # mutmut rewrote a statement spanning several lines: one line in its place would be a syntax error (a
+            # false kill) or land on another line (a false survivor). Such a mutant is checked through mutmut's
+            # own trampoline in the kept copy instead.
+            verdicts[survivor["mutant"]] = "not placed"
+            print(f"  {survivor['mutant']}: not placed (a change over several lines)", flush=True)
+            continue
         if len(removed.get(survivor["mutant"], [])) == 1:
             replaced = removed[survivor["mutant"]][0].strip()
         else:

@@ -2067,10 +2067,12 @@ def test_fx_features_are_the_members_levels_side_by_side_whichever_way_fx_is_ask
     with torch.no_grad():
         expected = [torch.cat(level, dim=1) for level in zip(
             *[m.forward_intermediates(x, indices=[1, 3], intermediates_only=True) for m in plain.members])]
-    for asked in (dict(feature_cls="fx"), dict(feature_cls="FX"), dict(feature_cfg=dict(feature_cls="fx"))):
+    # The levels asked for as out_indices, or inside feature_cfg beside feature_cls (the rest of it is kept).
+    for asked in (dict(feature_cls="fx", out_indices=(1, 3)), dict(feature_cls="FX", out_indices=(1, 3)),
+                  dict(feature_cfg=dict(feature_cls="fx", out_indices=(1, 3)))):
         torch.manual_seed(0)
         model = collab_zoo.create_model("complementary", member="resnet18", tau=2, num_classes=5, features_only=True,
-                                        out_indices=(1, 3), **asked).eval()
+                                        **asked).eval()
         assert isinstance(model, cm.EnsembleFeatureGraph), asked
         assert len(model.members) == 2 and all(type(m).__name__ == "FeatureGraphNet" for m in model.members)
         assert model.feature_info.channels() == [128, 512] and model.feature_info.reduction() == [4, 16]
@@ -2093,6 +2095,8 @@ def test_config_json_records_the_generic_ensembles_defaults_and_every_argument_g
     torch.manual_seed(0)
     model = collab_zoo.create_model("complementary", member="resnet18", num_classes=5)
     assert hub_config_json(model)["model_args"] == dict(member="resnet18", tau=4, in_chans=3, num_classes=5)
+    model = collab_zoo.create_model("complementary", tau=1, num_classes=5)         # the default member, ResNet-50
+    assert hub_config_json(model)["model_args"] == dict(member="resnet50", tau=1, in_chans=3, num_classes=5)
     torch.manual_seed(0)
     model = collab_zoo.create_model("complementary", member="resnet18", tau=3, num_classes=5, in_chans=1, mu=0.6,
                                     error="hard", member_kwargs=dict(drop_rate=0.25), global_pool="max")
@@ -2129,6 +2133,23 @@ def test_a_variant_builds_its_own_member_with_the_arguments_given_and_records_it
     assert collab_zoo.create_model("complementary_mlp_x4", member="mlp_mnist").tau == 4
     with pytest.raises(IncompatibleConfigError, match="complementary_mlp_x4's members are 'mlp_mnist'"):
         collab_zoo.create_model("complementary_mlp_x4", member="resnet18")
+
+
+def test_a_pretrained_ensemble_takes_its_own_weights_and_ignores_first_member_weights(tmp_path):
+    """pretrained=True loads the whole ensemble's weights, so first_member_weights (a training start) has nothing
+    to do: not even a missing file is looked at."""
+    for name, kwargs in (("complementary_mlp_x4", {}), ("complementary", dict(member="mlp_mnist", tau=2))):
+        torch.manual_seed(1)
+        source = collab_zoo.create_model(name, **kwargs)
+        save_for_hub(source, tmp_path / name)
+        torch.manual_seed(2)
+        loaded = collab_zoo.create_model(name, pretrained=True, first_member_weights="nowhere/missing.safetensors",
+                                         pretrained_cfg_overlay=dict(file=str(tmp_path / name / "model.safetensors")),
+                                         **kwargs)
+        for key, value in source.state_dict().items():
+            assert torch.equal(loaded.state_dict()[key], value), (name, key)
+    with pytest.raises(IncompatibleConfigError, match="is neither a file nor a timm tag of 'mlp_mnist'"):
+        collab_zoo.create_model("complementary_mlp_x4", first_member_weights="nowhere/missing.safetensors")
 
 
 def test_first_member_weights_reach_the_builders_first_member_only(monkeypatch, tmp_path):
