@@ -450,7 +450,8 @@ def main(argv=None) -> int:
     p.add_argument("--limit-s", type=int, default=840, help="wall-clock limit per module (a run stopped there is "
                                                             "recorded as interrupted)")
     p.add_argument("--work", default=None, help="folder for the copies (default: a new one under /tmp)")
-    p.add_argument("--keep", action="store_true", help="keep the copies (mutants/ and the run log)")
+    p.add_argument("--keep", action="store_true", help="keep the copies (mutants/ and the run log); without it a run "
+                                                       "removes only the copies it made")
     p.add_argument("--carry-on", action="store_true",
                    help="with --work of a kept run stopped by --limit-s: check only the mutants not checked yet")
     p.add_argument("--recheck-survivors", action="store_true",
@@ -512,7 +513,12 @@ def main(argv=None) -> int:
                   f"message text) in {result['seconds']:.0f} s", flush=True)
     finally:
         if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+            # Only the copies this run made: a --work folder may hold another run's kept copy (the one --by-hand
+            # reads mutmut's diffs from, or a run to --carry-on).
+            for name in args.modules:
+                shutil.rmtree(work / (f"{name}-by-hand" if args.by_hand else name), ignore_errors=True)
+            if not args.work:
+                shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
