@@ -959,3 +959,288 @@ def test_flatten_keeps_numpy_floats_and_names_the_root(tmp_path):
         flatten_state({1, 2})
     with pytest.raises(TypeError, match="^cannot store object at a.0 in a checkpoint$"):
         flatten_state({"a": [object()]})
+
+
+# --- checkpoints: the files' layout, what a failed or interrupted write leaves, and folders without a manifest -----
+
+def test_checkpoint_json_files_are_indented_by_two_spaces_for_people_to_read(tmp_path):
+    best = write_weights(tmp_path / "best", _weights(), {"top1": 55.5}, run={"model": "m"})
+    assert (best / "metrics.json").read_text() == '{\n  "top1": 55.5\n}'
+    assert (best / "run.json").read_text() == '{\n  "format": 3,\n  "args": {\n    "model": "m"\n  }\n}'
+    # manifest.json: format first, then the files by name, each with its size and sha256; a newline at the end.
+    sizes = {"metrics.json": 18, "model.safetensors": (best / "model.safetensors").stat().st_size, "run.json": 51}
+    listed = ",\n".join(
+        f'    "{name}": {{\n      "size": {size},\n      "sha256": "{hashlib.sha256((best / name).read_bytes()).hexdigest()}"'
+        "\n    }" for name, size in sizes.items())
+    assert (best / MANIFEST).read_text() == '{\n  "format": 3,\n  "files": {\n' + listed + "\n  }\n}\n"
+    last = write_checkpoint(tmp_path, rank=0, is_main=True, barrier=lambda: None, rank_state={},
+                            model_state=_weights(), optimizer_state={"state": {}},
+                            state={"progress": {"epoch": 1}, "args": {"model": "m"}})
+    assert (last / "state.json").read_text() == (
+        '{\n  "format": 3,\n  "progress": {\n    "epoch": 1\n  },\n  "args": {\n    "model": "m"\n  }\n}')
+
+
+def test_a_non_finite_optimizer_tensor_is_named_by_its_place_in_the_optimizer_state(tmp_path):
+    from collab_zoo.errors import NonFiniteError
+
+    parts = _checkpoint_parts()
+    parts["optimizer_state"]["state"][0]["momentum_buffer"][0, 1] = float("nan")
+    with pytest.raises(NonFiniteError) as e:
+        write_checkpoint(tmp_path, rank=0, is_main=True, barrier=lambda: None, rank_state={}, **parts)
+    assert "1 tensor holds NaN or infinity: optimizer.state.0.momentum_buffer (1 NaN of 4 values)" in str(e.value)
+    # An optimizer state without a "state" entry holds no tensor to check: it is written.
+    parts = _checkpoint_parts()
+    parts["optimizer_state"] = {"param_groups": [{"lr": 0.1}]}
+    last = write_checkpoint(tmp_path, rank=0, is_main=True, barrier=lambda: None, rank_state={}, **parts)
+    assert CheckpointFolder(last).state("optimizer") == {"param_groups": [{"lr": 0.1}]}
+
+
+def test_missing_parent_folders_are_made_and_a_killed_writes_staging_folder_is_emptied(tmp_path):
+    # write_weights makes every folder above the checkpoint.
+    best = write_weights(tmp_path / "new" / "run" / "checkpoints" / "best", _weights(1.0), {})
+    assert torch.equal(CheckpointFolder(best).tensors("model.safetensors")["w"], torch.full((2, 3), 1.0))
+    # A write killed half-way left .incoming-best with a file of its own; the next write empties it first.
+    stale = best.with_name(".incoming-best")
+    stale.mkdir()
+    (stale / "stale.json").write_text("{}")
+    write_weights(best, _weights(2.0), {})
+    assert set(CheckpointFolder(best).manifest["files"]) == {"model.safetensors", "metrics.json", "run.json"}
+    assert sorted(p.name for p in best.iterdir()) == ["manifest.json", "metrics.json", "model.safetensors", "run.json"]
+    assert sorted(p.name for p in best.parent.iterdir()) == ["best"]
+    stale = tmp_path / "ck" / ".incoming-last"
+    stale.mkdir(parents=True)
+    (stale / "rank7.json").write_text("{}")
+    last = write_checkpoint(tmp_path / "ck", rank=0, is_main=True, barrier=lambda: None, rank_state={},
+                            **_checkpoint_parts())
+    assert "rank7.json" not in CheckpointFolder(last).manifest["files"] and not (last / "rank7.json").exists()
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last"]
+
+
+def test_a_write_that_fails_half_way_removes_its_staging_folder_and_keeps_the_old_version(tmp_path):
+    """A file too large for the process's file size limit fails as a full disk does: EFBIG instead of ENOSPC."""
+    import resource
+    import signal
+
+    from collab_zoo.errors import RunWriteError
+
+    best = write_weights(tmp_path / "checkpoints" / "best", _weights(1.0), {})
+    last = write_checkpoint(tmp_path / "checkpoints", rank=0, is_main=True, barrier=lambda: None, rank_state={},
+                            **_checkpoint_parts(1.0))
+    big = {"w": torch.zeros(16384)}   # 64 KiB: model.safetensors goes past the 16 KiB limit
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # the write fails instead of the process being killed
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16384, hard))
+        with pytest.raises(RunWriteError) as weights_error:
+            write_weights(best, big, {})
+        with pytest.raises(RunWriteError) as checkpoint_error:
+            write_checkpoint(tmp_path / "checkpoints", rank=0, is_main=True, barrier=lambda: None, rank_state={},
+                             **{**_checkpoint_parts(2.0), "model_state": big})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    assert str(weights_error.value).startswith("Could not write the checkpoint best (File too large, EFBIG, at ")
+    assert str(checkpoint_error.value).startswith("Could not write the checkpoint last (File too large, EFBIG, at ")
+    assert str(weights_error.value).endswith("Nothing was replaced: the previous best, if there was one, is whole and "
+                                             "unchanged. Free disk space or fix the folder's permissions, then "
+                                             "continue the run with --resume.")
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best", "last"]
+    assert torch.equal(CheckpointFolder(best).tensors("model.safetensors")["w"], torch.full((2, 3), 1.0))
+    assert torch.equal(latest_checkpoint(tmp_path).tensors("model.safetensors")["w"], torch.full((2, 2), 1.0))
+    assert last == tmp_path / "checkpoints" / "last"
+
+
+def test_the_write_delay_setting_sleeps_after_each_file_and_a_bad_value_means_none(tmp_path, monkeypatch):
+    from collab_zoo.training import checkpoint
+    from collab_zoo.training.checkpoint import WRITE_DELAY_ENV
+
+    # The sleeps are recorded, not timed: write_weights writes four files (model.safetensors, metrics.json,
+    # run.json, manifest.json), each followed by the delay asked for.
+    import types
+
+    slept = []
+    # The module's own name for the time module: the process's time.sleep (the loopback Hub's threads) is untouched.
+    monkeypatch.setattr(checkpoint, "time", types.SimpleNamespace(sleep=slept.append))
+    monkeypatch.setenv(WRITE_DELAY_ENV, "0.1")
+    write_weights(tmp_path / "slow", _weights(), {})
+    assert slept == [0.1] * 4
+    for value in ("", "soon", "-1", "0"):
+        slept.clear()
+        monkeypatch.setenv(WRITE_DELAY_ENV, value)
+        write_weights(tmp_path / "quick", _weights(), {})
+        assert slept == [], value
+
+
+def test_publishing_a_missing_folder_over_a_checkpoint_fails_with_enoent_and_moves_nothing(tmp_path, monkeypatch):
+    from collab_zoo.training import checkpoint
+    from collab_zoo.training.checkpoint import publish_folder
+
+    monkeypatch.setattr(checkpoint, "_libc", None)   # the C library is looked up afresh, as in a new process
+    best = write_weights(tmp_path / "best", _weights(1.0), {})
+    # The atomic exchange itself fails: nothing is renamed (a fallback would have moved best to best.previous).
+    with pytest.raises(FileNotFoundError) as e:
+        publish_folder(tmp_path / ".incoming-best", best)
+    assert (e.value.errno, e.value.strerror, e.value.filename) == (2, "No such file or directory", str(best))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+    assert torch.equal(CheckpointFolder(best).tensors("model.safetensors")["w"], torch.full((2, 3), 1.0))
+
+
+def test_a_leftover_previous_folder_is_removed_by_the_next_publish_with_or_without_an_atomic_exchange(
+        tmp_path, monkeypatch):
+    from collab_zoo.training import checkpoint
+
+    best = write_weights(tmp_path / "best", _weights(1.0), {})
+    # A publish without an exchange was killed after its second rename: best and a stale best.previous.
+    shutil.copytree(best, tmp_path / "best.previous")
+    write_weights(best, _weights(2.0), {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+    # Where the system cannot exchange two folders (no renameat2: the state _exchange records when the C library
+    # cannot be loaded), the old version is renamed to best.previous, the new one to best, then best.previous goes.
+    monkeypatch.setattr(checkpoint, "_libc", False)
+    write_weights(best, _weights(3.0), {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+    assert torch.equal(CheckpointFolder(best).tensors("model.safetensors")["w"], torch.full((2, 3), 3.0))
+    shutil.copytree(best, tmp_path / "best.previous")
+    write_weights(best, _weights(4.0), {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+    assert torch.equal(CheckpointFolder(best).tensors("model.safetensors")["w"], torch.full((2, 3), 4.0))
+    # The reader's view between the two renames (best missing, best.previous whole) is checked above, in
+    # test_readers_use_the_previous_version_only_while_the_folder_is_missing; the writer that follows clears it.
+    best.rename(tmp_path / "best.previous")
+    write_weights(best, _weights(5.0), {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["atomic-exchange", "renames"])
+def test_a_plain_file_where_a_checkpoint_goes_is_replaced_once_and_blocks_no_later_write(tmp_path, monkeypatch,
+                                                                                         exchange):
+    """A file standing at checkpoints/best (or at a killed write's staging name) is replaced by the checkpoint
+    folder; nothing of it is left to make the next write fail."""
+    from collab_zoo.training import checkpoint
+
+    if not exchange:
+        monkeypatch.setattr(checkpoint, "_libc", False)
+    best = tmp_path / "best"
+    best.write_text("not a checkpoint")
+    (tmp_path / ".incoming-last").write_text("left by a killed write")
+    for value in (1.0, 2.0):
+        write_weights(best, _weights(value), {})
+        write_weights(tmp_path / "last", _weights(value), {})
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "last"]
+        assert torch.equal(CheckpointFolder(best).tensors("model.safetensors")["w"], torch.full((2, 3), value))
+
+
+def test_tied_kept_checkpoints_rank_in_the_order_they_came_and_a_dropped_one_already_gone_is_no_error(tmp_path):
+    # A stable sort on the metric alone, as timm's CheckpointSaver: of two ties the earlier stays ahead and is kept.
+    history = CheckpointHistory(tmp_path / "a", max_history=2, decreasing=False)
+    assert history.offer("e1", 50.0, _weights(), {}) and history.offer("e2", 50.0, _weights(), {})
+    assert history.entries == [[50.0, "e1"], [50.0, "e2"]]
+    assert history.offer("e3", 60.0, _weights(), {})
+    assert history.entries == [[60.0, "e3"], [50.0, "e1"]]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["e1", "e3"]
+    losses = CheckpointHistory(tmp_path / "b", max_history=3, decreasing=True)
+    for name in ("epoch-9", "epoch-10"):
+        assert losses.offer(name, 0.5, _weights(), {})
+    assert losses.entries == [[0.5, "epoch-9"], [0.5, "epoch-10"]]
+    # A resumed run lists epoch-0, which was removed before the run stopped; dropping it again is no error.
+    resumed = CheckpointHistory(tmp_path / "c", max_history=1, decreasing=False, entries=[[50.0, "epoch-0"]])
+    assert resumed.offer("epoch-1", 60.0, _weights(), {})
+    assert resumed.entries == [[60.0, "epoch-1"]] and sorted(p.name for p in (tmp_path / "c").iterdir()) == ["epoch-1"]
+
+
+def test_manifest_less_folders_are_judged_by_the_files_they_hold(tmp_path, caplog):
+    import logging
+
+    def folder(name, files):
+        f = tmp_path / name
+        f.mkdir(parents=True)
+        for file, text in files.items():
+            (f / file).write_text(text)
+        return f
+
+    # The format comes from state.json, else run.json: a damaged state.json does not hide run.json's format 3.
+    with pytest.raises(CorruptCheckpointError, match="is incomplete: it has no manifest.json, which every "
+                                                     "checkpoint of format 3 has"):
+        verify_checkpoint(folder("torn", {"state.json": "{", "run.json": '{"format": 3}'}))
+    with caplog.at_level(logging.WARNING, logger="collab_zoo.train"):
+        # A state.json without a format, or not an object, says no format: an older folder, used as it is.
+        for name, text in (("no-format", "{}"), ("list", "[]"), ("text-format", '{"format": "3"}')):
+            assert verify_checkpoint(folder(name, {"state.json": text, "model.safetensors": "x"})) is None
+        # config.json beside state.json or run.json is a training checkpoint's, not a Hub folder's.
+        for name, file in (("with-state", "state.json"), ("with-run", "run.json")):
+            assert verify_checkpoint(folder(name, {"config.json": "{}", file: '{"format": 2}',
+                                                   "model.safetensors": "x"})) is None
+        # state.json alone is a resumable checkpoint (format 2), found by --resume.
+        state_only = folder("state-only", {"state.json": '{"format": 2, "args": {"model": "m"}}'})
+        assert verify_checkpoint(state_only) is None
+        assert latest_checkpoint(state_only).path == state_only
+        # model.safetensors alone is a weights checkpoint: its own file, no settings.
+        weights_only = folder("weights-only", {"model.safetensors": "x"})
+        assert find_checkpoint_weights(weights_only) == (weights_only / "model.safetensors", None)
+    # run.json alone (format 3) is a checkpoint folder that lost its other files.
+    with pytest.raises(CorruptCheckpointError, match="is incomplete: it has no manifest.json"):
+        find_checkpoint_weights(folder("run-only", {"run.json": '{"format": 3}'}))
+
+
+def test_resume_and_checkpoint_paths_name_a_run_its_checkpoints_or_a_copied_folder(tmp_path):
+    last = write_checkpoint(tmp_path / "run" / "checkpoints", rank=0, is_main=True, barrier=lambda: None,
+                            rank_state={}, **_checkpoint_parts())
+    # --resume takes the run folder, its checkpoints folder, or the checkpoint itself.
+    for path in (tmp_path / "run", tmp_path / "run" / "checkpoints", last):
+        assert latest_checkpoint(path).path == last
+    # A checkpoint copied out of its run keeps its own settings (state.json)...
+    copy = tmp_path / "copied-last"
+    shutil.copytree(last, copy)
+    assert find_checkpoint_weights(copy)[1]["args"] == {"model": "m"}
+    # ...but a weights folder outside a run's checkpoints/ does not borrow a neighbouring last's settings.
+    loose = write_weights(tmp_path / "elsewhere" / "best", _weights(), {})
+    shutil.copytree(last, tmp_path / "elsewhere" / "last")
+    assert find_checkpoint_weights(loose)[1] is None
+    # A plain path (no *, ? or [) is given back as it is, existing or not, whatever its letters.
+    assert expand_checkpoint_pattern("runs/X1/checkpoints/best") == ["runs/X1/checkpoints/best"]
+
+
+def test_each_checkpoint_refusal_ends_with_what_to_do(tmp_path):
+    def refusal(error, call, *args, **kwargs):
+        with pytest.raises(error) as e:
+            call(*args, **kwargs)
+        return str(e.value)
+
+    assert refusal(IncompatibleConfigError, latest_checkpoint, tmp_path / "nowhere").endswith(
+        ": no such folder. Give a run folder (it holds checkpoints/last) or a checkpoint folder.")
+    (tmp_path / "empty").mkdir()
+    assert refusal(IncompatibleConfigError, latest_checkpoint, tmp_path / "empty").endswith(
+        ": no checkpoint there (expected a folder with state.json, or a run folder with checkpoints/last). "
+        "Checkpoints are written every --recovery-interval steps and at each epoch end.")
+    assert refusal(IncompatibleConfigError, run_folder_of, tmp_path / "loose").endswith(
+        "), so there is no run to continue. Resume the run folder, or keep checkpoints in their run's checkpoints/ "
+        "folder.")
+    best = write_weights(tmp_path / "run" / "checkpoints" / "best", _weights(), {})
+    (best / "metrics.json").unlink()
+    assert refusal(CorruptCheckpointError, verify_checkpoint, best).endswith(
+        "metrics.json is missing (the manifest lists it). Resume from or evaluate another checkpoint of the run "
+        "(checkpoints/last, checkpoints/best, checkpoints/epoch-*), or restore the folder from a backup; never edit "
+        "a checkpoint's files by hand.")
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    (hub / "config.json").write_text("{}")
+    assert refusal(IncompatibleConfigError, verify_checkpoint, hub).endswith(
+        " --pretrained (its config.json holds the model's settings and the weights' sha256).")
+    pickle = tmp_path / "w.pth"
+    pickle.write_bytes(b"\x80")
+    assert refusal(IncompatibleConfigError, find_checkpoint_weights, pickle).endswith(
+        " is not a safetensors file; only safetensors weights are read (never pickles). Convert it once with "
+        "safetensors.torch.save_file, or python -m collab_zoo.convert for the papers' files.")
+    plain = write_weights(tmp_path / "plain", _weights(), {})
+    assert refusal(IncompatibleConfigError, find_checkpoint_weights, plain, use_ema=True).endswith(
+        " has no EMA weights (ema.safetensors): the run was trained without --model-ema. Drop --use-ema to evaluate "
+        "its weights.")
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "state.json").write_text('{"format": 2, "args": {}}')
+    (legacy / "metrics.json").write_text("{")
+    assert refusal(CorruptCheckpointError, latest_checkpoint(legacy).run_state).endswith(
+        "/state.json is damaged: it lacks progress, world_size, experiment. Resume from another copy of the run, or "
+        "start a new run (--initial-checkpoint takes the weights).")
+    assert " is damaged: metrics.json is not valid JSON (Expecting " in refusal(
+        CorruptCheckpointError, CheckpointFolder(legacy).json, "metrics.json")

@@ -221,25 +221,35 @@ def publish_folder(tmp: Path, final: Path) -> None:
     if final.exists():
         if _exchange(tmp, final):
             fsync_folder(parent)
-            shutil.rmtree(tmp, ignore_errors=True)
-            if backup.exists():
-                shutil.rmtree(backup, ignore_errors=True)
+            _remove_stale(tmp)
+            _remove_stale(backup)
             return
-        if backup.exists():
-            shutil.rmtree(backup)
+        _remove_stale(backup, ignore_errors=False)
         os.replace(final, backup)
         fsync_folder(parent)
     os.replace(tmp, final)
     fsync_folder(parent)
-    if backup.exists():
-        shutil.rmtree(backup, ignore_errors=True)
+    _remove_stale(backup)
+
+
+def _remove_stale(path: Path, ignore_errors: bool = True) -> None:
+    """Remove an old version, a staging folder a killed write left, or a plain file that stood where a checkpoint
+    folder goes (a swap moves it to the staging name: left there, it would block every later write)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=ignore_errors)
+        return
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        if not ignore_errors:
+            raise
 
 
 def _fresh_incoming(final: Path) -> Path:
     """The staging folder for ``final``, emptied: a run killed while writing leaves one behind, which only this
     run (it holds the run folder's lock) may remove."""
     tmp = final.with_name(INCOMING + final.name)
-    shutil.rmtree(tmp, ignore_errors=True)
+    _remove_stale(tmp)
     tmp.mkdir(parents=True)
     return tmp
 
