@@ -5,6 +5,7 @@ answer worked out by hand in this file, never with the output of the code under 
 The evaluation model below returns logits looked up from fixed tables, so every expected figure is a count done
 on paper (the comments show the count).
 """
+import datetime
 import hashlib
 import json
 import random
@@ -182,7 +183,9 @@ def test_a_single_image_scores_100_or_0():
 def _sharded_rank(rank, world, store_path, out_path):
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", store=dist.FileStore(store_path, world), rank=rank, world_size=world)
+    # A bounded wait: a peer that never arrives fails the test in a minute instead of holding the suite.
+    dist.init_process_group("gloo", store=dist.FileStore(store_path, world), rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
     try:
         # Rank 0 has samples 0-4 (batches of 4 and 1), rank 1 samples 5-9 (batches of 3 and 2).
         shards = {0: ((4, 1), 0), 1: ((3, 2), 5)}
