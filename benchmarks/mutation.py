@@ -367,7 +367,8 @@ def check_by_hand(name: str, recorded: Dict[str, Any], pattern: str, tests_commi
     for survivors of a recorded run whose tests have since grown. Only one-line changes are placed: the recorded
     change is the new line, the line it replaced is the most similar line of its function at the recorded commit,
     and that line must appear exactly once in the same function at ``tests_commit`` (else "not placed"). With a kept
-    copy of the recorded commit in ``work``, the replaced line is mutmut's own diff's instead of the most similar."""
+    copy of the recorded commit in ``work``, the replaced line is mutmut's own diff's instead of the most similar,
+    and a statement mutmut rewrote over several lines is not placed (check it in the kept copy's trampoline)."""
     import difflib
 
     spec = MODULES[name]
