@@ -2044,6 +2044,25 @@ def test_forward_intermediates_of_nhwc_members_joins_their_maps_on_the_last_dim(
             assert torch.allclose(level, torch.cat([a, b], dim=1).permute(0, 2, 3, 1), atol=1e-6)
 
 
+def test_fx_features_of_vit_members_join_their_tokens_on_channels():
+    """timm's FX extractor gives a ViT's blocks as tokens [B, 17, 16]: the ensemble's levels are [B, 17, 32]."""
+    x = torch.randn(2, 3, 32, 32)
+    plain = _vit_ensemble()
+    torch.manual_seed(0)
+    fx = collab_zoo.create_model("complementary", member="vit_tiny_patch16_224", tau=2, num_classes=3, img_size=32,
+                                 patch_size=8, embed_dim=16, depth=3, num_heads=2, features_only=True,
+                                 feature_cls="fx").eval()
+    with torch.no_grad():
+        maps = fx(x)
+        # The same weights' blocks, as forward_intermediates gives them in tokens (with the class token).
+        own = [m.forward_intermediates(x, output_fmt="NLC", intermediates_only=True, return_prefix_tokens=True)
+               for m in plain.members]
+    assert [m.shape for m in maps] == [(2, 17, 32)] * 3 and fx.feature_info.channels() == [32, 32, 32]
+    for level, a, b in zip(maps, own[0], own[1]):
+        expected = torch.cat([torch.cat([a[1], a[0]], dim=1), torch.cat([b[1], b[0]], dim=1)], dim=-1)
+        assert torch.allclose(level, expected, atol=1e-6)
+
+
 def test_prune_intermediate_layers_passes_its_arguments_to_every_member():
     model = _vit_ensemble()
     assert model.prune_intermediate_layers() == [2]

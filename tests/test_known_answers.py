@@ -1117,8 +1117,8 @@ def test_a_leftover_previous_folder_is_removed_by_the_next_publish_with_or_witho
 @pytest.mark.parametrize("exchange", [True, False], ids=["atomic-exchange", "renames"])
 def test_a_plain_file_where_a_checkpoint_goes_is_replaced_once_and_blocks_no_later_write(tmp_path, monkeypatch,
                                                                                          exchange):
-    """A file standing at checkpoints/best (or at a killed write's staging name) is replaced by the checkpoint
-    folder; nothing of it is left to make the next write fail."""
+    """A file standing at checkpoints/best (or a file or link at a killed write's staging name) is replaced by the
+    checkpoint folder; nothing of it is left to make the next write fail."""
     from collab_zoo.training import checkpoint
 
     if not exchange:
@@ -1126,11 +1126,18 @@ def test_a_plain_file_where_a_checkpoint_goes_is_replaced_once_and_blocks_no_lat
     best = tmp_path / "best"
     best.write_text("not a checkpoint")
     (tmp_path / ".incoming-last").write_text("left by a killed write")
+    # A link at a staging name is removed, never followed: the folder it points to keeps its files.
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("someone else's")
+    (tmp_path / ".incoming-other").symlink_to(elsewhere, target_is_directory=True)
     for value in (1.0, 2.0):
         write_weights(best, _weights(value), {})
         write_weights(tmp_path / "last", _weights(value), {})
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "last"]
+        write_weights(tmp_path / "other", _weights(value), {})
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "last", "other"]
         assert torch.equal(CheckpointFolder(best).tensors("model.safetensors")["w"], torch.full((2, 3), value))
+    assert [p.name for p in elsewhere.iterdir()] == ["keep.txt"]
 
 
 def test_tied_kept_checkpoints_rank_in_the_order_they_came_and_a_dropped_one_already_gone_is_no_error(tmp_path):
