@@ -2020,10 +2020,15 @@ def test_forward_intermediates_passes_every_argument_on_and_joins_channels():
         assert len(model.forward_intermediates(x)[1]) == 3 and len(model.forward_intermediates(x, indices=2)[1]) == 2
 
 
-def test_forward_intermediates_of_nhwc_members_joins_their_maps_on_the_last_dim():
+def _mambaout_ensemble(**kwargs):
+    """Two one-block-per-stage MambaOuts (8 channels each): NHWC maps."""
     torch.manual_seed(0)
-    model = collab_zoo.create_model("complementary", member="mambaout_femto", tau=2, num_classes=3,
-                                    depths=(1, 1, 1, 1), dims=(8, 8, 8, 8)).eval()
+    return collab_zoo.create_model("complementary", member="mambaout_femto", tau=2, num_classes=3,
+                                   depths=(1, 1, 1, 1), dims=(8, 8, 8, 8), **kwargs).eval()
+
+
+def test_forward_intermediates_of_nhwc_members_joins_their_maps_on_the_last_dim():
+    model = _mambaout_ensemble()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         for fmt, dim in (("NHWC", -1), ("NCHW", 1)):
@@ -2034,10 +2039,7 @@ def test_forward_intermediates_of_nhwc_members_joins_their_maps_on_the_last_dim(
                 assert torch.equal(level, torch.cat([a, b], dim=dim)), fmt
             assert levels[1].shape == ((2, 4, 4, 16) if fmt == "NHWC" else (2, 16, 4, 4))
         # features_only with timm's FX extractor: the members' NHWC maps side by side on the last dim too.
-        torch.manual_seed(0)
-        fx = collab_zoo.create_model("complementary", member="mambaout_femto", tau=2, num_classes=3,
-                                     depths=(1, 1, 1, 1), dims=(8, 8, 8, 8), features_only=True,
-                                     feature_cls="fx").eval()
+        fx = _mambaout_ensemble(features_only=True, feature_cls="fx")
         maps = fx(x)
         assert [m.shape for m in maps] == [(2, 8, 8, 16), (2, 4, 4, 16), (2, 2, 2, 16), (2, 1, 1, 16)]
         for level, a, b in zip(maps, own[0][1], own[1][1]):     # own: the NCHW levels of the same weights
@@ -2048,10 +2050,7 @@ def test_fx_features_of_vit_members_join_their_tokens_on_channels():
     """timm's FX extractor gives a ViT's blocks as tokens [B, 17, 16]: the ensemble's levels are [B, 17, 32]."""
     x = torch.randn(2, 3, 32, 32)
     plain = _vit_ensemble()
-    torch.manual_seed(0)
-    fx = collab_zoo.create_model("complementary", member="vit_tiny_patch16_224", tau=2, num_classes=3, img_size=32,
-                                 patch_size=8, embed_dim=16, depth=3, num_heads=2, features_only=True,
-                                 feature_cls="fx").eval()
+    fx = _vit_ensemble(features_only=True, feature_cls="fx")
     with torch.no_grad():
         maps = fx(x)
         # The same weights' blocks, as forward_intermediates gives them in tokens (with the class token).
